@@ -1,0 +1,240 @@
+"""Settings as frozen dataclasses; TOML loading and command-line overrides with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+MODES = ("logits", "local", "fedavg")
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the key, the bad value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 3e-3  # Adam; tiny models on 40-sample signals tolerate a high rate
+    min_lr_ratio: float = 0.05  # cosine decay ends at lr * this
+    batch_size: int = 100
+    kd_batch_size: int = 200  # reference rows per distillation step
+    warmup_steps: int = 200  # label-only steps before the first round, so round-0 knowledge is worth sending
+    local_steps: int = 60  # steps per round; each mixes labels and the teacher
+    kd_weight: float = 1.0
+    temperature: float = 1.0
+    weight_decay: float = 0.0
+    balanced: bool = True  # prior-corrected CE (see distill.balanced_cross_entropy)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist1d"  # mnist1d | digits | synthetic | path/to/data.npz
+    samples: int = 10_000  # generated sources only; mnist1d keeps 80% for training
+    data_seed: int = 42  # which dataset is generated (the split over nodes uses the scenario seed)
+    partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:K | quantity:ALPHA
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    source: str = "mnist1d"  # same generator as the data, another seed: unlabeled inputs for free
+    seed: int = 10_007
+    size: int = 20_000
+    slice_size: int = 5_000  # rows per round; slices rotate so every row is used every size/slice rounds
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    name: str = "small-world"  # a generator name or a topology file
+    nodes: int = 16
+    params: dict[str, Any] = field(default_factory=lambda: {"k": 4, "p": 0.2})
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    consensus: str = "class-weighted"  # mean | class-weighted | aligned
+    floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
+    codec: str = "fp32"
+    max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
+    wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
+    staleness: int = 5  # ignore knowledge more than this many rounds older than ours
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The simulated network and compute (memory transport only; real nodes have real ones)."""
+
+    latency: float = 0.02  # seconds per message, plus jitter
+    jitter: float = 0.005
+    loss: float = 0.0  # probability a message is dropped
+    bandwidth: float = 0.0  # bytes/s per link; 0 = unlimited
+    round_time: float = 1.0  # simulated seconds of compute per round for speed 1.0
+    round_jitter: float = 0.1  # relative spread of compute time per round, so nodes drift as real ones do
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What one node is: architecture, options, speed, training overrides. Files live in node/."""
+
+    name: str = ""
+    arch: str = "cnn1d"
+    arch_options: dict[str, Any] = field(default_factory=dict)
+    speed: float = 1.0  # relative compute speed in simulations (0.5 = a straggler twice as slow)
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of [train] for this node
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "quickstart"
+    seed: int = 0
+    rounds: int = 50
+    mode: str = "logits"
+    embed_dim: int = 32
+    nodes: tuple[str, ...] = ("mlp", "cnn1d", "gru")  # profiles by name (node/NAME.toml) or arch, round-robin
+    eval_every: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"mode = {self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
+        if not self.nodes:
+            raise ConfigError("nodes = []: name at least one profile or architecture, e.g. nodes = [\"cnn1d\"]")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def load_scenario(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read a scenario TOML (None: all defaults) and apply dotted-key overrides ({"train.lr": 1e-3})."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"scenario file {where} not found; pass a path such as sim/quickstart.toml") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{where} is not valid TOML: {e}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value, Scenario)
+    return build(Scenario, raw, where)
+
+
+def load_profile(path: str | Path) -> NodeProfile:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    raw.setdefault("name", path.stem)
+    profile = build(NodeProfile, raw, str(path))
+    build(TrainConfig, dict(profile.train), f"{path} [train]")  # check the overrides' keys and types now
+    return profile
+
+
+def build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Construct dataclass `cls` from a TOML table, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a table, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key(where, prefix + key, key, fields))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build(hint, value, where, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, where, prefix + key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _unknown_key(where: str, dotted: str, key: str, fields: dict) -> str:
+    close = difflib.get_close_matches(key, fields, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{where}: unknown key {dotted!r}; {hint}allowed here: {', '.join(fields)}"
+
+
+def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
+    """Check `value` against a simple type hint; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint in (int, str, bool):
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            return tuple(_coerce(v, item, where, f"{key}[{i}]") for i, v in enumerate(value))
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}")
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, cls: type) -> None:
+    """raw["a"]["b"] = value for key "a.b", checking the path exists in `cls` so typos fail early."""
+    *parents, last = key.split(".")
+    table = raw
+    for i, part in enumerate(parents):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise ConfigError(_unknown_key("command line", ".".join(parents[: i + 1]), part, fields))
+        hint = typing.get_type_hints(cls)[part]
+        table = table.setdefault(part, {})
+        if not dataclasses.is_dataclass(hint):  # a free-form table such as topology.params
+            table[".".join(parents[i + 1:] + [last])] = value
+            return
+        cls = hint
+    table[last] = value
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it: 3 -> int, 0.1 -> float, true, [..], else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def flat_keys(cls: type = Scenario, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every overridable dotted key with its type hint (for --help and --set validation)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += flat_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, hints[f.name]))
+    return out

@@ -1,0 +1,82 @@
+"""Combining knowledge: own + neighbours' predictions on a reference slice -> one teacher (pure numpy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One node's knowledge about the same reference rows."""
+
+    logits: np.ndarray  # (R, C) prior-free ("balanced") logits
+    label_counts: np.ndarray  # (C,) training samples per class at that node
+    weight: float = 1.0  # mixing weight from the topology (e.g. Metropolis-Hastings)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def class_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
+    """(K, C) weight of node k's opinion on class c, normalized over k for each c.
+
+    A node's probability for class c is worth as much as the evidence it trained on for c: its
+    label count, plus a `floor` share of its data so second-hand knowledge (learned by
+    distillation, not from labels) still travels when no neighbour has seen the class.
+    """
+    counts = np.stack([c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
+    evidence = counts + floor * counts.sum(axis=1, keepdims=True)
+    w = np.array([c.weight for c in contribs])[:, None] * evidence  # (K, C)
+    total = w.sum(axis=0, keepdims=True)
+    return np.divide(w, total, out=np.full_like(w, 1.0 / len(contribs)), where=total > 0)
+
+
+def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02) -> np.ndarray:
+    """(R, C) teacher probabilities.
+
+    rule "mean": weighted mean of probabilities. rule "class-weighted": per-class weights from
+    `class_weights`, applied to probabilities, rows renormalized.
+    """
+    if not contribs:
+        raise ValueError("consensus needs at least one contribution (the node's own)")
+    probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
+    if rule == "mean":
+        w = np.array([c.weight for c in contribs], dtype=np.float64)
+        out = np.tensordot(w / w.sum(), probs, axes=1)
+    elif rule == "class-weighted":
+        w = class_weights(contribs, floor)  # (K, C)
+        out = (probs * w[:, None, :]).sum(axis=0)
+        out /= out.sum(axis=-1, keepdims=True)
+    elif rule == "aligned":
+        return aligned_log_pool(contribs, floor)
+    else:
+        raise ValueError(f"unknown consensus rule {rule!r}; choose one of: mean, class-weighted, aligned")
+    return out.astype(np.float32)
+
+
+def aligned_log_pool(contribs: list[Contribution], floor: float, iters: int = 4) -> np.ndarray:
+    """(R, C) teacher from log-probabilities aligned per node before pooling.
+
+    A node trained on classes S_j knows log p(y|x) only up to a per-row offset (its softmax is
+    normalized over what it believes, not over the truth). Fit z (R, C) and offsets a (K, R) to
+    minimize sum_k,c w_kc (z_c - a_k - l_kc)^2 by alternating weighted means, then softmax(z).
+    """
+    w = class_weights(contribs, floor)  # (K, C), sums to one over k
+    logp = np.stack([_log_softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
+    a = np.zeros(logp.shape[:2])  # (K, R)
+    for _ in range(iters):
+        z = (w[:, None, :] * (logp + a[:, :, None])).sum(axis=0)  # (R, C)
+        a = ((z[None] - logp) * w[:, None, :]).sum(axis=2) / w.sum(axis=1)[:, None]  # (K, R)
+        a -= a.mean(axis=0, keepdims=True)
+    z = (w[:, None, :] * (logp + a[:, :, None])).sum(axis=0)
+    return softmax(z).astype(np.float32)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

@@ -1,0 +1,111 @@
+"""Local learning for one model: train on private labels, distill from a teacher, predict, evaluate.
+
+Blocking and single-threaded on purpose: the node calls it through its executor (a worker thread
+for real nodes, inline under a simulated clock for simulations).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from p2pfl.config import TrainConfig
+from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    global_acc: float  # accuracy on the uniform test set (raw, prior-free predictions)
+    personal_acc: float  # per-class accuracy with the node's prior, weighted by its label mix
+    per_class: np.ndarray  # (C,) recall on the test set with prior-free predictions
+    loss: float  # CE on the test set with prior-free logits
+
+
+class Learner:
+    """One model, its optimizer and its private data."""
+
+    def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int, config: TrainConfig,
+                 total_steps: int, seed: int):
+        self.model = model
+        self.config = config
+        self.num_classes = num_classes
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = torch.as_tensor(y, dtype=torch.long)
+        self.label_counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+        counts = torch.as_tensor(self.label_counts)
+        self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
+        self.personal_log_p = log_prior(counts)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.total_steps = max(1, total_steps)
+        self.step = 0
+        self.gen = torch.Generator().manual_seed(seed)
+
+    # -- training -----------------------------------------------------------------------------
+    def _lr(self) -> float:
+        c = self.config
+        t = min(self.step / self.total_steps, 1.0)
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def train(self, steps: int, teacher_x: torch.Tensor | None = None, teacher_p: torch.Tensor | None = None) -> float:
+        """`steps` optimizer steps of CE on private labels (+ KD on teacher rows if given). Returns mean loss."""
+        c = self.config
+        self.model.train()
+        total = 0.0
+        for _ in range(steps):
+            for g in self.optimizer.param_groups:
+                g["lr"] = self._lr()
+            idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
+            loss = balanced_cross_entropy(self.model(self.x[idx]), self.y[idx], self.log_p)
+            if teacher_p is not None:
+                kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
+                loss = loss + c.kd_weight * distill_loss(self.model(teacher_x[kd_idx]), teacher_p[kd_idx], c.temperature)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            total += loss.item()
+        return total / max(steps, 1)
+
+    # -- inference ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, x: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
+        """(N, C) prior-free logits."""
+        self.model.eval()
+        x = torch.as_tensor(x, dtype=torch.float32)
+        return torch.cat([self.model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+    def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> Evaluation:
+        z = torch.as_tensor(self.logits(x_test))
+        y = torch.as_tensor(y_test, dtype=torch.long)
+        loss = float(nn.functional.cross_entropy(z, y))
+        per_class = _recall(z.argmax(1), y, self.num_classes)
+        personal = _recall((z + self.personal_log_p).argmax(1), y, self.num_classes)
+        mix = self.label_counts / self.label_counts.sum()
+        return Evaluation(
+            global_acc=float((z.argmax(1) == y).float().mean()),
+            personal_acc=float((personal * mix).sum()),
+            per_class=per_class,
+            loss=loss,
+        )
+
+    # -- parameters as one flat vector (fedavg, checkpoints) -----------------------------------
+    def get_flat(self) -> np.ndarray:
+        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).numpy().copy()
+
+    @torch.no_grad()
+    def set_flat(self, flat: np.ndarray) -> None:
+        v = torch.as_tensor(flat, dtype=torch.float32)
+        i = 0
+        for p in self.model.parameters():
+            p.copy_(v[i:i + p.numel()].view_as(p))
+            i += p.numel()
+
+
+def _recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
+    hits = torch.bincount(y[pred == y], minlength=num_classes).double()
+    support = torch.bincount(y, minlength=num_classes).double().clamp(min=1)
+    return (hits / support).numpy()

@@ -1,0 +1,106 @@
+"""An in-process network for simulations: per-link latency, bandwidth and loss, cuts and churn, byte counts.
+
+Everything is real bytes (messages are encoded by the sender and decoded by the receiver exactly
+as over libp2p) and all delays are trio sleeps, so under `trio.testing.MockClock` a long
+simulated run costs only its compute.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import trio
+
+from p2pfl.transport import PeerUnreachable
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    latency: float = 0.02  # seconds
+    jitter: float = 0.005  # uniform +- seconds
+    loss: float = 0.0  # drop probability per message
+    bandwidth: float = 0.0  # bytes per second; 0 = unlimited
+
+
+class MemoryNetwork:
+    """Owns the delivery tasks; `async with MemoryNetwork(...) as net:` then `net.endpoint(name)`."""
+
+    def __init__(self, link: LinkModel = LinkModel(), *, seed: int = 0):
+        self.link = link
+        self._rng = random.Random(seed)
+        self._inboxes: dict[str, trio.MemorySendChannel] = {}
+        self._down: set[str] = set()
+        self._cut: set[frozenset[str]] = set()
+        self._busy_until: dict[tuple[str, str], float] = defaultdict(float)
+        self.bytes_sent: dict[tuple[str, str], int] = defaultdict(int)
+        self.dropped = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> MemoryNetwork:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        self._nursery.cancel_scope.cancel()  # undelivered messages die with the network
+        return await self._nursery_cm.__aexit__(*exc)
+
+    def endpoint(self, name: str) -> MemoryEndpoint:
+        if name in self._inboxes:
+            raise ValueError(f"endpoint {name!r} already exists")
+        send, receive = trio.open_memory_channel(math.inf)
+        self._inboxes[name] = send
+        return MemoryEndpoint(self, name, receive)
+
+    # -- faults, driven by scenario events ------------------------------------------------------
+    def set_down(self, name: str, down: bool = True) -> None:
+        (self._down.add if down else self._down.discard)(name)
+
+    def cut(self, a: str, b: str, cut: bool = True) -> None:
+        (self._cut.add if cut else self._cut.discard)(frozenset((a, b)))
+
+    def reachable(self, a: str, b: str) -> bool:
+        return a not in self._down and b not in self._down and frozenset((a, b)) not in self._cut
+
+    # -- delivery -------------------------------------------------------------------------------
+    def _send(self, src: str, dst: str, data: bytes) -> None:
+        if dst not in self._inboxes:
+            raise PeerUnreachable(f"no peer named {dst!r} on this network")
+        if not self.reachable(src, dst):
+            raise PeerUnreachable(f"{dst} is unreachable from {src}")
+        self.bytes_sent[(src, dst)] += len(data)
+        if self._rng.random() < self.link.loss:
+            self.dropped += 1
+            return
+        now = trio.current_time()
+        start = max(now, self._busy_until[(src, dst)])
+        done = start + (len(data) / self.link.bandwidth if self.link.bandwidth > 0 else 0.0)
+        self._busy_until[(src, dst)] = done  # one message at a time per link, like a stream
+        delay = done - now + max(0.0, self.link.latency + self._rng.uniform(-self.link.jitter, self.link.jitter))
+        self._nursery.start_soon(self._deliver, src, dst, data, delay)
+
+    async def _deliver(self, src: str, dst: str, data: bytes, delay: float) -> None:
+        await trio.sleep(delay)
+        if self.reachable(src, dst):  # a cut or crash while in flight loses the message
+            self._inboxes[dst].send_nowait((src, data))
+        else:
+            self.dropped += 1
+
+
+class MemoryEndpoint:
+    """One node's view of a MemoryNetwork; implements transport.Transport."""
+
+    def __init__(self, network: MemoryNetwork, name: str, inbox: trio.MemoryReceiveChannel):
+        self.local_id = name
+        self._network = network
+        self._inbox = inbox
+
+    async def send(self, peer: str, data: bytes) -> None:
+        self._network._send(self.local_id, peer, data)
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> tuple[str, bytes]:
+        return await self._inbox.receive()

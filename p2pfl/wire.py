@@ -1,0 +1,805 @@
+"""What crosses the wire: versioned msgpack messages, framing and the per-peer state machine (no I/O).
+
+Like h11, this module never touches a socket: bytes in, typed frozen messages out, and back. The
+transports (memory, libp2p) are thin adapters around `encode`/`decode`, `frame`/`FrameDecoder` and
+`PeerSession`, so every protocol rule is tested without a network. Two kinds of error:
+
+- `RemoteProtocolError`: a peer sent something invalid. Its `reason` is one short word from
+  `REASONS`; the node counts it per reason, logs the message, drops the frame (or the stream) and
+  keeps running.
+- `LocalProtocolError`: we misused the API (built an invalid message, sent out of order). A bug here.
+
+Schema, protocol version 1 (this table is the contract: changing a key, type or meaning bumps
+PROTOCOL_VERSION). Every frame is one msgpack map with str keys; bytes are msgpack bin; a frame with
+a missing key, an extra key or a wrongly typed value is rejected ("malformed"); bool is never an int.
+
+    key   type      field           limit / meaning
+    ---------------------------------------------------------------------------------------------
+    v     int       -               PROTOCOL_VERSION, anything else -> "version"
+    k     str       -               hello | knowledge | bye | status_request | status_reply
+
+    hello
+    id    str       node_id         1..MAX_ID_LEN printable characters
+    pv    int       version         protocol version the node speaks (must equal ours)
+    arch  str       arch            model architecture name, 1..MAX_ID_LEN
+    mode  str       mode            one of MODES (must equal ours)
+    nc    int       num_classes     1..MAX_CLASSES
+    ref   str       ref_digest      reference-set digest, 0..MAX_ID_LEN ("" = no reference set)
+    cod   [str]     codecs          <= MAX_CODECS codec names the node decodes, preferred first
+    np    int       param_count     0..MAX_PARAMS: length of this node's "params" payloads
+    ad    [int]     adapter_shape   <= codecs.MAX_NDIM dims, product <= MAX_PARAMS (() = no adapter)
+
+    knowledge
+    s     str       sender          node id, must equal the id of the hello on this session
+    r     int       round           0..MAX_INT, sender's round counter
+    t     float     time            finite, sender's clock in seconds (int accepted)
+    kn    str       kind            "logits" (reference-slice predictions) | "params" (flat vector)
+    rs    int       ref_start       logits: first reference row; params: 0
+    rc    int       ref_count       logits: 1.. rows, rs + rc <= MAX_REF_ROWS and <= receiver's
+                                    reference size; params: 0
+    p     map       payload         {"c": str codec, "sh": [int] shape, "d": bin data, "sc": bin scale}
+                                    logits: shape (rc, num_classes); params: (param_count,);
+                                    <= MAX_PAYLOAD_ELEMENTS values, all finite once decoded
+    lc    [int]     label_counts    [] (not shared) or num_classes counts >= 0
+    n     int       samples         0..MAX_INT training samples behind this knowledge
+    acc   float     val_acc         0..1, sender's validation accuracy
+
+    bye
+    s     str       sender          node id
+    why   str       reason          0..MAX_STR_LEN printable characters
+
+    status_request
+    n     int       nonce           0..MAX_INT, echoed by the reply
+
+    status_reply
+    n     int       nonce           the request's nonce
+    st    map       status          str keys -> None | bool | int | float (finite) | str | list | map,
+                                    nesting <= MAX_STATUS_DEPTH, <= MAX_STATUS_ITEMS values in all
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import numbers
+import struct
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
+
+import msgpack
+import numpy as np
+
+from p2pfl import codecs
+from p2pfl.codecs import CodecError, Encoded, NonFiniteError
+
+PROTOCOL_VERSION = 1
+
+# ------------------------------------------------------------------ hard limits, with the reason
+MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
+#                                     anything bigger is a bug or an attack
+MAX_CLASSES = 1000  # ImageNet-1k is the widest label space we aim at
+MAX_REF_ROWS = 100_000  # reference sets are a few thousand rows; 100k covers any slice index
+MAX_PARAMS = 10_000_000  # fedavg is for small models (MNIST-1D MLP/CNN are < 1M); int8 of 10M fits a frame
+MAX_PAYLOAD_ELEMENTS = MAX_PARAMS  # decoded values per payload (40 MB float32): sparse codecs
+#                                    (top-k) decode to more values than they have bytes, so bytes alone don't bound it
+MAX_INT = 2**63 - 1  # counters (round, samples, nonce) fit a signed 64-bit int in numpy / JSON logs
+MAX_ID_LEN = 128  # node ids, arch/mode/codec names, digests: libp2p peer ids are ~52 chars, sha256 hex 64
+MAX_STR_LEN = 1024  # free text (bye reason, status strings): a paragraph is plenty
+MAX_CODECS = 32  # codec names in a hello: the registry has a handful
+MAX_LIST_LEN = 1024  # any msgpack array: label_counts has <= MAX_CLASSES entries, everything else fewer
+MAX_MAP_LEN = 256  # any msgpack map: messages have <= 12 keys, a status map a few dozen
+MAX_STATUS_DEPTH = 4  # status is {"node": {"peers": [{...}]}} at most; deeper is not a status page
+MAX_STATUS_ITEMS = 10_000  # values in a whole status reply (bounds work, whatever the nesting)
+MAX_PENDING_STATUS = 16  # unanswered status requests remembered per peer; `p2pfl status` sends one
+
+REASONS = frozenset({
+    "malformed",  # not msgpack, not a map, missing/extra key, wrong type, out-of-range value
+    "version",  # frame or hello speaks another protocol version
+    "kind",  # unknown message kind (or knowledge kind)
+    "oversized",  # beyond a hard limit above
+    "shape",  # payload/label shapes don't match the reference slice x classes or the param count
+    "non-finite",  # NaN or Inf in a float field or in decoded payload values
+    "state",  # not legal in this peer state (see TRANSITIONS), or sender/nonce doesn't fit the session
+    "mismatch",  # hello incompatible with ours (see MUST_MATCH)
+    "codec",  # unknown codec, codec we didn't offer, or a payload that isn't valid for its codec
+})
+
+
+class State(enum.Enum):
+    NEW = "new"  # nothing accepted yet (status traffic may pass: `p2pfl status` never says hello)
+    READY = "ready"  # a compatible hello was accepted
+    CLOSED = "closed"  # bye: nothing more is legal
+
+
+# Rule: everything that decides what a peer may send, and where it leads, lives in these tables.
+# (state, message kind) -> next state. A pair that is missing is a "state" error. The same table
+# applies to what we send (our state) and what we receive (their state).
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.NEW, "hello"): State.READY,  # only if compatible with ours (MUST_MATCH), else "mismatch"
+    (State.NEW, "status_request"): State.NEW,
+    (State.NEW, "status_reply"): State.NEW,  # only for a nonce the receiver asked for
+    (State.NEW, "bye"): State.CLOSED,
+    (State.READY, "hello"): State.READY,  # only identical to the accepted one (a resend after reconnect)
+    (State.READY, "knowledge"): State.READY,  # only from the hello's id, only kinds of the mode
+    (State.READY, "status_request"): State.READY,
+    (State.READY, "status_reply"): State.READY,
+    (State.READY, "bye"): State.CLOSED,
+}
+
+# Hello fields that must be equal on both sides, per mode. Architectures may differ in the
+# knowledge-sharing modes (heterogeneous models are the point); fedavg averages whole parameter
+# vectors, adapter modes average a shared adapter, so those must line up.
+_ALWAYS = ("version", "mode", "num_classes", "ref_digest")
+MUST_MATCH: dict[str, tuple[str, ...]] = {
+    "logits": _ALWAYS,
+    "adapter": _ALWAYS + ("param_count", "adapter_shape"),
+    "hybrid": _ALWAYS + ("param_count", "adapter_shape"),
+    "fedavg": _ALWAYS + ("arch", "param_count"),
+    "local": _ALWAYS,
+}
+MODES = tuple(MUST_MATCH)
+
+# Which knowledge kinds each mode sends. `local` shares nothing but still says hello/bye and status.
+KINDS_BY_MODE: dict[str, frozenset[str]] = {
+    "logits": frozenset({"logits"}),
+    "adapter": frozenset({"params"}),
+    "hybrid": frozenset({"logits", "params"}),
+    "fedavg": frozenset({"params"}),
+    "local": frozenset(),
+}
+KNOWLEDGE_KINDS = ("logits", "params")
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+class ProtocolError(Exception):
+    """Base of both protocol errors; `reason` is one of REASONS, str(error) the human message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown protocol error reason {reason!r}; "
+                             f"choose one of: {', '.join(sorted(REASONS))}")
+        super().__init__(reason, message)  # both in args, so the error survives pickling
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LocalProtocolError(ProtocolError):
+    """We misused the protocol: an invalid message built here, or a send that is illegal now."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid; count `reason`, log the message, drop it, keep running."""
+
+
+# ----------------------------------------------------------------------------- field validation
+# One set of checks for both directions: messages validate themselves on construction (raising
+# LocalProtocolError); decode() builds messages from wire values and re-raises as RemoteProtocolError.
+
+
+def _tname(v: object) -> str:
+    return type(v).__name__
+
+
+def _int(name: str, v: object, lo: int = 0, hi: int = MAX_INT) -> int:
+    # numpy ints are accepted for local convenience (np.bincount output); bool is never an int
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise LocalProtocolError("malformed", f"{name} must be an int; got {_tname(v)}")
+    v = int(v)
+    if v < lo:
+        raise LocalProtocolError("malformed", f"{name} must be >= {lo}; got {v}")
+    if v > hi:
+        raise LocalProtocolError("oversized", f"{name} must be <= {hi}; got {v}")
+    return v
+
+
+def _float(name: str, v: object, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise LocalProtocolError("malformed", f"{name} must be a float; got {_tname(v)}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise LocalProtocolError("non-finite", f"{name} must be finite; got {v}")
+    if not lo <= v <= hi:
+        raise LocalProtocolError("malformed", f"{name} must be in [{lo}, {hi}]; got {v}")
+    return v
+
+
+def _str(name: str, v: object, max_len: int, *, min_len: int = 1) -> str:
+    if not isinstance(v, str):
+        raise LocalProtocolError("malformed", f"{name} must be a str; got {_tname(v)}")
+    if len(v) > max_len:
+        raise LocalProtocolError("oversized", f"{name} must be at most {max_len} characters; got {len(v)}")
+    if len(v) < min_len:
+        raise LocalProtocolError("malformed", f"{name} must not be empty")
+    if not v.isprintable():  # ids and reasons end up in logs and terminals: no newlines or escapes
+        raise LocalProtocolError("malformed", f"{name} must be printable (no control characters); got {v[:40]!r}")
+    return v
+
+
+def _seq(name: str, v: object, max_len: int) -> tuple[Any, ...]:
+    # lists come from msgpack, tuples and 1-D arrays from local callers; length first, then items
+    if isinstance(v, np.ndarray) and v.ndim == 1:
+        v = v.tolist()
+    if not isinstance(v, (list, tuple)):
+        raise LocalProtocolError("malformed", f"{name} must be a list; got {_tname(v)}")
+    if len(v) > max_len:
+        raise LocalProtocolError("oversized", f"{name} may have at most {max_len} entries; got {len(v)}")
+    return tuple(v)
+
+
+def _ints(name: str, v: object, max_len: int, lo: int = 0, hi: int = MAX_INT) -> tuple[int, ...]:
+    return tuple(_int(f"{name}[{i}]", x, lo, hi) for i, x in enumerate(_seq(name, v, max_len)))
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # normalising a frozen dataclass in __post_init__
+
+
+def _check_status(v: object, path: str, depth: int, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise LocalProtocolError("oversized", f"status has more than {MAX_STATUS_ITEMS} values")
+    if v is None or isinstance(v, bool):
+        return
+    if isinstance(v, int):
+        if not -(2**63) <= v < 2**64:  # what msgpack can carry
+            raise LocalProtocolError("oversized", f"{path} does not fit 64 bits: {v}")
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise LocalProtocolError("non-finite", f"{path} must be finite; got {v}")
+        return
+    if isinstance(v, str):
+        _str(path, v, MAX_STR_LEN, min_len=0)
+        return
+    if depth >= MAX_STATUS_DEPTH and isinstance(v, (list, tuple, dict)):
+        raise LocalProtocolError("oversized", f"{path} nests deeper than {MAX_STATUS_DEPTH} levels")
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(_seq(path, v, MAX_LIST_LEN)):
+            _check_status(x, f"{path}[{i}]", depth + 1, budget)
+        return
+    if isinstance(v, dict):
+        if len(v) > MAX_MAP_LEN:
+            raise LocalProtocolError("oversized", f"{path} may have at most {MAX_MAP_LEN} keys; got {len(v)}")
+        for k, x in v.items():
+            _str(f"{path} key", k, MAX_ID_LEN)
+            _check_status(x, f"{path}.{k}", depth + 1, budget)
+        return
+    raise LocalProtocolError("malformed", f"{path} must be None/bool/int/float/str/list/map; got {_tname(v)}")
+
+
+# --------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message on a session: who we are and what we need a peer to agree on (MUST_MATCH)."""
+
+    node_id: str
+    version: int
+    arch: str
+    mode: str
+    num_classes: int
+    ref_digest: str
+    codecs: tuple[str, ...]
+    param_count: int
+    adapter_shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _str("node_id", self.node_id, MAX_ID_LEN)
+        _set(self, "version", _int("version", self.version, 0, MAX_INT))
+        _str("arch", self.arch, MAX_ID_LEN)
+        _str("mode", self.mode, MAX_ID_LEN)  # unknown modes are a "mismatch", found by PeerSession
+        _set(self, "num_classes", _int("num_classes", self.num_classes, 1, MAX_CLASSES))
+        _str("ref_digest", self.ref_digest, MAX_ID_LEN, min_len=0)
+        names = _seq("codecs", self.codecs, MAX_CODECS)
+        _set(self, "codecs", tuple(_str(f"codecs[{i}]", c, MAX_ID_LEN) for i, c in enumerate(names)))
+        _set(self, "param_count", _int("param_count", self.param_count, 0, MAX_PARAMS))
+        shape = _ints("adapter_shape", self.adapter_shape, codecs.MAX_NDIM, 1, MAX_PARAMS)
+        if math.prod(shape) > MAX_PARAMS:
+            raise LocalProtocolError("oversized", f"adapter_shape {shape} has more than {MAX_PARAMS} values")
+        _set(self, "adapter_shape", shape)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """One node's knowledge for one round: logits on a reference slice, or a flat parameter vector."""
+
+    sender: str
+    round: int
+    time: float
+    kind: str
+    ref_start: int
+    ref_count: int
+    payload: Encoded
+    label_counts: tuple[int, ...]
+    samples: int
+    val_acc: float
+    # decoded payload, filled by decode() (which must decode it to check finiteness) or by array()
+    _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _str("sender", self.sender, MAX_ID_LEN)
+        _set(self, "round", _int("round", self.round))
+        _set(self, "time", _float("time", self.time))
+        if self.kind not in KNOWLEDGE_KINDS:
+            raise LocalProtocolError("kind", f"unknown knowledge kind {self.kind!r}; choose one of: "
+                                             f"{', '.join(KNOWLEDGE_KINDS)}")
+        _set(self, "ref_start", _int("ref_start", self.ref_start, 0, MAX_REF_ROWS))
+        _set(self, "ref_count", _int("ref_count", self.ref_count, 0, MAX_REF_ROWS))
+        _set(self, "payload", _check_payload(self.payload))
+        _set(self, "label_counts", _ints("label_counts", self.label_counts, MAX_CLASSES))
+        _set(self, "samples", _int("samples", self.samples))
+        _set(self, "val_acc", _float("val_acc", self.val_acc, 0.0, 1.0))
+        # what the payload must look like for this kind, whoever receives it
+        shape = self.payload.shape
+        if self.kind == "logits":
+            if self.ref_count < 1:
+                raise LocalProtocolError("shape", "logits knowledge needs ref_count >= 1; got 0")
+            if self.ref_start + self.ref_count > MAX_REF_ROWS:
+                raise LocalProtocolError("oversized", f"reference slice {self.ref_start}+{self.ref_count} "
+                                                      f"ends beyond MAX_REF_ROWS={MAX_REF_ROWS}")
+            if len(shape) != 2 or shape[0] != self.ref_count or shape[1] < 1:
+                raise LocalProtocolError("shape", f"logits payload must have shape (ref_count={self.ref_count}, "
+                                                  f"classes); got {shape}")
+            if shape[1] > MAX_CLASSES:
+                raise LocalProtocolError("oversized", f"logits payload has {shape[1]} classes; MAX_CLASSES "
+                                                      f"is {MAX_CLASSES}")
+        else:
+            if self.ref_start or self.ref_count:
+                raise LocalProtocolError("shape", f"params knowledge has no reference slice; got "
+                                                  f"ref_start={self.ref_start}, ref_count={self.ref_count}")
+            if len(shape) != 1 or shape[0] < 1:
+                raise LocalProtocolError("shape", f"params payload must have shape (n,) with n >= 1; got {shape}")
+            if shape[0] > MAX_PARAMS:
+                raise LocalProtocolError("oversized", f"params payload has {shape[0]} values; MAX_PARAMS "
+                                                      f"is {MAX_PARAMS}")
+        if math.prod(shape) > MAX_PAYLOAD_ELEMENTS:
+            raise LocalProtocolError("oversized", f"payload shape {shape} has more than "
+                                                  f"{MAX_PAYLOAD_ELEMENTS} values")
+
+    def array(self) -> np.ndarray:
+        """The decoded payload (float32, read-only: copy it to modify), decoded at most once."""
+        if self._array is None:
+            values = codecs.decode(self.payload, max_elements=math.prod(self.payload.shape))
+            values.flags.writeable = False
+            _set(self, "_array", values)
+        return self._array
+
+
+def _check_payload(p: object) -> Encoded:
+    if not isinstance(p, Encoded):
+        raise LocalProtocolError("malformed", f"payload must be a codecs.Encoded; got {_tname(p)}")
+    _str("payload codec", p.codec, MAX_ID_LEN)
+    if p.codec not in codecs.CODECS:
+        raise LocalProtocolError("codec", f"unknown payload codec {p.codec!r}; known: {', '.join(codecs.CODECS)}")
+    shape = _ints("payload shape", p.shape, codecs.MAX_NDIM, 0, MAX_PAYLOAD_ELEMENTS)
+    if not isinstance(p.data, bytes) or not isinstance(p.scale, bytes):
+        raise LocalProtocolError("malformed", f"payload data and scale must be bytes; got "
+                                              f"{_tname(p.data)}, {_tname(p.scale)}")
+    return p if shape == p.shape else replace(p, shape=shape)
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Last message on a session; the peer's state becomes CLOSED."""
+
+    sender: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _str("sender", self.sender, MAX_ID_LEN)
+        _str("reason", self.reason, MAX_STR_LEN, min_len=0)
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    nonce: int
+
+    def __post_init__(self) -> None:
+        _set(self, "nonce", _int("nonce", self.nonce))
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    nonce: int
+    status: dict = field(hash=False)  # dicts aren't hashable; nonce is enough to tell replies apart
+
+    def __post_init__(self) -> None:
+        _set(self, "nonce", _int("nonce", self.nonce))
+        if not isinstance(self.status, dict):
+            raise LocalProtocolError("malformed", f"status must be a map; got {_tname(self.status)}")
+        _check_status(self.status, "status", 0, [MAX_STATUS_ITEMS])
+
+
+Message = Union[Hello, Knowledge, Bye, StatusRequest, StatusReply]
+
+# kind name -> (class, ((wire key, field name), ...)); the schema table above, as code
+_SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
+    "hello": (Hello, (("id", "node_id"), ("pv", "version"), ("arch", "arch"), ("mode", "mode"),
+                      ("nc", "num_classes"), ("ref", "ref_digest"), ("cod", "codecs"),
+                      ("np", "param_count"), ("ad", "adapter_shape"))),
+    "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
+                              ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
+                              ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"))),
+    "bye": (Bye, (("s", "sender"), ("why", "reason"))),
+    "status_request": (StatusRequest, (("n", "nonce"),)),
+    "status_reply": (StatusReply, (("n", "nonce"), ("st", "status"))),
+}
+_KIND_OF: dict[type, str] = {cls: kind for kind, (cls, _) in _SCHEMA.items()}
+_PAYLOAD_KEYS = ("c", "sh", "d", "sc")  # codec, shape, data, scale
+
+
+def kind_of(msg: Message) -> str:
+    """The wire kind name of a message ("hello", "knowledge", ...)."""
+    try:
+        return _KIND_OF[type(msg)]
+    except KeyError:
+        raise LocalProtocolError("kind", f"not a wire message: {_tname(msg)}") from None
+
+
+# ---------------------------------------------------------------------------------- encode/decode
+
+
+def encode(msg: Message) -> bytes:
+    """One message -> one msgpack frame body (not length-prefixed; see `frame`)."""
+    kind = kind_of(msg)
+    out: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": kind}
+    for key, name in _SCHEMA[kind][1]:
+        value = getattr(msg, name)
+        if isinstance(value, Encoded):
+            value = {"c": value.codec, "sh": list(value.shape), "d": value.data, "sc": value.scale}
+        out[key] = value
+    data = msgpack.packb(out, use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise LocalProtocolError("oversized", f"{kind} encodes to {len(data)} bytes; MAX_FRAME_BYTES is "
+                                              f"{MAX_FRAME_BYTES} (use a smaller slice or a smaller codec)")
+    return data
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What this node expects from peers' knowledge; None leaves that check out.
+
+    num_classes: logits payloads are (ref_count, num_classes), label_counts [] or num_classes long.
+    param_count: params payloads are (param_count,).
+    ref_size: a logits slice must lie inside [0, ref_size).
+    """
+
+    num_classes: int | None = None
+    param_count: int | None = None
+    ref_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_classes is not None:
+            _int("num_classes", self.num_classes, 1, MAX_CLASSES)
+        if self.param_count is not None:
+            _int("param_count", self.param_count, 0, MAX_PARAMS)
+        if self.ref_size is not None:
+            _int("ref_size", self.ref_size, 1, MAX_REF_ROWS)
+
+    @classmethod
+    def for_hello(cls, hello: Hello, *, ref_size: int | None = None) -> Expectations:
+        """The expectations that follow from our own hello (peers must match it anyway)."""
+        return cls(num_classes=hello.num_classes, param_count=hello.param_count, ref_size=ref_size)
+
+
+def decode(data: bytes, *, expect: Expectations | None = None) -> Message:
+    """One frame body -> one validated message; anything invalid raises RemoteProtocolError.
+
+    Knowledge payloads are decoded here (the only way to know they are finite); `Knowledge.array()`
+    then returns the cached values.
+    """
+    msg = _parse(data)
+    _check_content(msg, expect)
+    return msg
+
+
+def _parse(data: bytes) -> Message:
+    """Steps 1-5 of decoding: everything but the knowledge payload's shape and values."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise LocalProtocolError("malformed", f"decode() takes bytes; got {_tname(data)}")
+    # 1) size before parsing: never spend work on a frame we would reject anyway
+    if len(data) > MAX_FRAME_BYTES:
+        raise RemoteProtocolError("oversized", f"frame of {len(data)} bytes; MAX_FRAME_BYTES is {MAX_FRAME_BYTES}")
+    # 2) parse with msgpack's own caps, so no single string/array/map can blow up
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=MAX_FRAME_BYTES, max_str_len=MAX_STR_LEN,
+            max_array_len=MAX_LIST_LEN, max_map_len=MAX_MAP_LEN, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, UnicodeDecodeError...
+        over = "exceeds max_" in str(exc) and "max_ext_len" not in str(exc)
+        raise RemoteProtocolError("oversized" if over else "malformed",
+                                  f"not a valid msgpack frame: {type(exc).__name__}: {exc}"[:300]) from None
+    # 3) envelope: a map with a known version and kind
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("malformed", f"frame must be a msgpack map; got {_tname(obj)}")
+    version = obj.get("v")
+    if type(version) is not int:
+        raise RemoteProtocolError("malformed", f"frame needs an int 'v' (protocol version); got {_tname(version)}")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError("version", f"peer speaks protocol version {version}; we speak {PROTOCOL_VERSION}")
+    kind = obj.get("k")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError("malformed", f"frame needs a str 'k' (message kind); got {_tname(kind)}")
+    if kind not in _SCHEMA:
+        raise RemoteProtocolError("kind", f"unknown message kind {kind[:40]!r}; known: {', '.join(_SCHEMA)}")
+    cls, fields = _SCHEMA[kind]
+    # 4) exactly the schema's keys: the schema is the versioned contract, additions bump the version
+    want = {"v", "k", *(key for key, _ in fields)}
+    missing = [f"{key} ({name})" for key, name in fields if key not in obj]
+    extra = sorted(str(k)[:20] for k in obj.keys() - want)
+    if missing or extra:
+        raise RemoteProtocolError("malformed", f"{kind}: missing keys {missing or 'none'}, "
+                                               f"unknown keys {extra or 'none'}")
+    kwargs = {name: obj[key] for key, name in fields}
+    if kind == "knowledge":
+        kwargs["payload"] = _payload_from_wire(kwargs["payload"])
+    # 5) field types and limits: the constructors' own checks, blamed on the peer
+    try:
+        return cls(**kwargs)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(exc.reason, f"{kind}: {exc}") from None
+
+
+def _check_content(msg: Message, expect: Expectations | None) -> None:
+    """Step 6 of decoding: knowledge shapes against what we expect, then the values themselves."""
+    if isinstance(msg, Knowledge):
+        _check_expected(msg, expect)
+        try:
+            msg.array()
+        except NonFiniteError as exc:
+            raise RemoteProtocolError("non-finite", f"knowledge payload: {exc}") from None
+        except CodecError as exc:
+            raise RemoteProtocolError("codec", f"knowledge payload: {exc}") from None
+
+
+def _payload_from_wire(p: object) -> Encoded:
+    if not isinstance(p, dict) or set(p) != set(_PAYLOAD_KEYS):
+        got = sorted(map(str, p)) if isinstance(p, dict) else _tname(p)
+        raise RemoteProtocolError("malformed", f"knowledge payload must be a map with keys "
+                                               f"{list(_PAYLOAD_KEYS)}; got {got}")
+    # types are checked by Knowledge.__post_init__; a list shape becomes a tuple there
+    return Encoded(codec=p["c"], shape=p["sh"], data=p["d"], scale=p["sc"])
+
+
+def _check_expected(k: Knowledge, expect: Expectations | None) -> None:
+    if expect is None:
+        return
+    shape = k.payload.shape
+    if k.kind == "logits":
+        if expect.num_classes is not None and shape[1] != expect.num_classes:
+            raise RemoteProtocolError("shape", f"logits payload has {shape[1]} classes; expected "
+                                               f"{expect.num_classes} (shape {shape})")
+        if expect.ref_size is not None and k.ref_start + k.ref_count > expect.ref_size:
+            raise RemoteProtocolError("shape", f"reference slice [{k.ref_start}, {k.ref_start + k.ref_count}) "
+                                               f"lies beyond our reference set of {expect.ref_size} rows")
+    elif expect.param_count is not None and shape != (expect.param_count,):
+        raise RemoteProtocolError("shape", f"params payload has shape {shape}; expected ({expect.param_count},)")
+    if k.label_counts and expect.num_classes is not None and len(k.label_counts) != expect.num_classes:
+        raise RemoteProtocolError("shape", f"label_counts has {len(k.label_counts)} entries; expected "
+                                           f"{expect.num_classes} (or none)")
+
+
+# ---------------------------------------------------------------------------------------- framing
+
+_HEADER = struct.Struct(">I")  # 4-byte big-endian body length
+
+
+def frame(payload: bytes) -> bytes:
+    """Length-prefix one message for a stream transport."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise LocalProtocolError("oversized", f"frame body of {len(payload)} bytes; "
+                                              f"MAX_FRAME_BYTES is {MAX_FRAME_BYTES}")
+    return _HEADER.pack(len(payload)) + bytes(payload)
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies. Lengths are checked when the header arrives, so an
+    oversized frame is refused before any of its body is buffered; after that the stream is dead
+    (every later feed() raises again) because its framing can no longer be trusted."""
+
+    def __init__(self, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._max = max_frame_bytes
+        self._header = bytearray()
+        self._body: bytearray | None = None  # None while reading a header
+        self._need = 0  # body bytes still missing
+        self._frames: deque[bytes] = deque()
+        self._error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes; complete frames become available from next_frame()."""
+        if self._error is not None:
+            raise self._error
+        view = memoryview(data)
+        while view:
+            if self._body is None:
+                take = 4 - len(self._header)
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) < 4:
+                    return
+                (n,) = _HEADER.unpack(self._header)
+                self._header.clear()
+                if n > self._max:
+                    self._error = RemoteProtocolError(
+                        "oversized", f"peer announced a {n}-byte frame; the limit is {self._max}")
+                    raise self._error
+                self._body, self._need = bytearray(), n
+            take = min(self._need, len(view))
+            self._body += view[:take]
+            view = view[take:]
+            self._need -= take
+            if self._need == 0:
+                self._frames.append(bytes(self._body))
+                self._body = None
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or None if more bytes are needed."""
+        return self._frames.popleft() if self._frames else None
+
+    def feed_eof(self) -> None:
+        """The stream ended; raises if it ended inside a frame (a truncated frame is "malformed")."""
+        if self._header or self._body is not None:
+            got = len(self._header) if self._body is None else len(self._body)
+            what = "header" if self._body is None else "body"
+            want = 4 if self._body is None else len(self._body) + self._need
+            raise RemoteProtocolError("malformed", f"stream ended inside a frame {what}: got {got} of {want} bytes")
+
+
+# ---------------------------------------------------------------------------------- peer session
+
+
+_MISMATCH_HINTS = {
+    "version": ("protocol version", "upgrade the older node"),
+    "mode": ("mode", "every node in a run must use the same mode"),
+    "num_classes": ("number of classes", "nodes must be trained on the same label set"),
+    "ref_digest": ("reference digest", "both nodes must use the same [reference] spec"),
+    "arch": ("architecture", "fedavg averages whole parameter vectors, so every node needs the same "
+                             "architecture (use logits or adapter mode for mixed models)"),
+    "param_count": ("parameter count", "averaged parameter vectors must have the same length"),
+    "adapter_shape": ("adapter shape", "the shared adapter must have the same shape on every node"),
+}
+
+
+def _short(v: object) -> str:
+    s = str(v)
+    return s if len(s) <= 16 else s[:12] + ".."
+
+
+def hello_mismatch(ours: Hello, theirs: Hello) -> list[str]:
+    """Human explanations of every way `theirs` is incompatible with `ours` (empty: compatible)."""
+    problems = []
+    if theirs.node_id == ours.node_id:
+        problems.append(f"peer uses our own node id {ours.node_id!r}; every node needs a distinct id")
+    for name in MUST_MATCH.get(ours.mode, _ALWAYS):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        if a != b:
+            label, hint = _MISMATCH_HINTS[name]
+            problems.append(f"{label} differs: ours {_short(a)}, theirs {_short(b)}; {hint}")
+    return problems
+
+
+class PeerSession:
+    """Protocol state with one remote peer (no I/O): `receive(bytes) -> Message`, `send(msg) -> bytes`.
+
+    A rejected message raises and leaves both states unchanged; whether to drop the peer is the
+    caller's policy (the node counts reasons and closes the stream).
+    """
+
+    def __init__(self, local_hello: Hello, expect: Expectations | None = None) -> None:
+        if local_hello.mode not in MUST_MATCH:
+            raise LocalProtocolError("mismatch", f"unknown mode {local_hello.mode!r}; "
+                                                 f"choose one of: {', '.join(MODES)}")
+        if local_hello.version != PROTOCOL_VERSION:
+            raise LocalProtocolError("version", f"our hello says version {local_hello.version}; "
+                                                f"this code speaks {PROTOCOL_VERSION}")
+        unknown = [c for c in local_hello.codecs if c not in codecs.CODECS]
+        if unknown:
+            raise LocalProtocolError("codec", f"our hello offers unknown codecs {unknown}; "
+                                              f"known: {', '.join(codecs.CODECS)}")
+        if expect is None:
+            expect = Expectations.for_hello(local_hello)
+        if (expect.num_classes, expect.param_count) != (local_hello.num_classes, local_hello.param_count):
+            raise LocalProtocolError("mismatch", f"expectations {expect} disagree with our hello (num_classes="
+                                                 f"{local_hello.num_classes}, param_count={local_hello.param_count})")
+        self.local_hello = local_hello
+        self.expect = expect
+        self.our_state = State.NEW
+        self.their_state = State.NEW
+        self.peer: Hello | None = None  # their accepted hello
+        self._we_asked: set[int] = set()  # nonces of our status requests awaiting a reply
+        self._they_asked: dict[int, None] = {}  # their unanswered nonces, oldest first (an ordered set)
+
+    @property
+    def common_codecs(self) -> tuple[str, ...]:
+        """Codecs we may send to this peer, our preference order first (empty before their hello)."""
+        theirs = set(self.peer.codecs) if self.peer else set()
+        return tuple(c for c in self.local_hello.codecs if c in theirs)
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> Message:
+        """Decode one frame body from the peer and check it is legal now; returns the message."""
+        # 1) parse, 2) legal here and now (cheap, before touching the payload), 3) payload shape and
+        # values, 4) only then change state, so a rejected message leaves the session as it was
+        msg = _parse(data)
+        kind = kind_of(msg)
+        nxt = TRANSITIONS.get((self.their_state, kind))
+        if nxt is None:
+            raise RemoteProtocolError("state", f"{kind} is not allowed when the peer is {self.their_state.value}")
+        if isinstance(msg, Hello):
+            if self.peer is not None and msg != self.peer:
+                raise RemoteProtocolError("state", f"a second, different hello from {self.peer.node_id!r}")
+            problems = hello_mismatch(self.local_hello, msg)
+            if problems:
+                raise RemoteProtocolError("mismatch", f"hello from {msg.node_id!r} is incompatible: "
+                                                      + "; ".join(problems))
+        elif isinstance(msg, Knowledge):
+            self._check_knowledge(msg, RemoteProtocolError, self.peer.node_id)
+        elif isinstance(msg, Bye):
+            if self.peer is not None and msg.sender != self.peer.node_id:
+                raise RemoteProtocolError("state", f"bye from {msg.sender!r} on the session of {self.peer.node_id!r}")
+        elif isinstance(msg, StatusReply):
+            if msg.nonce not in self._we_asked:
+                raise RemoteProtocolError("state", f"status reply with nonce {msg.nonce} we never asked for")
+        _check_content(msg, self.expect)
+        if isinstance(msg, Hello):
+            self.peer = msg
+        elif isinstance(msg, StatusRequest):
+            self._they_asked[msg.nonce] = None
+            if len(self._they_asked) > MAX_PENDING_STATUS:  # a flood of requests: forget the oldest
+                del self._they_asked[next(iter(self._they_asked))]
+        elif isinstance(msg, StatusReply):
+            self._we_asked.discard(msg.nonce)
+        self.their_state = nxt
+        return msg
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bytes:
+        """Check that sending `msg` is legal now and return its encoding (not framed)."""
+        kind = kind_of(msg)
+        nxt = TRANSITIONS.get((self.our_state, kind))
+        if nxt is None:
+            raise LocalProtocolError("state", f"cannot send {kind} when we are {self.our_state.value}")
+        if isinstance(msg, Hello) and msg != self.local_hello:
+            raise LocalProtocolError("state", "send the session's own hello (local_hello), not another one")
+        if isinstance(msg, Knowledge):
+            if self.their_state is not State.READY:
+                raise LocalProtocolError("state", f"cannot send knowledge to a peer that is "
+                                                  f"{self.their_state.value}; wait for its hello")
+            self._check_knowledge(msg, LocalProtocolError, self.local_hello.node_id)
+            if msg.payload.codec not in self.peer.codecs:
+                raise LocalProtocolError("codec", f"peer {self.peer.node_id!r} does not decode {msg.payload.codec!r}; "
+                                                  f"it offers {', '.join(self.peer.codecs) or 'none'}")
+        if isinstance(msg, Bye) and msg.sender != self.local_hello.node_id:
+            raise LocalProtocolError("state", f"bye must come from our node id {self.local_hello.node_id!r}")
+        if isinstance(msg, StatusReply):
+            if msg.nonce not in self._they_asked:
+                raise LocalProtocolError("state", f"no status request with nonce {msg.nonce} to answer")
+        data = encode(msg)  # before any state change: an oversized message changes nothing
+        if isinstance(msg, StatusRequest):
+            self._we_asked.add(msg.nonce)
+        elif isinstance(msg, StatusReply):
+            self._they_asked.pop(msg.nonce, None)
+        self.our_state = nxt
+        return data
+
+    def _check_knowledge(self, k: Knowledge, error: type[ProtocolError], sender: str) -> None:
+        if k.sender != sender:
+            raise error("state", f"knowledge from {k.sender!r} on the session of {sender!r}")
+        allowed = KINDS_BY_MODE[self.local_hello.mode]
+        if k.kind not in allowed:
+            raise error("state", f"{k.kind} knowledge is not used in mode {self.local_hello.mode!r} "
+                                 f"(it sends: {', '.join(sorted(allowed)) or 'nothing'})")
+        if error is RemoteProtocolError and k.payload.codec not in self.local_hello.codecs:
+            raise error("codec", f"payload codec {k.payload.codec!r} was not offered; we decode "
+                                 f"{', '.join(self.local_hello.codecs) or 'none'}")

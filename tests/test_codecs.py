@@ -1,0 +1,257 @@
+"""Codecs: round trips within each codec's error bound, exact sizes, and hostile `Encoded` inputs."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from p2pfl import codecs
+from p2pfl.codecs import CODECS, CodecError, Encoded, NonFiniteError
+
+NAMES = sorted(CODECS)
+BIG = 10**9  # a generous budget for round trips; the adversarial tests use tight ones
+
+arrays = hnp.arrays(
+    dtype=np.float32,
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+    elements=st.floats(-1e4, 1e4, width=32),
+)
+
+
+def roundtrip(x, name):
+    e = codecs.encode(x, name)
+    return e, codecs.decode(e, max_elements=BIG)
+
+
+def int8_scales(e: Encoded) -> np.ndarray:
+    return np.frombuffer(e.scale, dtype="<f4")
+
+
+# ---------------------------------------------------------------------------------- round trips
+
+
+@settings(max_examples=150, deadline=None)
+@given(x=arrays, name=st.sampled_from(NAMES))
+def test_roundtrip_within_error_bound(x, name):
+    e, y = roundtrip(x, name)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert e.shape == x.shape and e.codec == name
+    err = np.abs(y - x)
+    bound = CODECS[name].error_bound(x)
+    assert (err <= bound).all(), f"{name}: max excess {(err - bound).max()}"
+    data_len, scale_len = CODECS[name].sizes(x.shape)
+    assert e.nbytes == len(e.data) + len(e.scale) == data_len + scale_len
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0), (3, 0, 2), ()])
+def test_empty_and_scalar_shapes(name, shape):
+    x = np.full(shape, 1.5, dtype=np.float32)
+    e, y = roundtrip(x, name)
+    assert y.shape == shape
+    np.testing.assert_allclose(y, x, rtol=1e-2)
+    if x.size == 0:
+        assert e.nbytes == 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("x", [
+    np.zeros((4, 7)),  # all-zero rows: int8 scale 0 must not divide by zero
+    np.full((3, 5), -2.25),  # all-equal rows are exact in every codec (q = +-127 exactly)
+    np.full((1, 9), 7.5),  # a single row
+    np.zeros(0),
+])
+def test_exact_special_arrays(name, x):
+    _, y = roundtrip(x, name)
+    np.testing.assert_array_equal(y, x.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_row_within_bound(name):
+    x = np.arange(-40.0, 60.0, 0.7, dtype=np.float32).reshape(1, -1)  # (1, n)
+    _, y = roundtrip(x, name)
+    assert (np.abs(y - x) <= CODECS[name].error_bound(x)).all()
+
+
+def test_fp32_is_lossless_and_4_bytes_per_value():
+    x = np.random.default_rng(0).standard_normal((5, 11)).astype(np.float32)
+    e, y = roundtrip(x, "fp32")
+    np.testing.assert_array_equal(y, x)
+    assert e.nbytes == 4 * x.size
+
+
+def test_fp16_relative_error_about_1e3():
+    x = np.random.default_rng(1).uniform(-1000, 1000, size=(50, 40)).astype(np.float32)
+    x = x[np.abs(x) > 1e-3]  # normal fp16 range: relative error <= 2**-11 ~ 4.9e-4
+    e, y = roundtrip(x, "fp16")
+    assert (np.abs(y - x) <= 1e-3 * np.abs(x)).all()
+    assert e.nbytes == 2 * x.size
+
+
+def test_int8_error_at_most_half_a_step_per_row():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((20, 30)) * rng.uniform(0.01, 100, size=(20, 1))).astype(np.float32)
+    e, y = roundtrip(x, "int8")
+    s = int8_scales(e)
+    assert s.shape == (20,)
+    np.testing.assert_allclose(s, np.abs(x).max(axis=1) / 127, rtol=1e-6)
+    assert (np.abs(y - x) <= s[:, None] / 2 * (1 + 1e-6)).all()
+    assert e.nbytes == x.size + 4 * 20
+
+
+def test_int8_1d_uses_local_chunk_scales():
+    x = np.full(1000, 0.01, dtype=np.float32)
+    x[0] = 1000.0  # an outlier coarsens only its own chunk
+    e, y = roundtrip(x, "int8")
+    s = int8_scales(e)
+    assert len(s) == math.ceil(1000 / codecs.INT8_CHUNK)
+    np.testing.assert_allclose(y[codecs.INT8_CHUNK:], 0.01, rtol=1e-2)
+    assert e.nbytes == 1000 + 4 * len(s)
+
+
+def test_integer_and_float64_inputs_are_accepted():
+    _, y = roundtrip(np.arange(6).reshape(2, 3), "fp32")
+    np.testing.assert_array_equal(y, np.arange(6, dtype=np.float32).reshape(2, 3))
+    _, y = roundtrip(np.linspace(0, 1, 7), "fp16")
+    assert y.dtype == np.float32
+
+
+def test_decoded_array_is_a_fresh_writable_float32():
+    _, y = roundtrip(np.ones((2, 2)), "fp32")
+    y[0, 0] = 5  # not a read-only view of the wire bytes
+    assert y.flags.c_contiguous
+
+
+# ------------------------------------------------------------------------------- encode errors
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_rejected(name, bad):
+    x = np.ones((3, 4), dtype=np.float32)
+    x[1, 2] = bad
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        codecs.encode(x, name)
+    assert issubclass(NonFiniteError, CodecError)
+
+
+def test_float64_beyond_float32_range_is_rejected():
+    with pytest.raises(CodecError, match="float32 range"):
+        codecs.encode(np.array([1e300]), "fp32")
+
+
+def test_fp16_overflow_says_what_to_use():
+    with pytest.raises(CodecError, match="use fp32 or int8"):
+        codecs.encode(np.array([1e5], dtype=np.float32), "fp16")
+
+
+def test_unknown_codec_lists_the_choices():
+    with pytest.raises(CodecError, match="unknown codec 'int3'; choose one of: fp32, fp16, int8"):
+        codecs.encode(np.ones(3), "int3")
+    with pytest.raises(CodecError, match="choose one of"):
+        codecs.parse_codec("FP16")
+    assert codecs.parse_codec("int8").name == "int8"
+
+
+def test_non_numeric_and_too_many_dims_are_rejected():
+    with pytest.raises(CodecError, match="dtype"):
+        codecs.encode(np.array(["a"]), "fp32")
+    with pytest.raises(CodecError, match="dimensions"):
+        codecs.encode(np.zeros((1,) * (codecs.MAX_NDIM + 1)), "fp32")
+
+
+# --------------------------------------------------------------------------- hostile Encodeds
+
+
+def good(name="int8", shape=(4, 6)):
+    return codecs.encode(np.random.default_rng(3).standard_normal(shape), name)
+
+
+def f32(*values) -> bytes:
+    return np.array(values, dtype="<f4").tobytes()
+
+
+@pytest.mark.parametrize("e, match", [
+    (Encoded("fp32", (4,), b"\0" * 15), "needs 16 data bytes"),  # truncated
+    (Encoded("fp32", (4,), b"\0" * 17), "needs 16 data bytes"),  # trailing junk
+    (Encoded("fp16", (2, 3), b"\0" * 24), "got 24"),  # fp32-sized data labelled fp16
+    (Encoded("int8", (2, 3), b"\0" * 6, f32(1.0)), "8 scale bytes"),  # one scale for two rows
+    (Encoded("int8", (2, 3), b"\0" * 6), "8 scale bytes"),  # scales missing
+    (Encoded("fp32", (4,), b"\0" * 16, b"x"), "0 scale bytes"),  # scales where none belong
+    (Encoded("fp32", (2, -2), b""), ">= 0"),  # negative dims
+    (Encoded("fp32", (True, 2), b"\0" * 8), "tuple of ints"),  # bool is not a dim
+    (Encoded("fp32", (2.0,), b"\0" * 8), "tuple of ints"),
+    (Encoded("fp32", [2], b"\0" * 8), "tuple of ints"),
+    (Encoded("fp32", (1,) * 9, b"\0" * 4), "at most 8 dimensions"),
+    (Encoded("fp32", (4,), "abcdabcdabcdabcd"), "must be bytes"),
+    (Encoded("int9", (4,), b""), "unknown codec"),
+])
+def test_invalid_encoded_is_rejected(e, match):
+    with pytest.raises(CodecError, match=match):
+        codecs.decode(e, max_elements=1000)
+
+
+@pytest.mark.parametrize("shape", [(10**12,), (10**6, 10**6), (0, 10**30), (2**62, 4)])
+def test_huge_shapes_are_rejected_without_allocating(shape):
+    e = Encoded("fp32", shape, b"\0" * 16)
+    tracemalloc.start()  # numpy reports its data buffers to tracemalloc
+    try:
+        with pytest.raises(CodecError, match="at most 1000"):
+            codecs.decode(e, max_elements=1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+
+
+def test_shape_that_disagrees_with_data_is_rejected_before_allocating():
+    # within budget, but the bytes can't be an array of that shape: rejected by length, not by numpy
+    e = Encoded("int8", (10**6, 100), b"\0" * 100, f32(*[1.0] * 10))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match="needs 100000000 data bytes"):
+            codecs.decode(e, max_elements=10**9)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+
+
+@pytest.mark.parametrize("scale", [f32(np.nan, 1.0), f32(1.0, np.inf), f32(-1.0, 1.0)])
+def test_bad_int8_scales_are_rejected(scale):
+    e = Encoded("int8", (2, 3), b"\1" * 6, scale)
+    with pytest.raises(NonFiniteError, match="scales must be finite"):
+        codecs.decode(e, max_elements=100)
+
+
+def test_int8_scale_that_overflows_on_decode_is_rejected():
+    e = Encoded("int8", (1, 2), np.array([127, 1], dtype="i1").tobytes(), f32(3e38))
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        codecs.decode(e, max_elements=100)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("fp32", f32(1.0, np.nan)),
+    ("fp32", f32(np.inf, 1.0)),
+    ("fp16", np.array([1.0, np.inf], dtype="<f2").tobytes()),
+    ("fp16", np.array([np.nan, 0.0], dtype="<f2").tobytes()),
+])
+def test_non_finite_values_in_data_are_rejected(name, data):
+    with pytest.raises(NonFiniteError):
+        codecs.decode(Encoded(name, (2,), data), max_elements=100)
+
+
+def test_max_elements_is_inclusive():
+    e = good("fp16", (3, 4))
+    assert codecs.decode(e, max_elements=12).shape == (3, 4)
+    with pytest.raises(CodecError, match="at most 11 expected"):
+        codecs.decode(e, max_elements=11)
+
+
+def test_decode_rejects_non_encoded():
+    with pytest.raises(CodecError, match="expected an Encoded"):
+        codecs.decode({"codec": "fp32"}, max_elements=10)
