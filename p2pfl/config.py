@@ -61,6 +61,7 @@ class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     codec: str = "fp32"
+    warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
@@ -98,6 +99,7 @@ class Scenario:
     embed_dim: int = 32
     nodes: tuple[str, ...] = ("mlp", "cnn1d", "gru")  # profiles by name (node/NAME.toml) or arch, round-robin
     eval_every: int = 1
+    workers: int = 0  # threads computing side by side in a simulation; 0 = one per core
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)

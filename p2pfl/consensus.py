@@ -36,7 +36,14 @@ def class_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     return np.divide(w, total, out=np.full_like(w, 1.0 / len(contribs)), where=total > 0)
 
 
-def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02) -> np.ndarray:
+def certainty(probs: np.ndarray) -> np.ndarray:
+    """(..., R, C) -> (..., R): 1 - entropy / log C; 0 for a uniform row ("I don't know"), 1 for one-hot."""
+    h = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1)
+    return 1.0 - h / np.log(probs.shape[-1])
+
+
+def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02,
+            sharpness: float = 0.0) -> np.ndarray:
     """(R, C) teacher probabilities.
 
     rule "mean": weighted mean of probabilities. rule "class-weighted": per-class weights from
@@ -49,13 +56,17 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
         w = np.array([c.weight for c in contribs], dtype=np.float64)
         out = np.tensordot(w / w.sum(), probs, axes=1)
     elif rule == "class-weighted":
-        w = class_weights(contribs, floor)  # (K, C)
-        out = (probs * w[:, None, :]).sum(axis=0)
+        w = class_weights(contribs, floor)[:, None, :]  # (K, 1, C)
+        if sharpness > 0:  # trust each node per row as much as it is sure of itself
+            w = w * (certainty(probs) ** sharpness)[:, :, None] + 1e-9
+        out = (probs * w).sum(axis=0)
         out /= out.sum(axis=-1, keepdims=True)
+    elif rule == "pairwise":
+        return pairwise_coupling(contribs, floor)
     elif rule == "aligned":
         return aligned_log_pool(contribs, floor)
     else:
-        raise ValueError(f"unknown consensus rule {rule!r}; choose one of: mean, class-weighted, aligned")
+        raise ValueError(f"unknown consensus rule {rule!r}; choose one of: mean, class-weighted, pairwise, aligned")
     return out.astype(np.float32)
 
 
@@ -80,3 +91,30 @@ def aligned_log_pool(contribs: list[Contribution], floor: float, iters: int = 4)
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def pairwise_coupling(contribs: list[Contribution], floor: float, iters: int = 20) -> np.ndarray:
+    """(R, C) teacher from pairwise class ratios, each pair judged by the nodes that know both classes.
+
+    A node that trained on classes c and c' can tell them apart; one that saw only c says "c" for
+    anything, so its opinion on (c, c') is worth min(evidence_c, evidence_c'). Per pair we average
+    r_cc' = p(c) / (p(c) + p(c')) with those weights, then recover one distribution from all the
+    pairs by the iterative coupling of Hastie & Tibshirani (1998).
+    """
+    counts = np.stack([c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
+    evidence = counts + floor * counts.sum(axis=1, keepdims=True)
+    mix = np.array([c.weight for c in contribs])[:, None, None]
+    pair_w = mix * np.minimum(evidence[:, :, None], evidence[:, None, :])  # (K, C, C)
+    probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
+    ratio = probs[:, :, :, None] / (probs[:, :, :, None] + probs[:, :, None, :] + 1e-12)  # (K, R, C, C)
+    n = pair_w.sum(axis=0)  # (C, C)
+    r = np.einsum("kcd,krcd->rcd", pair_w, ratio) / np.maximum(n, 1e-12)  # (R, C, C)
+    np.fill_diagonal(n, 0.0)
+    p = (probs * pair_w.sum(axis=2)[:, None, :]).sum(axis=0)  # evidence-weighted mean as a start
+    p /= p.sum(axis=1, keepdims=True)
+    target = (n[None] * r).sum(axis=2)  # (R, C)
+    for _ in range(iters):
+        mu = p[:, :, None] / (p[:, :, None] + p[:, None, :] + 1e-12)
+        p = p * target / np.maximum((n[None] * mu).sum(axis=2), 1e-12)
+        p /= p.sum(axis=1, keepdims=True)
+    return p.astype(np.float32)

@@ -30,11 +30,13 @@ class MemoryNetwork:
 
     def __init__(self, link: LinkModel = LinkModel(), *, seed: int = 0):
         self.link = link
-        self._rng = random.Random(seed)
+        self._seed = seed
+        self._rngs: dict[tuple[str, str], random.Random] = {}
         self._inboxes: dict[str, trio.MemorySendChannel] = {}
         self._down: set[str] = set()
         self._cut: set[frozenset[str]] = set()
         self._busy_until: dict[tuple[str, str], float] = defaultdict(float)
+        self._last_arrival: dict[tuple[str, str], float] = defaultdict(float)
         self.bytes_sent: dict[tuple[str, str], int] = defaultdict(int)
         self.dropped = 0
         self._nursery: trio.Nursery | None = None
@@ -72,15 +74,28 @@ class MemoryNetwork:
         if not self.reachable(src, dst):
             raise PeerUnreachable(f"{dst} is unreachable from {src}")
         self.bytes_sent[(src, dst)] += len(data)
-        if self._rng.random() < self.link.loss:
+        rng = self._link_rng(src, dst)
+        if rng.random() < self.link.loss:
             self.dropped += 1
             return
         now = trio.current_time()
         start = max(now, self._busy_until[(src, dst)])
         done = start + (len(data) / self.link.bandwidth if self.link.bandwidth > 0 else 0.0)
         self._busy_until[(src, dst)] = done  # one message at a time per link, like a stream
-        delay = done - now + max(0.0, self.link.latency + self._rng.uniform(-self.link.jitter, self.link.jitter))
-        self._nursery.start_soon(self._deliver, src, dst, data, delay)
+        arrival = done + max(0.0, self.link.latency + rng.uniform(-self.link.jitter, self.link.jitter))
+        # FIFO per link, as on a stream: jitter may delay a message but never lets a later one
+        # (a bye, say) overtake it
+        arrival = max(arrival, self._last_arrival[(src, dst)] + 1e-6)  # strictly later: equal wake-ups may swap
+        self._last_arrival[(src, dst)] = arrival
+        self._nursery.start_soon(self._deliver, src, dst, data, arrival - now)
+
+    def _link_rng(self, src: str, dst: str) -> random.Random:
+        # One stream of randomness per link, so the draws a link gets do not depend on the order
+        # in which nodes that finished computing at the same simulated instant happen to send.
+        key = (src, dst)
+        if key not in self._rngs:
+            self._rngs[key] = random.Random(f"{self._seed}/{src}/{dst}")
+        return self._rngs[key]
 
     async def _deliver(self, src: str, dst: str, data: bytes, delay: float) -> None:
         await trio.sleep(delay)

@@ -1,0 +1,175 @@
+"""Knowledge modes: what a node shares, how it combines what it receives, and how it trains on it.
+
+A mode is one small class with three paired methods (Flower-style); the node loop never looks
+inside. Adding a mode touches no runtime code: subclass `Mode` and register it in `MODES`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from p2pfl.config import GossipConfig
+from p2pfl.consensus import Contribution, teacher
+from p2pfl.data.reference import Reference
+from p2pfl.learner import Learner
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """Knowledge ready to send: a payload array and, for logits, the reference slice it is about."""
+
+    kind: str  # "logits" | "params"
+    array: np.ndarray
+    ref_start: int = 0
+    ref_count: int = 0
+
+
+@dataclass(frozen=True)
+class Received:
+    """A neighbour's knowledge as the node keeps it: decoded array plus what consensus needs."""
+
+    sender: str
+    round: int
+    kind: str
+    array: np.ndarray
+    ref_start: int
+    ref_count: int
+    label_counts: np.ndarray
+    weight: float  # this node's mixing weight for the sender
+
+
+@dataclass
+class Teaching:
+    """What consensus produced for one round of training; empty when nothing usable arrived."""
+
+    x: torch.Tensor | None = None  # (R, ...) reference rows to distill on
+    probs: torch.Tensor | None = None  # (R, C) teacher
+    contributors: int = 0
+    staleness: list[int] = field(default_factory=list)
+
+
+@dataclass
+class NodeContext:
+    """What a mode may use: the learner, the shared reference set, mixing weights, settings."""
+
+    learner: Learner
+    reference: Reference | None
+    self_weight: float
+    gossip: GossipConfig
+
+
+class Mode(ABC):
+    name: str
+    kind: str | None  # knowledge kind it sends (None: shares nothing)
+
+    @abstractmethod
+    def share(self, ctx: NodeContext, round_idx: int) -> Outgoing | None:
+        """Knowledge to push to neighbours after round `round_idx` (None: nothing)."""
+
+    @abstractmethod
+    def absorb(self, ctx: NodeContext, inbox: list[Received], round_idx: int) -> Teaching:
+        """Combine own + received knowledge before round `round_idx` trains."""
+
+    def warmup(self, ctx: NodeContext) -> Teaching:
+        """What the label-only warm-up may also learn from (nothing by default)."""
+        return Teaching()
+
+    def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
+        return ctx.learner.train(steps, teaching.x, teaching.probs)
+
+
+class LocalMode(Mode):
+    """Baseline: no sharing at all."""
+
+    name, kind = "local", None
+
+    def share(self, ctx, round_idx):
+        return None
+
+    def absorb(self, ctx, inbox, round_idx):
+        return Teaching()
+
+
+class LogitsMode(Mode):
+    """The product: predictions on a rotating reference slice, combined into a teacher, distilled."""
+
+    name, kind = "logits", "logits"
+
+    def __init__(self) -> None:
+        self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training
+
+    def warmup(self, ctx):
+        # Outlier exposure: uniform targets on reference rows, most of which are classes this node
+        # never saw, teach it to say "I don't know" there instead of naming one of its own classes.
+        # Its first knowledge is then worth combining (see BENCHMARKS.md for the measured effect).
+        if not ctx.gossip.warmup_uniform:
+            return Teaching()
+        x = torch.from_numpy(ctx.reference.x[ctx.reference.slice_rows(0)])
+        c = ctx.learner.num_classes
+        return Teaching(x, torch.full((len(x), c), 1.0 / c))
+
+    def share(self, ctx, round_idx):
+        start, count = ctx.reference.slice_bounds(round_idx)
+        logits = self._own_logits(ctx, start, count)
+        return Outgoing("logits", logits, start, count)
+
+    def absorb(self, ctx, inbox, round_idx):
+        # 1) group neighbours by the slice they spoke about (they may be a round ahead or behind),
+        # 2) per slice, the teacher combines own logits (computed once per slice) with theirs,
+        # 3) all slices' rows together are the distillation set of this round.
+        groups: dict[tuple[int, int], list[Received]] = {}
+        for r in inbox:
+            groups.setdefault((r.ref_start, r.ref_count), []).append(r)
+        xs, ps, stale = [], [], []
+        for (start, count), received in sorted(groups.items()):
+            own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
+            theirs = [Contribution(r.array, r.label_counts, r.weight) for r in received]
+            ps.append(teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor))
+            xs.append(ctx.reference.x[ctx.reference.rows(start, count)])
+            stale += [round_idx - 1 - r.round for r in received]
+        self._own.clear()  # training is about to change the model
+        if not xs:
+            return Teaching()
+        return Teaching(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ps)),
+                        contributors=len(inbox), staleness=stale)
+
+    def _own_logits(self, ctx, start, count):
+        key = (start, count)
+        if key not in self._own:
+            self._own[key] = ctx.learner.logits(ctx.reference.x[ctx.reference.rows(start, count)])
+        return self._own[key]
+
+
+class FedAvgMode(Mode):
+    """Baseline: gossip averaging of whole parameter vectors (D-PSGD); identical architectures only."""
+
+    name, kind = "fedavg", "params"
+
+    def share(self, ctx, round_idx):
+        return Outgoing("params", ctx.learner.get_flat())
+
+    def absorb(self, ctx, inbox, round_idx):
+        if not inbox:
+            return Teaching()
+        # Metropolis-Hastings weights of the neighbours heard from; the rest of the row stays on
+        # self, so a silent neighbour's weight is not lost but not invented either.
+        own = ctx.learner.get_flat()
+        mixed = own * (1.0 - sum(r.weight for r in inbox))
+        for r in inbox:
+            mixed += r.weight * r.array
+        ctx.learner.set_flat(mixed)
+        return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox])
+
+
+MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode)}
+
+
+def make_mode(name: str) -> Mode:
+    try:
+        return MODES[name]()
+    except KeyError:
+        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}") from None

@@ -1,0 +1,330 @@
+"""The node runtime: one trio loop per node, the same over the memory transport and over libp2p.
+
+    async with Node(...) as node:      # owns its nursery: receiver task, clean bye on exit
+        result = await node.run()
+
+Each round: wait (bounded staleness, per neighbour: no global barrier) -> consensus -> train ->
+share -> evaluate -> log. Everything a peer sends goes through `wire.PeerSession`; a violation is
+counted by reason, logged and dropped, and the node keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter, defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+import trio.testing
+
+from p2pfl import wire
+from p2pfl.codecs import encode as encode_array
+from p2pfl.config import GossipConfig
+from p2pfl.learner import Learner
+from p2pfl.modes import Mode, NodeContext, Received
+from p2pfl.transport import PeerUnreachable, Transport
+from p2pfl.data.reference import Reference
+
+log = logging.getLogger(__name__)
+
+INBOX_DEPTH = 3  # messages kept per neighbour: enough to find one about the slice consensus wants
+
+
+# -- how compute is run -----------------------------------------------------------------------------
+
+class ThreadCompute:
+    """Real nodes: blocking learner calls go to a worker thread so the loop keeps serving peers."""
+
+    def __init__(self, limiter: trio.CapacityLimiter | None = None):
+        self.limiter = limiter or trio.CapacityLimiter(1)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+
+class FrozenTimePool:
+    """Worker threads for simulations that stop the mock clock while any of them is busy.
+
+    Simulated time then advances only through modelled durations, never through how long the
+    real work took, so a run is the same for a seed however the threads are scheduled; and two
+    nodes computing at the same simulated instant really do use two cores.
+    """
+
+    def __init__(self, clock: trio.testing.MockClock, workers: int):
+        self.clock = clock
+        self.limiter = trio.CapacityLimiter(workers)
+        self._busy = 0
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._busy += 1
+        self.clock.autojump_threshold = math.inf
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self.clock.autojump_threshold = 0
+
+
+class SimulatedCompute:
+    """Simulations: run the work (inline, or on a FrozenTimePool), then sleep the modelled duration.
+
+    The modelled duration (seconds per step / speed, with per-call jitter) is what makes nodes
+    drift apart as real ones do.
+    """
+
+    def __init__(self, seconds_per_step: float, *, jitter: float = 0.1, seed: int = 0,
+                 pool: FrozenTimePool | None = None):
+        self.seconds_per_step = seconds_per_step
+        self.jitter = jitter
+        self.pool = pool
+        self._rng = random.Random(seed)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
+        out = await self.pool.run(fn, *args) if self.pool else fn(*args)
+        await trio.sleep(steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter)))
+        return out
+
+
+Compute = Callable[..., Awaitable[Any]]
+
+
+# -- bookkeeping ------------------------------------------------------------------------------------
+
+@dataclass
+class PeerState:
+    session: wire.PeerSession
+    weight: float  # mixing weight (Metropolis-Hastings from the topology)
+    inbox: deque[wire.Knowledge] = field(default_factory=lambda: deque(maxlen=INBOX_DEPTH))
+    latest_round: int = -1
+    up: bool = True  # False after bye or a failed send, until it speaks again
+    hello_sent: bool = False
+
+
+@dataclass
+class Counters:
+    bytes_out: int = 0
+    bytes_in: int = 0
+    msgs_out: int = 0
+    msgs_in: int = 0
+    send_failures: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Node:
+    def __init__(self, *, node_id: str, arch: str, mode: Mode, learner: Learner, transport: Transport,
+                 neighbours: dict[str, float], reference: Reference | None, test: EvalData,
+                 rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "fp32",
+                 on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
+                 start_round: int = 0):
+        # start_round: rounds already completed (0 = fresh; a checkpoint restores more)
+        self.node_id = node_id
+        self.arch = arch
+        self.mode = mode
+        self.learner = learner
+        self.transport = transport
+        self.reference = reference
+        self.test = test
+        self.rounds = rounds
+        self.gossip = gossip
+        self.compute = compute
+        self.codec = codec
+        self.on_record = on_record
+        self.eval_every = eval_every
+        self.round = start_round
+        self.counters = Counters()
+        self.hello = wire.Hello(
+            node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
+            num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
+            codecs=(codec,), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
+        )
+        self._expect = wire.Expectations.for_hello(self.hello, ref_size=reference.size if reference else None)
+        self.peers: dict[str, PeerState] = {
+            p: PeerState(wire.PeerSession(self.hello, self._expect), w) for p, w in neighbours.items()
+        }
+        self.ctx = NodeContext(learner, reference, 1.0 - sum(neighbours.values()), gossip)
+        self._arrived = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        self._nursery.start_soon(self._receive_loop)
+        await self._greet_all()
+        return self
+
+    async def __aexit__(self, *exc):
+        with trio.CancelScope(shield=True):
+            await self._broadcast_bye("done" if exc[0] is None else "stopping")
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_cm.__aexit__(*exc)
+
+    # -- the round loop ---------------------------------------------------------------------------
+    async def run(self) -> list[dict]:
+        """Train for the configured rounds; returns this node's per-round records."""
+        records = []
+        if self.round == 0:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
+            steps = self.learner.config.warmup_steps
+            teaching = self.mode.warmup(self.ctx)
+            await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
+            await self._share(0)
+        while self.round < self.rounds:
+            r = self.round + 1
+            waited = await self._wait_for_neighbours(r)
+            before = (self.counters.bytes_out, self.counters.bytes_in)
+            inbox = self._usable_inbox(r)
+            teaching = await self.compute(self.mode.absorb, self.ctx, inbox, r)
+            steps = self.learner.config.local_steps
+            loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
+            await self._share(r)
+            record = {
+                "node": self.node_id, "arch": self.arch, "round": r, "time": trio.current_time(),
+                "train_loss": loss, "contributors": teaching.contributors,
+                "staleness": float(np.mean(teaching.staleness)) if teaching.staleness else None,
+                "waited": waited,
+                "bytes_out": self.counters.bytes_out - before[0], "bytes_in": self.counters.bytes_in - before[1],
+                "neighbours_up": sum(p.up for p in self.peers.values()),
+                "rejected": dict(self.counters.rejected),
+            }
+            if r % self.eval_every == 0 or r == self.rounds:
+                ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
+                record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}
+            records.append(record)
+            self.on_record(record)
+            self.round = r
+        return records
+
+    async def _wait_for_neighbours(self, r: int) -> float:
+        """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
+        >= r-1-max_lag, or after wait_timeout (then the silent ones count as down until they speak)."""
+        if self.mode.kind is None:
+            return 0.0
+        need = r - 1 - self.gossip.max_lag
+        start = trio.current_time()
+        deadline = start + self.gossip.wait_timeout
+        while True:
+            behind = [p for p in self.peers.values() if p.up and p.latest_round < need]
+            if not behind:
+                break
+            if trio.current_time() >= deadline:
+                for p in behind:
+                    p.up = False
+                log.info("%s: round %d: %d neighbour(s) silent for %.1fs, going on without them",
+                         self.node_id, r, len(behind), self.gossip.wait_timeout)
+                break
+            with trio.move_on_at(deadline):
+                await self._arrived.wait()
+        return trio.current_time() - start
+
+    def _usable_inbox(self, r: int) -> list[Received]:
+        """Per neighbour, the newest knowledge within the staleness bound."""
+        out = []
+        for peer_id, p in self.peers.items():
+            if not p.inbox:
+                continue
+            k = p.inbox[-1]
+            if r - 1 - k.round > self.gossip.staleness:
+                continue
+            out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
+                                np.asarray(k.label_counts, dtype=np.int64), p.weight))
+        return out
+
+    async def _share(self, r: int) -> None:
+        outgoing = await self.compute(self.mode.share, self.ctx, r)
+        if outgoing is None:
+            return
+        payload = encode_array(outgoing.array, self.codec)
+        msg = wire.Knowledge(
+            sender=self.node_id, round=r, time=trio.current_time(), kind=outgoing.kind,
+            ref_start=outgoing.ref_start, ref_count=outgoing.ref_count, payload=payload,
+            label_counts=tuple(int(c) for c in self.learner.label_counts),
+            samples=int(self.learner.label_counts.sum()), val_acc=0.0,
+        )
+        for peer_id, p in self.peers.items():
+            if p.session.their_state is not wire.State.READY:
+                continue  # no hello from them yet: they would reject it
+            await self._send(peer_id, p, msg)
+
+    # -- messaging --------------------------------------------------------------------------------
+    async def _send(self, peer_id: str, p: PeerState, msg: wire.Message) -> bool:
+        data = p.session.send(msg)
+        try:
+            await self.transport.send(peer_id, data)
+        except PeerUnreachable as e:
+            self.counters.send_failures += 1
+            p.up = False
+            log.debug("%s: send to %s failed: %s", self.node_id, peer_id, e)
+            return False
+        self.counters.bytes_out += len(data)
+        self.counters.msgs_out += 1
+        return True
+
+    async def _greet_all(self) -> None:
+        for peer_id, p in self.peers.items():
+            p.hello_sent = await self._send(peer_id, p, self.hello)
+
+    async def _broadcast_bye(self, reason: str) -> None:
+        for peer_id, p in self.peers.items():
+            if p.session.our_state is not wire.State.CLOSED:
+                await self._send(peer_id, p, wire.Bye(self.node_id, reason))
+
+    async def _receive_loop(self) -> None:
+        while True:
+            peer_id, data = await self.transport.receive()
+            self.counters.bytes_in += len(data)
+            self.counters.msgs_in += 1
+            p = self.peers.get(peer_id)
+            if p is None:
+                self._reject(peer_id, "state", "not a neighbour of this node")
+                continue
+            if p.session.their_state is wire.State.CLOSED:  # it left and came back: a new session
+                p.session = wire.PeerSession(self.hello, self._expect)
+                p.hello_sent = False
+            try:
+                msg = p.session.receive(data)
+            except wire.RemoteProtocolError as e:
+                self._reject(peer_id, e.reason, str(e))
+                continue
+            await self._handle(peer_id, p, msg)
+
+    async def _handle(self, peer_id: str, p: PeerState, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Hello):
+            p.up = True
+            if not p.hello_sent or p.session.our_state is wire.State.NEW:
+                p.hello_sent = await self._send(peer_id, p, self.hello)
+        elif isinstance(msg, wire.Knowledge):
+            p.inbox.append(msg)
+            p.latest_round = max(p.latest_round, msg.round)
+            p.up = True
+            self._arrived.set()
+            self._arrived = trio.Event()
+        elif isinstance(msg, wire.Bye):
+            p.up = False
+            self._arrived.set()  # someone waiting on this peer can stop waiting
+            self._arrived = trio.Event()
+        elif isinstance(msg, wire.StatusRequest):
+            await self._send(peer_id, p, wire.StatusReply(msg.nonce, self.status()))
+
+    def _reject(self, peer_id: str, reason: str, detail: str) -> None:
+        self.counters.rejected[reason] += 1
+        log.warning("%s: rejected a message from %s (%s): %s", self.node_id, peer_id, reason, detail)
+
+    def status(self) -> dict:
+        return {
+            "node": self.node_id, "arch": self.arch, "mode": self.mode.name, "round": self.round,
+            "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
+            "rejected": dict(self.counters.rejected),
+            "neighbours": {pid: {"up": p.up, "round": p.latest_round} for pid, p in self.peers.items()},
+        }

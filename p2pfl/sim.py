@@ -1,0 +1,207 @@
+"""Simulations: N nodes of any architectures on a MemoryNetwork, all in one trio loop on a mock clock.
+
+    result = Simulation(load_scenario("sim/quickstart.toml")).run()
+
+Every node runs the same `Node` code as a real process; only the transport (in-memory, counting
+every encoded byte) and the compute (inline, with modelled durations) differ. Runs are
+deterministic for a scenario and seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trio
+import trio.testing
+
+from p2pfl.config import ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
+from p2pfl.data import build_reference, load_source, partition
+from p2pfl.data.reference import Reference, ReferenceSpec
+from p2pfl.data.sources import Dataset
+from p2pfl.learner import Learner
+from p2pfl.metrics import MetricsLog, atomic_write_text, summarize
+from p2pfl.models import MODELS, build_model, param_count
+from p2pfl.modes import make_mode
+from p2pfl.node import EvalData, FrozenTimePool, Node, SimulatedCompute
+from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
+from p2pfl.transport.memory import LinkModel, MemoryNetwork
+
+log = logging.getLogger(__name__)
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "node"  # the repo's node/ folder of profiles
+
+
+@dataclass
+class SimulationResult:
+    scenario: Scenario
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    run_dir: Path | None
+
+    @property
+    def global_mean(self) -> float:
+        return self.summary["global"]["mean"]
+
+    @property
+    def personal_mean(self) -> float:
+        return self.summary["personal"]["mean"]
+
+
+def resolve_profile(name: str) -> NodeProfile:
+    """A profile file path, a profile name in node/, or a bare architecture name."""
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.exists():
+            raise ConfigError(f"node profile {name} not found")
+        return load_profile(path)
+    if (PROFILE_DIR / f"{name}.toml").exists():
+        return load_profile(PROFILE_DIR / f"{name}.toml")
+    if name in MODELS:
+        return NodeProfile(name=name, arch=name)
+    raise ConfigError(f"nodes: {name!r} is neither a profile in node/ nor an architecture; "
+                      f"architectures: {', '.join(MODELS)}")
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Everything that defines one simulated node, derived from the scenario and seed."""
+
+    index: int
+    node_id: str
+    profile: NodeProfile
+    train: TrainConfig
+    train_idx: np.ndarray
+    neighbours: dict[str, float]
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, *, run_dir: str | Path | None = "runs",
+                 on_record: Callable[[dict], None] | None = None):
+        self.scenario = scenario
+        self.run_root = Path(run_dir) if run_dir is not None else None
+        self.on_record = on_record or (lambda record: None)
+
+    # -- building ---------------------------------------------------------------------------------
+    def dataset(self) -> Dataset:
+        d = self.scenario.data
+        if d.source in ("mnist1d", "synthetic"):
+            return load_source(d.source, num_samples=d.samples, seed=d.data_seed)
+        return load_source(d.source)
+
+    def topology(self) -> Topology:
+        t = self.scenario.topology
+        return resolve_topology(t.name, t.nodes, self.scenario.seed, **t.params)
+
+    def reference(self) -> Reference | None:
+        if self.scenario.mode != "logits":
+            return None
+        r = self.scenario.reference
+        return build_reference(ReferenceSpec(source=r.source, seed=r.seed, size=r.size, slice_size=r.slice_size))
+
+    def plan(self, dataset: Dataset, topology: Topology) -> list[NodePlan]:
+        s = self.scenario
+        n = topology.n
+        parts = partition(dataset.y_train, n, s.data.partition, s.seed)
+        weights = metropolis_hastings_weights(topology.graph)
+        profiles = [resolve_profile(name) for name in s.nodes]
+        plans = []
+        for i in range(n):
+            profile = profiles[i % len(profiles)]
+            train = build(TrainConfig, dataclasses.asdict(s.train) | profile.train, f"profile {profile.name} [train]")
+            neighbours = {topology.names[j]: float(weights[i, j]) for j in sorted(topology.graph.neighbors(i))}
+            plans.append(NodePlan(i, topology.names[i], profile, train, parts[i], neighbours))
+        if s.mode == "fedavg" and len({p.profile.arch for p in plans}) > 1:
+            archs = sorted({p.profile.arch for p in plans})
+            raise ConfigError(f"mode = 'fedavg' averages whole models, so every node needs the same architecture; "
+                              f"nodes use {', '.join(archs)}. Set nodes = [\"cnn1d\"] (or use mode = 'logits')")
+        return plans
+
+    def learner(self, plan: NodePlan, dataset: Dataset) -> Learner:
+        s = self.scenario
+        # fedavg starts every node from the same weights (standard for gossip averaging); the
+        # knowledge modes give each node its own init, as independent owners would have.
+        torch.manual_seed(s.seed if s.mode == "fedavg" else s.seed * 1_000 + plan.index)
+        model = build_model(plan.profile.arch, input_length=dataset.input_shape[-1], num_classes=dataset.num_classes,
+                            embed_dim=s.embed_dim, **plan.profile.arch_options)
+        total = plan.train.warmup_steps + s.rounds * plan.train.local_steps
+        return Learner(model, dataset.x_train[plan.train_idx], dataset.y_train[plan.train_idx],
+                       num_classes=dataset.num_classes, config=plan.train, total_steps=total,
+                       seed=s.seed * 1_000 + plan.index)
+
+    # -- running ----------------------------------------------------------------------------------
+    def run(self) -> SimulationResult:
+        s = self.scenario
+        wall = time.perf_counter()
+        dataset = self.dataset()
+        topology = self.topology()
+        reference = self.reference()
+        plans = self.plan(dataset, topology)
+        learners = [self.learner(p, dataset) for p in plans]
+        run_dir = None
+        records: list[dict] = []
+        metrics = None
+        if self.run_root is not None:
+            run_dir = self.run_root / s.name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            metrics = MetricsLog(run_dir / "metrics.jsonl")
+
+        def on_record(record: dict) -> None:
+            records.append(record)
+            if metrics is not None:
+                metrics.write(record)
+            self.on_record(record)
+
+        test = EvalData(dataset.x_test, dataset.y_test)
+        net = s.network
+        link = LinkModel(latency=net.latency, jitter=net.jitter, loss=net.loss, bandwidth=net.bandwidth)
+
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        workers = s.workers or os.cpu_count() or 1
+        pool = FrozenTimePool(clock, workers) if workers > 1 else None
+        torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
+
+        async def main() -> None:
+            async with MemoryNetwork(link, seed=s.seed) as network:
+                async with trio.open_nursery() as nursery:
+                    for plan, learner in zip(plans, learners):
+                        nursery.start_soon(run_node, network, plan, learner)
+
+        async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
+            compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
+                                       jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
+            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=make_mode(s.mode), learner=learner,
+                        transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
+                        test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=s.gossip.codec,
+                        on_record=on_record, eval_every=s.eval_every)
+            async with node:
+                await node.run()
+
+        try:
+            trio.run(main, clock=clock)
+        finally:
+            if metrics is not None:
+                metrics.close()
+        summary = summarize(records, rounds=s.rounds)
+        summary |= {
+            "name": s.name, "mode": s.mode, "seed": s.seed, "wall_time_s": time.perf_counter() - wall,
+            "simulated_time_s": max((r["time"] for r in records), default=0.0),
+            "topology": {"name": topology.name, "nodes": topology.n, "edges": topology.graph.number_of_edges()},
+            "params": {p.node_id: param_count(l.model) for p, l in zip(plans, learners)},
+            "fedavg_fp32_bytes_per_node_per_round": float(np.mean([
+                4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
+            "scenario": dataclasses.asdict(s),
+        }
+        if run_dir is not None:
+            import json
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        return SimulationResult(s, summary, records, run_dir)
