@@ -46,7 +46,7 @@ class ReferenceConfig:
     source: str = "mnist1d"  # same generator as the data, another seed: unlabeled inputs for free
     seed: int = 10_007
     size: int = 20_000
-    slice_size: int = 5_000  # rows per round; slices rotate so every row is used every size/slice rounds
+    slice_size: int = 2_000  # rows per round; slices rotate so every row is used every size/slice rounds
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Scenario:
     rounds: int = 50
     mode: str = "logits"
     embed_dim: int = 32
-    nodes: tuple[str, ...] = ("mlp", "cnn1d", "gru")  # profiles by name (node/NAME.toml) or arch, round-robin
+    profiles: tuple[str, ...] = ("mlp", "cnn1d", "gru")  # node/NAME.toml or bare architectures, round-robin
     eval_every: int = 1
     workers: int = 0  # threads computing side by side in a simulation; 0 = one per core
     data: DataConfig = field(default_factory=DataConfig)
@@ -112,8 +112,8 @@ class Scenario:
             raise ConfigError(f"mode = {self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
         if self.rounds < 1:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
-        if not self.nodes:
-            raise ConfigError("nodes = []: name at least one profile or architecture, e.g. nodes = [\"cnn1d\"]")
+        if not self.profiles:
+            raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
 
 
 # -- loading ---------------------------------------------------------------------------------------

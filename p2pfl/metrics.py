@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, IO
 
 import numpy as np
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class MetricsLog:
@@ -91,7 +75,7 @@ def summarize(records: list[dict[str, Any]], *, rounds: int) -> dict[str, Any]:
             for a, rs in sorted(by_arch.items())
         },
         "bytes_per_node_per_round": sum(bytes_out.values()) / len(nodes) / rounds,
-        "rejected": dict(sum((_counter(final[n].get("rejected", {})) for n in nodes), _counter({}))),
+        "rejected": dict(sum((Counter(final[n].get("rejected", {})) for n in nodes), Counter())),
         "curve": per_round,
     }
 
@@ -116,7 +100,3 @@ def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
             })
     return curve
 
-
-def _counter(d: dict) -> "Counter":
-    from collections import Counter
-    return Counter(d)

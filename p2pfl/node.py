@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any

@@ -28,7 +28,8 @@ from p2pfl.data import build_reference, load_source, partition
 from p2pfl.data.reference import Reference, ReferenceSpec
 from p2pfl.data.sources import Dataset
 from p2pfl.learner import Learner
-from p2pfl.metrics import MetricsLog, atomic_write_text, summarize
+from p2pfl.files import atomic_write_text
+from p2pfl.metrics import MetricsLog, summarize
 from p2pfl.models import MODELS, build_model, param_count
 from p2pfl.modes import make_mode
 from p2pfl.node import EvalData, FrozenTimePool, Node, SimulatedCompute
@@ -67,7 +68,7 @@ def resolve_profile(name: str) -> NodeProfile:
         return load_profile(PROFILE_DIR / f"{name}.toml")
     if name in MODELS:
         return NodeProfile(name=name, arch=name)
-    raise ConfigError(f"nodes: {name!r} is neither a profile in node/ nor an architecture; "
+    raise ConfigError(f"profiles: {name!r} is neither a profile in node/ nor an architecture; "
                       f"architectures: {', '.join(MODELS)}")
 
 
@@ -112,7 +113,7 @@ class Simulation:
         n = topology.n
         parts = partition(dataset.y_train, n, s.data.partition, s.seed)
         weights = metropolis_hastings_weights(topology.graph)
-        profiles = [resolve_profile(name) for name in s.nodes]
+        profiles = [resolve_profile(name) for name in s.profiles]
         plans = []
         for i in range(n):
             profile = profiles[i % len(profiles)]
@@ -122,7 +123,7 @@ class Simulation:
         if s.mode == "fedavg" and len({p.profile.arch for p in plans}) > 1:
             archs = sorted({p.profile.arch for p in plans})
             raise ConfigError(f"mode = 'fedavg' averages whole models, so every node needs the same architecture; "
-                              f"nodes use {', '.join(archs)}. Set nodes = [\"cnn1d\"] (or use mode = 'logits')")
+                              f"nodes use {', '.join(archs)}. Set profiles = [\"cnn1d\"] (or use mode = 'logits')")
         return plans
 
     def learner(self, plan: NodePlan, dataset: Dataset) -> Learner:

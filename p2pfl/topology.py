@@ -8,7 +8,6 @@ import math
 import os
 import random
 import re
-import secrets
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Callable, Sequence
 
 import networkx as nx
 import numpy as np
+
+from p2pfl.files import atomic_write_bytes
 
 # A random generator that keeps producing disconnected graphs is almost always asked for too
 # sparse a graph; 100 tries make a spurious failure astronomically unlikely for sane parameters.
@@ -516,7 +517,7 @@ def _dump_graphml(t: Topology) -> bytes:
 
 
 def save_topology(topology: Topology, path: str | os.PathLike) -> None:
-    """Write atomically (temp file in the same directory, then os.replace); format from the suffix."""
+    """Write atomically (see files.atomic_write_bytes); the format comes from the suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".toml":
@@ -532,19 +533,7 @@ def save_topology(topology: Topology, path: str | os.PathLike) -> None:
         data = _dump_edges(topology).encode("utf-8")
     else:
         raise _suffix_error(path)
-    # os.open rather than mkstemp: mkstemp's 0600 would leave the committed file private; 0666
-    # lets the umask decide, like a plain open(path, "w")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def resolve_topology(spec: str, n: int | None, seed: int = 0, **params) -> Topology:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import io
 import logging
 import os
 import random
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from p2pfl.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +86,11 @@ def cached_arrays(
     arrays = make()
     assert set(arrays) == set(keys), f"make() returned {sorted(arrays)}, expected {sorted(keys)}"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Temp file in the same dir + os.replace: readers never see a half-written file, even if two
-        # processes generate the same spec at once (the last replace wins with identical content).
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        # Atomic: readers never see a half-written file, even if two processes generate the same
+        # spec at once (the last rename wins, with identical content).
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as e:
         log.warning("could not write cache file %s (%s); continuing without cache", path, e)
     return arrays

@@ -1,0 +1,219 @@
+"""`p2pfl` for people: sim | topo. Rich progress and tables on the terminal, --json for machines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_value
+from p2pfl.files import atomic_write_text
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "sim" / "quickstart.toml"
+
+# Friendly names for the overrides people reach for most; each maps onto a scenario key.
+SHORTCUTS = {
+    "nodes": ("topology.nodes", int, "number of nodes"),
+    "topology": ("topology.name", str, "generator name (ring, small-world, erdos-renyi, ...) or a topology file"),
+    "alpha": ("data.partition", lambda a: f"dirichlet:{float(a)}", "Dirichlet label skew (sets data.partition)"),
+    "archs": ("profiles", lambda a: a.split(","), "comma-separated profiles/architectures, round-robin"),
+}
+
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
+        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p2pfl", description="Peer-to-peer federated learning by knowledge gossip.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    sim = sub.add_parser("sim", help="simulate N nodes in one process", description=(
+        "Run a scenario (default: sim/quickstart.toml). Any scenario key can be overridden, "
+        "e.g. --train.lr 0.001 --gossip.consensus mean, or --set key=value."))
+    sim.add_argument("scenario", nargs="?", help="scenario TOML (default: the quickstart)")
+    sim.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-' for stdout)")
+    sim.add_argument("--runs", default="runs", metavar="DIR", help="where runs/<name>/ goes (default: runs)")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
+    for name, (key, _, text) in SHORTCUTS.items():
+        sim.add_argument(f"--{name}", dest=f"short_{name}", metavar="X", help=f"{text} [{key}]")
+    keys = sim.add_argument_group("scenario keys")
+    for key, hint in flat_keys():
+        keys.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=_hint_name(hint))
+    sim.set_defaults(func=cmd_sim)
+
+    topo = sub.add_parser("topo", help="write or check a topology file")
+    topo.add_argument("name", help="generator name, or an existing file to check")
+    topo.add_argument("--nodes", type=int, help="number of nodes")
+    topo.add_argument("--seed", type=int, default=0)
+    topo.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="generator parameter, e.g. k=4")
+    topo.add_argument("--out", help="write the topology here (.toml, .edges or .graphml)")
+    topo.add_argument("--json", action="store_true", help="print the description as JSON")
+    topo.set_defaults(func=cmd_topo)
+    return parser
+
+
+def _hint_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "comma-separated list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Collect --set, shortcut and --section.key overrides into {dotted key: value}."""
+    hints = dict(flat_keys())
+    out: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse(key.strip(), value, hints)
+    for name, (key, convert, _) in SHORTCUTS.items():
+        value = getattr(args, f"short_{name}")
+        if value is not None:
+            try:
+                out[key] = convert(value)
+            except ValueError:
+                raise UsageError(f"--{name} {value!r}: not a valid value ({SHORTCUTS[name][2]})") from None
+    for key in hints:
+        value = getattr(args, f"key_{key}", None)
+        if value is not None:
+            out[key] = _parse(key, value, hints)
+    return out
+
+
+def _parse(key: str, text: str, hints: dict[str, Any]) -> Any:
+    if typing.get_origin(hints.get(key)) is tuple and not text.startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return parse_value(text)
+
+
+# -- sim ----------------------------------------------------------------------------------------
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from p2pfl.sim import Simulation  # torch import: only when simulating
+
+    path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.exists() else None)
+    scenario = load_scenario(path, scenario_overrides(args))
+    out = Console(stderr=args.json == "-")
+    n = scenario.topology.nodes
+    total = n * scenario.rounds
+    latest: dict[str, float] = {}
+    sent = [0]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), console=out, transient=False) as progress:
+        task = progress.add_task(f"{scenario.name} ({scenario.mode})", total=total, status="preparing data")
+
+        def on_record(record: dict) -> None:
+            if "global_acc" in record:
+                latest[record["node"]] = record["global_acc"]
+            sent[0] += record["bytes_out"]
+            acc = sum(latest.values()) / len(latest) if latest else float("nan")
+            progress.update(task, advance=1, status=(
+                f"round {record['round']}/{scenario.rounds}  global acc {acc:.3f}  "
+                f"{_bytes(sent[0] / max(len(latest), 1))}/node"))
+
+        result = Simulation(scenario, run_dir=args.runs, on_record=on_record).run()
+    print_summary(out, result.summary, result.run_dir)
+    if args.json:
+        text = json.dumps(result.summary, indent=2, default=str)
+        if args.json == "-":
+            sys.stdout.write(text + "\n")
+        else:
+            atomic_write_text(args.json, text + "\n")
+    return 0
+
+
+def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
+    table = Table(title=f"{s['name']}: mode {s['mode']}, {s['nodes']} nodes, {s['rounds']} rounds, seed {s['seed']}")
+    table.add_column("group")
+    table.add_column("nodes", justify="right")
+    for what in ("personal", "global"):
+        for stat in ("mean", "worst", "worst 10%"):
+            table.add_column(f"{what} {stat}", justify="right")
+    rows = [("all", s)] + [(arch, v) for arch, v in s["per_arch"].items()]
+    for name, v in rows:
+        cells = [f"{v[w][k]:.3f}" for w in ("personal", "global") for k in ("mean", "worst", "worst_decile")]
+        table.add_row(name, str(v["nodes"]), *cells)
+    console.print(table)
+    console.print(
+        f"bytes sent per node per round: {_bytes(s['bytes_per_node_per_round'])} "
+        f"(full fp32 weights to every neighbour would be {_bytes(s['fedavg_fp32_bytes_per_node_per_round'])})  "
+        f"wall time {s['wall_time_s']:.1f} s  simulated {s['simulated_time_s']:.1f} s"
+        + (f"  rejected {s['rejected']}" if s.get("rejected") else ""), highlight=False)
+    if run_dir is not None:
+        console.print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'summary.json'}", highlight=False)
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+# -- topo ---------------------------------------------------------------------------------------
+
+def cmd_topo(args: argparse.Namespace) -> int:
+    from p2pfl.topology import Topology, describe, load_topology, make_topology, save_topology
+
+    if Path(args.name).exists():
+        topo = load_topology(args.name)
+        from p2pfl.topology import check_connected
+        check_connected(topo.graph, names=topo.names)
+    else:
+        if args.nodes is None:
+            raise UsageError(f"--nodes is required to generate {args.name!r} (or pass an existing topology file)")
+        params = {}
+        for item in args.param:
+            if "=" not in item:
+                raise UsageError(f"--param {item!r}: expected KEY=VALUE, e.g. --param k=4")
+            k, v = item.split("=", 1)
+            params[k] = parse_value(v)
+        graph = make_topology(args.name, args.nodes, seed=args.seed, **params)
+        topo = Topology.from_graph(f"{args.name}-{args.nodes}", graph)
+    info = describe(topo.graph)
+    if args.out:
+        save_topology(topo, args.out)
+    if args.json:
+        print(json.dumps({"name": topo.name, **info}, indent=2))
+    else:
+        table = Table(title=topo.name, show_header=False)
+        for k, v in info.items():
+            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        Console().print(table)
+        if args.out:
+            Console().print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

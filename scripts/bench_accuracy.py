@@ -1,0 +1,148 @@
+"""Accuracy benchmark on a scenario: logits vs local vs fedavg (all CNN1D) vs centralized, with the bars.
+
+    python scripts/bench_accuracy.py                       # quickstart, seed 0
+    python scripts/bench_accuracy.py --seeds 0 1 --set data.partition=dirichlet:0.3
+
+Writes a JSON file (per-round curves, finals, bytes, wall times) and appends one row per run
+to BENCHMARKS.md with the machine, the command and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from p2pfl.config import load_scenario, parse_value
+from p2pfl.learner import Learner
+from p2pfl.files import atomic_write_text
+from p2pfl.models import build_model
+from p2pfl.sim import Simulation, resolve_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def centralized(scenario, dataset, arch: str, steps: int) -> float:
+    """The ceiling: one model of `arch` on all training data pooled, same optimizer settings."""
+    torch.manual_seed(scenario.seed)
+    profile = resolve_profile(arch)
+    model = build_model(profile.arch, input_length=dataset.input_shape[-1], num_classes=dataset.num_classes,
+                        embed_dim=scenario.embed_dim, **profile.arch_options)
+    cfg = dataclasses.replace(scenario.train, balanced=False)
+    learner = Learner(model, dataset.x_train, dataset.y_train, num_classes=dataset.num_classes, config=cfg,
+                      total_steps=steps, seed=scenario.seed)
+    learner.train(steps)
+    return learner.evaluate(dataset.x_test, dataset.y_test).global_acc
+
+
+def run_mode(path, overrides: dict, runs: str) -> dict:
+    scenario = load_scenario(path, overrides)
+    result = Simulation(scenario, run_dir=runs).run()
+    s = result.summary
+    return {k: s[k] for k in ("mode", "global", "personal", "per_arch", "bytes_per_node_per_round",
+                              "fedavg_fp32_bytes_per_node_per_round", "wall_time_s", "curve", "rejected")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", nargs="?", default=str(ROOT / "sim" / "quickstart.toml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every mode")
+    ap.add_argument("--modes", nargs="+", default=["logits", "local", "fedavg", "centralized"])
+    ap.add_argument("--central-steps", type=int, default=6000, help="steps of the pooled-data ceiling")
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_accuracy.json"))
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--no-markdown", action="store_true", help="do not append to BENCHMARKS.md")
+    args = ap.parse_args()
+    base = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(),
+              "date": dt.date.today().isoformat(), "runs": []}
+    for seed in args.seeds:
+        over = base | {"seed": seed}
+        entry: dict = {"seed": seed, "overrides": over}
+        scenario = load_scenario(args.scenario, over)
+        if "logits" in args.modes:
+            entry["logits"] = run_mode(args.scenario, over | {"mode": "logits", "name": f"bench-logits-{seed}"}, args.runs)
+        if "local" in args.modes:
+            entry["local"] = run_mode(args.scenario, over | {"mode": "local", "name": f"bench-local-{seed}"}, args.runs)
+        if "fedavg" in args.modes:
+            entry["fedavg"] = run_mode(args.scenario, over | {"mode": "fedavg", "profiles": ["cnn1d"],
+                                                              "name": f"bench-fedavg-{seed}"}, args.runs)
+        if "centralized" in args.modes:
+            dataset = Simulation(scenario, run_dir=None).dataset()
+            archs = sorted({resolve_profile(p).arch for p in scenario.profiles} | {"cnn1d"})
+            t = time.perf_counter()
+            entry["centralized"] = {a: centralized(scenario, dataset, a, args.central_steps) for a in archs}
+            entry["centralized_wall_s"] = time.perf_counter() - t
+        entry["bars"] = bars(entry)
+        report["runs"].append(entry)
+        print(json.dumps({k: v for k, v in entry.items() if k in ("seed", "bars", "centralized")}, indent=1), flush=True)
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    if not args.no_markdown:
+        append_markdown(report)
+    return 0
+
+
+def bars(e: dict) -> dict:
+    """The simulation-core issue's requirements, checked on this run (None where a mode is missing)."""
+    out = {}
+    lg, lo, c = e.get("logits"), e.get("local"), e.get("centralized")
+    if lg and lo:
+        out["global_gain_over_local"] = lg["global"]["mean"] - lo["global"]["mean"]
+        out["global_gain_ok (>=0.30)"] = out["global_gain_over_local"] >= 0.30
+    if lg:
+        out["personal_ok (>=0.85)"] = lg["personal"]["mean"] >= 0.85
+        out["wall_ok (<=300s)"] = lg["wall_time_s"] <= 300
+    if lg and c:
+        out["arch_ratio_to_centralized"] = {a: v["global"]["mean"] / c[a] for a, v in lg["per_arch"].items() if a in c}
+        out["arch_ok (>=0.8)"] = all(r >= 0.8 for r in out["arch_ratio_to_centralized"].values())
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}"
+
+
+def append_markdown(report: dict) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    lines = []
+    for e in report["runs"]:
+        def acc(mode):
+            m = e.get(mode)
+            return f"{m['personal']['mean']:.3f} / {m['global']['mean']:.3f}" if m else "–"
+        arch = ", ".join(f"{a} {v['global']['mean']:.3f}" for a, v in e.get("logits", {}).get("per_arch", {}).items())
+        central = ", ".join(f"{a} {v:.3f}" for a, v in e.get("centralized", {}).items())
+        lg = e.get("logits", {})
+        fa = e.get("fedavg", {})
+        lines.append(
+            f"| {report['date']} | `{report['command']}` seed {e['seed']} | {acc('logits')} | {arch or '–'} | "
+            f"{acc('local')} | {acc('fedavg')} | {central or '–'} | "
+            f"{lg.get('bytes_per_node_per_round', 0) / 1e3:.1f} KB / {fa.get('bytes_per_node_per_round', 0) / 1e3:.1f} KB | "
+            f"{lg.get('wall_time_s', 0):.0f} s | {report['machine']} |")
+    text = path.read_text() if path.exists() else ""
+    marker = "<!-- bench_accuracy rows -->"
+    if marker not in text:
+        text += (f"\n## bench_accuracy\n\npersonal / global means at the last round. Bytes: encoded bytes sent per node per "
+                 f"round, logits / fedavg.\n\n| date | command | logits | logits global per arch | local | fedavg (CNN1D) "
+                 f"| centralized | bytes logits / fedavg | logits wall | machine |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                 f"{marker}\n")
+    text = text.replace(marker, "\n".join(lines) + "\n" + marker)
+    atomic_write_text(path, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

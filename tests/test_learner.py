@@ -1,0 +1,163 @@
+"""Tests for p2pfl.models and p2pfl.learner: the model zoo's shapes, flat parameters, losses, evaluation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from p2pfl.config import TrainConfig
+from p2pfl.data import synthetic
+from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
+from p2pfl.learner import Learner
+from p2pfl.models import MODELS, UnknownModelError, build_model, param_count
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # tiny models: threads only add overhead (and another test run may share the CPU)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("length", [40, 37])  # 37: not a multiple of the GRU chunk or the patch size
+def test_every_arch_builds_and_has_the_shared_shape(arch, length):
+    torch.manual_seed(0)
+    model = build_model(arch, input_length=length, num_classes=5, embed_dim=12)
+    assert param_count(model) > 0
+    x = torch.randn(3, length)
+    out = model(x)
+    assert out.shape == (3, 5)
+    assert torch.isfinite(out).all()
+    assert model.embed(x).shape == (3, 12)
+    assert model.embed_dim == 12
+    assert model.head(model.embed(x)).shape == (3, 5)
+    assert model(x.unsqueeze(1)).shape == (3, 5)  # (B, 1, L) is accepted as well as (B, L)
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(UnknownModelError, match="resnet") as e:
+        build_model("resnet", input_length=40, num_classes=10)
+    for name in MODELS:
+        assert name in str(e.value)
+
+
+def test_bad_arch_option_names_the_arch():
+    with pytest.raises(UnknownModelError, match="mlp"):
+        build_model("mlp", input_length=40, num_classes=10, depth=3)
+
+
+# ---------------------------------------------------------------------------------------- losses
+
+def test_balanced_cross_entropy_is_finite_with_an_unseen_class():
+    counts = torch.tensor([10, 0, 5])
+    log_p = log_prior(counts)
+    assert torch.isfinite(log_p).all() and log_p[1] < -10
+    logits = torch.randn(6, 3, requires_grad=True)
+    loss = balanced_cross_entropy(logits, torch.tensor([0, 0, 2, 2, 0, 2]), log_p)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[:, 1].abs().max() < 1e-4  # the unseen class is left to distillation
+    assert torch.isfinite(log_prior(torch.zeros(3, dtype=torch.long))).all()  # no data at all
+
+
+def test_distill_loss_is_zero_for_a_matching_teacher():
+    z = torch.randn(4, 3)
+    assert distill_loss(z, torch.softmax(z, -1)).abs() < 1e-6
+    assert distill_loss(z, torch.softmax(-z, -1)) > 0.1
+    assert distill_loss(z, torch.softmax(z, -1), temperature=2.0).abs() < 1e-5
+
+
+# --------------------------------------------------------------------------------------- learner
+
+def _learner(arch="mlp", n=400, seed=0, **train):
+    d = synthetic(num_samples=n, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(arch, input_length=d.input_shape[-1], num_classes=d.num_classes, embed_dim=16)
+    config = TrainConfig(**({"batch_size": 32} | train))
+    return Learner(model, d.x_train, d.y_train, num_classes=d.num_classes, config=config, total_steps=100,
+                   seed=seed), d
+
+
+def test_flat_parameters_round_trip():
+    a, _ = _learner(seed=0)
+    b, _ = _learner(seed=1)
+    flat = a.get_flat()
+    assert flat.shape == (param_count(a.model),) and flat.dtype == np.float32
+    assert not np.array_equal(flat, b.get_flat())
+    b.set_flat(flat)
+    np.testing.assert_array_equal(b.get_flat(), flat)
+    x = torch.randn(5, 40)
+    torch.testing.assert_close(a.model(x), b.model(x))
+    flat[:] = 0.0  # get_flat returns a copy: editing it leaves the model alone
+    assert np.abs(a.get_flat()).sum() > 0
+
+
+class _Fixed(nn.Module):
+    """Its input is its logits: lets a test choose every prediction by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # Adam needs something to hold
+
+    def forward(self, x):
+        return x + 0 * self.unused
+
+
+def test_personal_accuracy_is_recall_weighted_by_the_label_mix():
+    # the node trained on 60 samples of class 0, 40 of class 1, none of class 2
+    y_train = np.array([0] * 60 + [1] * 40)
+    learner = Learner(_Fixed(), np.zeros((100, 3), np.float32), y_train, num_classes=3, config=TrainConfig(),
+                      total_steps=1, seed=0)
+    # with the prior (log .6, log .4, -12) added, row 2's raw vote for class 1 turns into class 0
+    x_test = np.array([
+        [2.0, 0.0, 0.0],  # y=0: right either way
+        [1.0, 0.0, 3.0],  # y=0: raw says 2, personal says 0 (class 2 is impossible for this node)
+        [0.0, 0.1, -5.0],  # y=0: raw says 1, personal says 0
+        [0.0, 3.0, 0.0],  # y=0: wrong either way
+        [0.0, 2.0, 0.0],  # y=1: right either way
+        [0.0, 0.2, 0.0],  # y=1: raw right, personal says 0
+        [0.0, 0.0, 1.0],  # y=2: raw right; personal can't be (weight 0 anyway)
+    ], np.float32)
+    y_test = np.array([0, 0, 0, 0, 1, 1, 2])
+    ev = learner.evaluate(x_test, y_test)
+    # raw: class 0 gets rows 0 right (1/4), class 1 rows 4, 5 (2/2), class 2 row 6 (1/1)
+    np.testing.assert_allclose(ev.per_class, [1 / 4, 1.0, 1.0])
+    assert ev.global_acc == pytest.approx(4 / 7)
+    # personal recall: class 0: rows 0, 1, 2 (3/4); class 1: row 4 (1/2); mix (0.6, 0.4, 0)
+    assert ev.personal_acc == pytest.approx(0.6 * 3 / 4 + 0.4 * 1 / 2)
+    expected_loss = float(nn.functional.cross_entropy(torch.from_numpy(x_test), torch.from_numpy(y_test)))
+    assert ev.loss == pytest.approx(expected_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn1d"])
+def test_training_lowers_the_loss(arch):
+    learner, d = _learner(arch, lr=3e-3)
+    before = learner.evaluate(d.x_test, d.y_test)
+    first = learner.train(5)
+    learner.train(40)
+    last = learner.train(5)
+    after = learner.evaluate(d.x_test, d.y_test)
+    assert math.isfinite(first) and last < first
+    assert after.loss < before.loss
+    assert after.global_acc > before.global_acc and after.global_acc > 0.5  # 4 classes: chance is 0.25
+    assert learner.step == 50
+
+
+def test_training_on_a_teacher_moves_predictions_towards_it():
+    # labels say nothing about class 3 at this node; a teacher that says "class 3" on reference rows does
+    d = synthetic(num_samples=400, seed=0)
+    keep = d.y_train != 3
+    torch.manual_seed(0)
+    model = build_model("mlp", input_length=40, num_classes=4, embed_dim=16)
+    learner = Learner(model, d.x_train[keep], d.y_train[keep], num_classes=4, config=TrainConfig(batch_size=32),
+                      total_steps=60, seed=0)
+    ref = torch.from_numpy(d.x_test[d.y_test == 3])
+    target = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).repeat(len(ref), 1)
+    before = learner.logits(ref).argmax(1)
+    learner.train(60, ref, target)
+    after = learner.logits(ref).argmax(1)
+    assert (after == 3).mean() > 0.9 > (before == 3).mean()
