@@ -159,12 +159,15 @@ def _int8_sizes(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 _EPS32 = float(np.finfo(np.float32).eps)
+# A row whose max is below 127 subnormal steps gets a scale that underflows to 0 and decodes as
+# zeros: the error is then the row's own size, at most this.
+_FLUSH32 = 127 * float(np.finfo(np.float32).smallest_subnormal)
 
 
 def _int8_bound(x: np.ndarray) -> np.ndarray:
     # half a quantization step, plus a few float32 roundings of x / s and q * s
     x = np.asarray(x, dtype=np.float32)
-    return _per_element(_int8_scales(x), x.shape) * 0.5 * (1 + 4 * _EPS32) + 4 * _EPS32 * np.abs(x)
+    return _per_element(_int8_scales(x), x.shape) * 0.5 * (1 + 4 * _EPS32) + 4 * _EPS32 * np.abs(x) + _FLUSH32
 
 
 CODECS: dict[str, Codec] = {

@@ -61,6 +61,7 @@ class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     codec: str = "fp32"
+    teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
@@ -130,7 +131,12 @@ def load_scenario(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"scenario file {where} not found; pass a path such as sim/quickstart.toml") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{where} is not valid TOML: {e}") from None
-    for key, value in (overrides or {}).items():
+    overrides = overrides or {}
+    if "topology.name" in overrides and not any(k.startswith("topology.params") for k in overrides):
+        # parameters belong to the generator they were written for: another name starts from its defaults
+        raw.get("topology", {}).pop("params", None)
+        overrides = {"topology.params": {}} | overrides
+    for key, value in overrides.items():
         _set_dotted(raw, key, value, Scenario)
     return build(Scenario, raw, where)
 

@@ -82,7 +82,8 @@ def aligned_log_pool(contribs: list[Contribution], floor: float, iters: int = 4)
     a = np.zeros(logp.shape[:2])  # (K, R)
     for _ in range(iters):
         z = (w[:, None, :] * (logp + a[:, :, None])).sum(axis=0)  # (R, C)
-        a = ((z[None] - logp) * w[:, None, :]).sum(axis=2) / w.sum(axis=1)[:, None]  # (K, R)
+        # a node with no evidence at all (no labels shared) keeps offset 0 instead of 0/0
+        a = ((z[None] - logp) * w[:, None, :]).sum(axis=2) / np.maximum(w.sum(axis=1), 1e-12)[:, None]  # (K, R)
         a -= a.mean(axis=0, keepdims=True)
     z = (w[:, None, :] * (logp + a[:, :, None])).sum(axis=0)
     return softmax(z).astype(np.float32)
@@ -93,7 +94,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def pairwise_coupling(contribs: list[Contribution], floor: float, iters: int = 20) -> np.ndarray:
+def pairwise_coupling(contribs: list[Contribution], floor: float, iters: int = 100) -> np.ndarray:
     """(R, C) teacher from pairwise class ratios, each pair judged by the nodes that know both classes.
 
     A node that trained on classes c and c' can tell them apart; one that saw only c says "c" for
@@ -110,8 +111,7 @@ def pairwise_coupling(contribs: list[Contribution], floor: float, iters: int = 2
     n = pair_w.sum(axis=0)  # (C, C)
     r = np.einsum("kcd,krcd->rcd", pair_w, ratio) / np.maximum(n, 1e-12)  # (R, C, C)
     np.fill_diagonal(n, 0.0)
-    p = (probs * pair_w.sum(axis=2)[:, None, :]).sum(axis=0)  # evidence-weighted mean as a start
-    p /= p.sum(axis=1, keepdims=True)
+    p = np.tensordot(mix[:, 0, 0] / mix.sum(), probs, axes=1)  # the plain mean as a start (exact for one node)
     target = (n[None] * r).sum(axis=2)  # (R, C)
     for _ in range(iters):
         mu = p[:, :, None] / (p[:, :, None] + p[:, None, :] + 1e-12)

@@ -101,6 +101,8 @@ class LogitsMode(Mode):
 
     def __init__(self) -> None:
         self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training
+        self._table: np.ndarray | None = None  # (reference size, C) latest teacher of every row
+        self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
 
     def warmup(self, ctx):
         # Outlier exposure: uniform targets on reference rows, most of which are classes this node
@@ -119,22 +121,28 @@ class LogitsMode(Mode):
 
     def absorb(self, ctx, inbox, round_idx):
         # 1) group neighbours by the slice they spoke about (they may be a round ahead or behind),
-        # 2) per slice, the teacher combines own logits (computed once per slice) with theirs,
-        # 3) all slices' rows together are the distillation set of this round.
+        # 2) per slice, the teacher combines own logits (computed once per slice) with theirs and
+        #    is written into a table over the whole reference set,
+        # 3) every row taught within the last `teacher_memory` rounds is distilled on.
         groups: dict[tuple[int, int], list[Received]] = {}
         for r in inbox:
             groups.setdefault((r.ref_start, r.ref_count), []).append(r)
-        xs, ps, stale = [], [], []
+        if self._table is None:
+            self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
+            self._taught = np.full(ctx.reference.size, -1, dtype=np.int64)
+        stale = []
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             theirs = [Contribution(r.array, r.label_counts, r.weight) for r in received]
-            ps.append(teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor))
-            xs.append(ctx.reference.x[ctx.reference.rows(start, count)])
+            rows = ctx.reference.rows(start, count)
+            self._table[rows] = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor)
+            self._taught[rows] = round_idx
             stale += [round_idx - 1 - r.round for r in received]
         self._own.clear()  # training is about to change the model
-        if not xs:
+        if not groups:
             return Teaching()
-        return Teaching(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ps)),
+        rows = np.flatnonzero(self._taught >= round_idx - ctx.gossip.teacher_memory)
+        return Teaching(torch.from_numpy(ctx.reference.x[rows]), torch.from_numpy(self._table[rows]),
                         contributors=len(inbox), staleness=stale)
 
     def _own_logits(self, ctx, start, count):

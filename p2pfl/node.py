@@ -37,16 +37,6 @@ INBOX_DEPTH = 3  # messages kept per neighbour: enough to find one about the sli
 
 # -- how compute is run -----------------------------------------------------------------------------
 
-class ThreadCompute:
-    """Real nodes: blocking learner calls go to a worker thread so the loop keeps serving peers."""
-
-    def __init__(self, limiter: trio.CapacityLimiter | None = None):
-        self.limiter = limiter or trio.CapacityLimiter(1)
-
-    async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-
-
 class FrozenTimePool:
     """Worker threads for simulations that stop the mock clock while any of them is busy.
 
@@ -155,6 +145,7 @@ class Node:
         }
         self.ctx = NodeContext(learner, reference, 1.0 - sum(neighbours.values()), gossip)
         self._arrived = trio.Event()
+        self._logged = (0, 0)  # counters.bytes_out/in at the last record
         self._nursery: trio.Nursery | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -183,7 +174,6 @@ class Node:
         while self.round < self.rounds:
             r = self.round + 1
             waited = await self._wait_for_neighbours(r)
-            before = (self.counters.bytes_out, self.counters.bytes_in)
             inbox = self._usable_inbox(r)
             teaching = await self.compute(self.mode.absorb, self.ctx, inbox, r)
             steps = self.learner.config.local_steps
@@ -194,13 +184,15 @@ class Node:
                 "train_loss": loss, "contributors": teaching.contributors,
                 "staleness": float(np.mean(teaching.staleness)) if teaching.staleness else None,
                 "waited": waited,
-                "bytes_out": self.counters.bytes_out - before[0], "bytes_in": self.counters.bytes_in - before[1],
+                # everything since the previous record, so hellos and the warm-up's knowledge count too
+                "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "rejected": dict(self.counters.rejected),
             }
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
                 record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}
+            self._logged = (self.counters.bytes_out, self.counters.bytes_in)
             records.append(record)
             self.on_record(record)
             self.round = r
@@ -238,8 +230,15 @@ class Node:
             if r - 1 - k.round > self.gossip.staleness:
                 continue
             out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
-                                np.asarray(k.label_counts, dtype=np.int64), p.weight))
+                                self._label_counts(k), p.weight))
         return out
+
+    def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
+        """A peer that keeps its label mix private (label_counts = []) counts as uniform over classes."""
+        if k.label_counts:
+            return np.asarray(k.label_counts, dtype=np.int64)
+        c = self.learner.num_classes
+        return np.full(c, max(k.samples, c) // c, dtype=np.int64)
 
     async def _share(self, r: int) -> None:
         outgoing = await self.compute(self.mode.share, self.ctx, r)

@@ -171,11 +171,14 @@ class Simulation:
         pool = FrozenTimePool(clock, workers) if workers > 1 else None
         torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
 
+        wire_bytes = [0]
+
         async def main() -> None:
             async with MemoryNetwork(link, seed=s.seed) as network:
                 async with trio.open_nursery() as nursery:
                     for plan, learner in zip(plans, learners):
                         nursery.start_soon(run_node, network, plan, learner)
+                wire_bytes[0] = sum(network.bytes_sent.values())
 
         async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
             compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
@@ -194,6 +197,8 @@ class Simulation:
                 metrics.close()
         summary = summarize(records, rounds=s.rounds)
         summary |= {
+            # every encoded byte handed to the network, hellos and byes included
+            "bytes_per_node_per_round": wire_bytes[0] / topology.n / s.rounds,
             "name": s.name, "mode": s.mode, "seed": s.seed, "wall_time_s": time.perf_counter() - wall,
             "simulated_time_s": max((r["time"] for r in records), default=0.0),
             "topology": {"name": topology.name, "nodes": topology.n, "edges": topology.graph.number_of_edges()},

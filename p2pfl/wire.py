@@ -341,9 +341,9 @@ class Knowledge:
         if self.kind == "logits":
             if self.ref_count < 1:
                 raise LocalProtocolError("shape", "logits knowledge needs ref_count >= 1; got 0")
-            if self.ref_start + self.ref_count > MAX_REF_ROWS:
+            if self.ref_start >= MAX_REF_ROWS or self.ref_count > MAX_REF_ROWS:
                 raise LocalProtocolError("oversized", f"reference slice {self.ref_start}+{self.ref_count} "
-                                                      f"ends beyond MAX_REF_ROWS={MAX_REF_ROWS}")
+                                                      f"goes beyond MAX_REF_ROWS={MAX_REF_ROWS}")
             if len(shape) != 2 or shape[0] != self.ref_count or shape[1] < 1:
                 raise LocalProtocolError("shape", f"logits payload must have shape (ref_count={self.ref_count}, "
                                                   f"classes); got {shape}")
@@ -468,7 +468,8 @@ class Expectations:
 
     num_classes: logits payloads are (ref_count, num_classes), label_counts [] or num_classes long.
     param_count: params payloads are (param_count,).
-    ref_size: a logits slice must lie inside [0, ref_size).
+    ref_size: a logits slice starts inside [0, ref_size) and has at most ref_size rows (it may wrap
+    around the end, as Reference.rows does).
     """
 
     num_classes: int | None = None
@@ -578,9 +579,9 @@ def _check_expected(k: Knowledge, expect: Expectations | None) -> None:
         if expect.num_classes is not None and shape[1] != expect.num_classes:
             raise RemoteProtocolError("shape", f"logits payload has {shape[1]} classes; expected "
                                                f"{expect.num_classes} (shape {shape})")
-        if expect.ref_size is not None and k.ref_start + k.ref_count > expect.ref_size:
-            raise RemoteProtocolError("shape", f"reference slice [{k.ref_start}, {k.ref_start + k.ref_count}) "
-                                               f"lies beyond our reference set of {expect.ref_size} rows")
+        if expect.ref_size is not None and (k.ref_start >= expect.ref_size or k.ref_count > expect.ref_size):
+            raise RemoteProtocolError("shape", f"reference slice (start {k.ref_start}, {k.ref_count} rows) does not "
+                                               f"fit our reference set of {expect.ref_size} rows")
     elif expect.param_count is not None and shape != (expect.param_count,):
         raise RemoteProtocolError("shape", f"params payload has shape {shape}; expected ({expect.param_count},)")
     if k.label_counts and expect.num_classes is not None and len(k.label_counts) != expect.num_classes:

@@ -328,7 +328,8 @@ def test_shapes_checked_against_expectations():
     wire.decode(wire.encode(params()), expect=expect)
     rejects(wire.encode(knowledge(payload=logits(classes=7), label_counts=())), "shape",
             match="7 classes; expected 10", expect=expect)
-    rejects(wire.encode(knowledge(ref_start=REF - 2)), "shape", match="beyond our reference set", expect=expect)
+    wire.decode(wire.encode(knowledge(ref_start=REF - 2)), expect=expect)  # wraps around the end: legal
+    rejects(wire.encode(knowledge(ref_start=REF)), "shape", match="does not fit our reference set", expect=expect)
     rejects(wire.encode(params(n=49)), "shape", match=r"expected \(50,\)", expect=expect)
     rejects(wire.encode(knowledge(label_counts=(1, 2))), "shape", match="label_counts has 2", expect=expect)
 
@@ -470,7 +471,7 @@ def test_payload_codec_must_be_one_we_offered():
 
 
 def test_session_checks_expectations():
-    refused(ready(), knowledge(ref_start=REF), "shape", match="beyond our reference set")
+    refused(ready(), knowledge(ref_start=REF), "shape", match="does not fit our reference set")
 
 
 @pytest.mark.parametrize("change, words", [

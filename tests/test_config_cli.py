@@ -1,0 +1,228 @@
+"""Tests for p2pfl.config (scenario loading, errors that name the key) and p2pfl.cli (sim, topo)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from p2pfl import cli
+from p2pfl.config import ConfigError, Scenario, _set_dotted, load_scenario, parse_value
+from p2pfl.topology import load_topology
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "sim" / "quickstart.toml"
+
+TINY_TOML = """\
+name = "cli-tiny"
+rounds = 2
+profiles = ["mlp"]
+embed_dim = 16
+workers = 1
+
+[data]
+source = "synthetic"
+samples = 400
+partition = "shards:2"
+
+[reference]
+source = "synthetic"
+size = 200
+slice_size = 100
+
+[topology]
+name = "ring"
+nodes = 4
+params = {}
+
+[train]
+warmup_steps = 10
+local_steps = 5
+batch_size = 32
+kd_batch_size = 50
+"""
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("P2PFL_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_TOML)
+    return path
+
+
+# --------------------------------------------------------------------------------------- config
+
+def test_quickstart_is_the_embedded_default():
+    loaded = load_scenario(QUICKSTART)
+    if loaded != Scenario():
+        a, b = dataclasses.asdict(loaded), dataclasses.asdict(Scenario())
+        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        pytest.fail(f"sim/quickstart.toml differs from Scenario(): {diff}")
+    assert load_scenario(None) == Scenario()
+
+
+@pytest.mark.parametrize("key, suggestion", [("train.lrr", "lr"), ("gossip.consensu", "consensus"),
+                                             ("trian.lr", "train"), ("round", "rounds")])
+def test_unknown_key_names_it_and_suggests_the_close_match(key, suggestion):
+    with pytest.raises(ConfigError) as e:
+        load_scenario(None, {key: 1})
+    msg = str(e.value)
+    assert repr(key.split(".")[0] if key.startswith("trian") else key) in msg
+    assert f"did you mean {suggestion!r}" in msg
+
+
+def test_unknown_key_in_a_file_names_the_file_and_the_dotted_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train]\nlrr = 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_scenario(path)
+    assert str(path) in str(e.value) and "'train.lrr'" in str(e.value) and "did you mean 'lr'" in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.lr", "fast", "float"),
+    ("rounds", 2.5, "int"),
+    ("rounds", True, "int"),  # a bool is never an int
+    ("train.balanced", 1, "bool"),
+    ("gossip.codec", 8, "str"),
+    ("topology.params", 3, "dict"),
+])
+def test_wrong_type_names_the_key_and_the_expected_type(key, value, expected):
+    with pytest.raises(ConfigError) as e:
+        load_scenario(None, {key: value})
+    assert key in str(e.value) and expected in str(e.value) and repr(value) in str(e.value)
+
+
+def test_ints_are_accepted_for_floats_and_lists_for_tuples():
+    s = load_scenario(None, {"train.lr": 1, "profiles": ["mlp"]})
+    assert s.train.lr == 1.0 and isinstance(s.train.lr, float)
+    assert s.profiles == ("mlp",)
+
+
+def test_invalid_values_name_the_choices():
+    with pytest.raises(ConfigError, match="logits, local, fedavg"):
+        load_scenario(None, {"mode": "turbo"})
+    with pytest.raises(ConfigError, match="rounds = 0"):
+        load_scenario(None, {"rounds": 0})
+
+
+def test_set_dotted_builds_nested_tables():
+    raw: dict = {}
+    _set_dotted(raw, "gossip.consensus", "mean", Scenario)
+    _set_dotted(raw, "topology.params.k", 6, Scenario)
+    _set_dotted(raw, "seed", 3, Scenario)
+    assert raw == {"gossip": {"consensus": "mean"}, "topology": {"params": {"k": 6}}, "seed": 3}
+    with pytest.raises(ConfigError, match="did you mean 'gossip'"):
+        _set_dotted({}, "gosip.consensus", "mean", Scenario)
+
+
+def test_overrides_apply_over_a_file():
+    s = load_scenario(QUICKSTART, {"gossip.consensus": "mean", "topology.params.k": 6, "train.lr": 0.01})
+    assert s.gossip.consensus == "mean" and s.train.lr == 0.01
+    assert s.topology.params == {"k": 6, "p": 0.2}  # merged into the file's table
+    assert s.gossip.codec == "fp32" and s.rounds == 50  # the rest stays
+
+
+def test_parse_value_reads_like_toml():
+    assert parse_value("3") == 3 and parse_value("0.1") == 0.1 and parse_value("true") is True
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("ring") == "ring"
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_scenario(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = = 3\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_scenario(bad)
+
+
+# ------------------------------------------------------------------------------------------ cli
+
+def test_cli_overrides_collect_every_form():
+    args = cli.build_parser().parse_args([
+        "sim", "--set", "train.lr=0.001", "--nodes", "8", "--alpha", "0.3", "--archs", "mlp,gru",
+        "--gossip.consensus", "mean", "--profiles", "cnn1d,mlp", "--topology.params", "{k = 2}"])
+    out = cli.scenario_overrides(args)
+    assert out == {"train.lr": 0.001, "topology.nodes": 8, "data.partition": "dirichlet:0.3",
+                   "profiles": ["cnn1d", "mlp"], "gossip.consensus": "mean", "topology.params": {"k": 2}}
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert captured.err.startswith("error: "), captured.err
+    return captured.err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sim", "--set", "train.lrr=0.1"], ["train.lrr", "did you mean 'lr'"]),
+    (["sim", "--rounds", "many"], ["rounds", "'many'", "int"]),
+    (["sim", "--mode", "turbo"], ["turbo", "logits"]),
+    (["sim", "--set", "rounds"], ["KEY=VALUE"]),
+    (["sim", "--alpha", "lots"], ["--alpha", "'lots'"]),
+    (["sim", "no/such/scenario.toml"], ["no/such/scenario.toml", "not found"]),
+    (["topo", "ring"], ["--nodes"]),
+    (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
+])
+def test_cli_bad_input_exits_2_with_an_error_and_no_traceback(argv, words, capsys):
+    assert cli.main(argv) == 2
+    err = " ".join(_error_line(capsys).split())
+    for w in words:
+        assert w in err, (w, err)
+
+
+def test_cli_error_is_one_line(capsys, monkeypatch):
+    # cli.err as the module builds it, with the width of a default terminal whatever $COLUMNS says
+    monkeypatch.setattr(cli, "err", Console(stderr=True, width=80))
+    assert cli.main(["sim", "--set", "train.lrr=0.1"]) == 2
+    assert _error_line(capsys).count("\n") == 1
+
+
+def test_cli_unknown_option_is_an_argparse_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sim", "--train.lrr", "3"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --train.lrr" in capsys.readouterr().err
+
+
+def test_cli_sim_writes_json(tiny, tmp_path, capsys):
+    out = tmp_path / "out" / "summary.json"
+    assert cli.main(["sim", str(tiny), "--json", str(out), "--runs", str(tmp_path / "runs")]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["name"] == "cli-tiny" and summary["nodes"] == 4 and summary["rounds"] == 2
+    for what in ("global", "personal"):
+        assert 0.0 <= summary[what]["mean"] <= 1.0
+    assert (tmp_path / "runs" / "cli-tiny" / "metrics.jsonl").exists()
+    assert "cli-tiny" in capsys.readouterr().out  # the summary table
+
+
+def test_console_script_runs_a_sim(tiny, tmp_path):
+    exe = Path(sys.executable).parent / "p2pfl"
+    env = os.environ | {"P2PFL_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    proc = subprocess.run([str(exe), "sim", str(tiny), "--json", "-", "--runs", str(tmp_path / "runs"),
+                           "--rounds", "1"], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # stdout is only the JSON: progress and tables went to stderr
+    assert summary["rounds"] == 1 and "global" in summary and "personal" in summary
+
+
+def test_cli_topo_writes_a_loadable_file(tmp_path, capsys):
+    out = tmp_path / "tmp" / "ring.toml"
+    assert cli.main(["topo", "ring", "--nodes", "8", "--out", str(out)]) == 0
+    topo = load_topology(out)
+    assert topo.n == 8 and topo.graph.number_of_edges() == 8
+    assert all(d == 2 for _, d in topo.graph.degree)
+    assert "wrote" in capsys.readouterr().out
+    assert cli.main(["topo", str(out), "--json"]) == 0  # an existing file is checked and described
+    described = json.loads(capsys.readouterr().out)
+    assert described["name"] == "ring-8" and described["nodes"] == 8 and described["connected"] is True

@@ -1,0 +1,141 @@
+"""Tests for p2pfl.sim: tiny end-to-end simulations (synthetic data, 4 nodes, a few rounds)."""
+
+import json
+
+import pytest
+
+from p2pfl.config import ConfigError, load_scenario
+from p2pfl.metrics import read_metrics
+from p2pfl.sim import Simulation
+
+ROUNDS = 4
+TINY = {
+    "name": "tiny",
+    "rounds": ROUNDS,
+    "seed": 0,
+    "profiles": ["mlp", "cnn1d"],
+    "embed_dim": 16,
+    "workers": 1,
+    "data.source": "synthetic",
+    "data.samples": 800,
+    "data.partition": "shards:2",
+    "reference.source": "synthetic",
+    "reference.size": 400,
+    "reference.slice_size": 200,
+    "topology.name": "ring",
+    "topology.nodes": 4,
+    "train.warmup_steps": 20,
+    "train.local_steps": 10,
+    "train.batch_size": 32,
+    "train.kd_batch_size": 100,
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        d = tmp_path_factory.mktemp("cache")
+        mp.setenv("P2PFL_CACHE", str(d))
+        yield d
+
+
+def simulate(run_dir, **overrides):
+    return Simulation(load_scenario(None, TINY | overrides), run_dir=run_dir).run()
+
+
+@pytest.fixture(scope="module")
+def logits_run(cache, tmp_path_factory):
+    return simulate(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="module")
+def local_run(cache, tmp_path_factory):
+    return simulate(tmp_path_factory.mktemp("runs"), mode="local")
+
+
+def test_summary_has_accuracies_per_arch(logits_run):
+    s = logits_run.summary
+    assert s["nodes"] == 4 and s["rounds"] == ROUNDS and s["mode"] == "logits"
+    assert set(s["per_arch"]) == {"mlp", "cnn1d"}
+    for arch in ("mlp", "cnn1d"):
+        assert s["per_arch"][arch]["nodes"] == 2
+        assert 0.0 < s["per_arch"][arch]["global"]["mean"] <= 1.0
+    for what in ("global", "personal"):
+        assert s[what]["worst"] <= s[what]["worst_decile"] <= s[what]["mean"]
+    assert logits_run.global_mean == s["global"]["mean"] and logits_run.personal_mean == s["personal"]["mean"]
+    assert [c["round"] for c in s["curve"]] == list(range(1, ROUNDS + 1))
+    assert s["topology"] == {"name": "ring-4", "nodes": 4, "edges": 4}
+    assert s["rejected"] == {}
+
+
+def test_logits_mode_sends_knowledge_and_local_mode_does_not(logits_run, local_run):
+    sent = logits_run.summary["bytes_per_node_per_round"]
+    # two neighbours x a 200 x 4 fp32 slice each round (plus the warm-up's, less the last round's
+    # to neighbours that already left), and a few hundred bytes of hello/bye
+    per_round = 2 * 200 * 4 * 4
+    assert 0.7 * per_round < sent < 1.1 * per_round * (ROUNDS + 1) / ROUNDS
+    local = local_run.summary["bytes_per_node_per_round"]
+    assert local * ROUNDS < 2 * 2 * 300  # at most a hello and a bye to each of two neighbours
+    assert local < sent / 50
+    # with half the classes at each node, the knowledge shows in the global accuracy
+    assert logits_run.global_mean > local_run.global_mean + 0.05
+
+
+def test_metrics_and_summary_files(logits_run):
+    lines = read_metrics(logits_run.run_dir / "metrics.jsonl")
+    assert len(lines) == 4 * ROUNDS
+    assert {(r["node"], r["round"]) for r in lines} == {(f"n{i}", k) for i in range(4) for k in range(1, ROUNDS + 1)}
+    documented = {"node", "arch", "round", "time", "train_loss", "contributors", "staleness", "waited",
+                  "bytes_out", "bytes_in", "neighbours_up", "rejected", "global_acc", "personal_acc", "test_loss"}
+    for r in lines:
+        assert documented <= set(r), documented - set(r)
+    summary = json.loads((logits_run.run_dir / "summary.json").read_text())
+    assert summary["global"] == logits_run.summary["global"]
+    assert summary["scenario"]["rounds"] == ROUNDS
+
+
+def test_same_seed_same_result_other_seed_differs(logits_run, tmp_path):
+    def finals(result):
+        last = {}
+        for r in result.records:
+            last[r["node"]] = (r["global_acc"], r["personal_acc"], r["train_loss"])
+        return last
+
+    again = simulate(tmp_path / "a")
+    assert finals(again) == finals(logits_run)
+    assert [r["bytes_out"] for r in again.records] == [r["bytes_out"] for r in logits_run.records]
+    other = simulate(tmp_path / "b", seed=1)
+    assert finals(other) != finals(logits_run)
+
+
+def test_worker_threads_do_not_change_the_result(logits_run, tmp_path):
+    # FrozenTimePool stops the mock clock while threads compute: simulated time never sees real time
+    threaded = simulate(tmp_path, workers=2)
+    assert [(r["node"], r["round"], r["global_acc"], r["time"]) for r in threaded.records] == \
+        [(r["node"], r["round"], r["global_acc"], r["time"]) for r in logits_run.records]
+
+
+def test_fedavg_needs_one_architecture(cache, tmp_path):
+    with pytest.raises(ConfigError, match="same architecture"):
+        simulate(tmp_path, mode="fedavg")
+
+
+def test_fedavg_with_one_architecture_runs(cache, tmp_path):
+    result = simulate(tmp_path, mode="fedavg", profiles=["mlp"], rounds=3)
+    s = result.summary
+    assert s["nodes"] == 4 and set(s["per_arch"]) == {"mlp"}
+    full = s["fedavg_fp32_bytes_per_node_per_round"]  # whole fp32 weights to both neighbours
+    assert 0.6 * full < s["bytes_per_node_per_round"] < 1.05 * full * (3 + 1) / 3  # + the warm-up's share
+    assert all(r["contributors"] > 0 for r in result.records if r["round"] >= 2)
+
+
+def test_no_run_dir_writes_nothing(cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = Simulation(load_scenario(None, TINY | {"rounds": 1, "mode": "local"}), run_dir=None).run()
+    assert result.run_dir is None and len(result.records) == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_changing_the_topology_name_alone_works():
+    sim = Simulation(load_scenario(None, {"topology.name": "ring", "topology.nodes": 4}), run_dir=None)
+    assert sim.topology().n == 4
