@@ -31,7 +31,6 @@ class TrainConfig:
     temperature: float = 1.0
     weight_decay: float = 0.0
     balanced: bool = True  # prior-corrected CE (see distill.balanced_cross_entropy)
-    ema: float = 0.0  # decay of a weight average that predicts, shares and is evaluated (0: off)
 
 
 @dataclass(frozen=True)

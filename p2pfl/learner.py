@@ -6,7 +6,6 @@ for real nodes, inline under a simulated clock for simulations).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -41,9 +40,6 @@ class Learner:
         self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
         self.personal_log_p = log_prior(counts)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        # An exponential moving average of the weights predicts, shares and is evaluated when
-        # config.ema > 0: it is steadier than the last step's weights, so neighbours get less noise.
-        self.averaged = copy.deepcopy(model).requires_grad_(False) if config.ema > 0 else None
         self.total_steps = max(1, total_steps)
         self.step = 0
         self.gen = torch.Generator().manual_seed(seed)
@@ -70,9 +66,6 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            if self.averaged is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(list(self.averaged.parameters()), list(self.model.parameters()), 1 - c.ema)
             self.step += 1
             total += loss.item()
         return total / max(steps, 1)
@@ -80,11 +73,10 @@ class Learner:
     # -- inference ----------------------------------------------------------------------------
     @torch.inference_mode()
     def logits(self, x: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
-        """(N, C) prior-free logits (of the weight average when config.ema > 0)."""
-        model = self.averaged if self.averaged is not None else self.model
-        model.eval()
+        """(N, C) prior-free logits."""
+        self.model.eval()
         x = torch.as_tensor(x, dtype=torch.float32)
-        return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+        return torch.cat([self.model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
 
     def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> Evaluation:
         z = torch.as_tensor(self.logits(x_test))
@@ -107,12 +99,10 @@ class Learner:
     @torch.no_grad()
     def set_flat(self, flat: np.ndarray) -> None:
         v = torch.as_tensor(flat, dtype=torch.float32)
-        models = [self.model] + ([self.averaged] if self.averaged is not None else [])
-        for model in models:  # averaging replaces the weights, so the running average restarts there
-            i = 0
-            for p in model.parameters():
-                p.copy_(v[i:i + p.numel()].view_as(p))
-                i += p.numel()
+        i = 0
+        for p in self.model.parameters():
+            p.copy_(v[i:i + p.numel()].view_as(p))
+            i += p.numel()
 
 
 def _recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:

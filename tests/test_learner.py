@@ -161,20 +161,3 @@ def test_training_on_a_teacher_moves_predictions_towards_it():
     learner.train(60, ref, target)
     after = learner.logits(ref).argmax(1)
     assert (after == 3).mean() > 0.9 > (before == 3).mean()
-
-
-def test_weight_average_predicts_and_follows_averaging():
-    """With ema > 0 the running average (not the last step) predicts; set_flat resets both."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 40)).astype(np.float32)
-    y = rng.integers(0, 4, size=64)
-    torch.manual_seed(0)
-    learner = Learner(build_model("mlp", input_length=40, num_classes=4), x, y, num_classes=4,
-                      config=TrainConfig(ema=0.9, warmup_steps=0), total_steps=50, seed=0)
-    learner.train(20)
-    live = learner.model(torch.as_tensor(x)).detach().numpy()
-    shared = learner.logits(x)
-    assert not np.allclose(live, shared, atol=1e-4)  # the average lags the live weights
-    flat = learner.get_flat()
-    learner.set_flat(flat)
-    np.testing.assert_allclose(learner.logits(x), learner.model(torch.as_tensor(x)).detach().numpy(), atol=1e-5)
