@@ -156,11 +156,10 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
     table.add_column("group")
     table.add_column("nodes", justify="right")
     for what in ("personal", "global"):
-        for stat in ("mean", "worst", "worst 10%"):
-            table.add_column(f"{what} {stat}", justify="right")
+        table.add_column(f"{what}\nmean / worst / worst 10%", justify="center")
     rows = [("all", s)] + [(arch, v) for arch, v in s["per_arch"].items()]
     for name, v in rows:
-        cells = [f"{v[w][k]:.3f}" for w in ("personal", "global") for k in ("mean", "worst", "worst_decile")]
+        cells = [" / ".join(f"{v[w][k]:.3f}" for k in ("mean", "worst", "worst_decile")) for w in ("personal", "global")]
         table.add_row(name, str(v["nodes"]), *cells)
     console.print(table)
     console.print(

@@ -23,6 +23,18 @@ def _check(y: np.ndarray, n_nodes: int) -> np.ndarray:
     return y
 
 
+def _check_skew(y: np.ndarray, n_nodes: int, what: str, alpha: float, min_size: int) -> np.ndarray:
+    """The checks shared by the Dirichlet-based partitioners."""
+    y = _check(y, n_nodes)
+    if not (alpha > 0 and np.isfinite(alpha)):
+        raise ValueError(f"{what} alpha must be a positive number, got {alpha}")
+    if n_nodes * min_size > len(y):
+        raise ValueError(
+            f"cannot give {n_nodes} nodes >= {min_size} samples each from {len(y)}; lower min_size or n_nodes"
+        )
+    return y
+
+
 def _as_parts(chunks: list[np.ndarray]) -> list[np.ndarray]:
     """Sorted int64 index arrays: a canonical form, so equal partitions compare equal."""
     return [np.sort(np.asarray(c, dtype=np.int64)) for c in chunks]
@@ -43,13 +55,7 @@ def dirichlet(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_size: in
     that already holds more than N / n_nodes samples gets no more of the next classes, which keeps
     sizes from collapsing onto a few nodes when alpha is small.
     """
-    y = _check(y, n_nodes)
-    if not (alpha > 0 and np.isfinite(alpha)):
-        raise ValueError(f"dirichlet alpha must be a positive number, got {alpha}")
-    if n_nodes * min_size > len(y):
-        raise ValueError(
-            f"cannot give {n_nodes} nodes >= {min_size} samples each from {len(y)}; lower min_size or n_nodes"
-        )
+    y = _check_skew(y, n_nodes, "dirichlet", alpha, min_size)
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     cap = len(y) / n_nodes
@@ -114,13 +120,7 @@ def shards(y: np.ndarray, n_nodes: int, classes_per_node: int, seed: int) -> lis
 
 def quantity_skew(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_size: int = 10) -> list[np.ndarray]:
     """Size skew: node sizes ~ min_size + Multinomial(rest, Dirichlet(alpha)); labels IID within a node."""
-    y = _check(y, n_nodes)
-    if not (alpha > 0 and np.isfinite(alpha)):
-        raise ValueError(f"quantity alpha must be a positive number, got {alpha}")
-    if n_nodes * min_size > len(y):
-        raise ValueError(
-            f"cannot give {n_nodes} nodes >= {min_size} samples each from {len(y)}; lower min_size or n_nodes"
-        )
+    y = _check_skew(y, n_nodes, "quantity", alpha, min_size)
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.full(n_nodes, alpha))
     # Giving min_size to everyone up front guarantees the floor without redraws.
