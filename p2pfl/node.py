@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +31,6 @@ from p2pfl.transport import PeerUnreachable, Transport
 from p2pfl.data.reference import Reference
 
 log = logging.getLogger(__name__)
-
-INBOX_DEPTH = 3  # messages kept per neighbour: enough to find one about the slice consensus wants
-
 
 # -- how compute is run -----------------------------------------------------------------------------
 
@@ -90,8 +87,7 @@ Compute = Callable[..., Awaitable[Any]]
 class PeerState:
     session: wire.PeerSession
     weight: float  # mixing weight (Metropolis-Hastings from the topology)
-    inbox: deque[wire.Knowledge] = field(default_factory=lambda: deque(maxlen=INBOX_DEPTH))
-    latest_round: int = -1
+    latest: wire.Knowledge | None = None  # newest knowledge by round (a late, older one never replaces it)
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False
 
@@ -207,7 +203,7 @@ class Node:
         start = trio.current_time()
         deadline = start + self.gossip.wait_timeout
         while True:
-            behind = [p for p in self.peers.values() if p.up and p.latest_round < need]
+            behind = [p for p in self.peers.values() if p.up and _round(p) < need]
             if not behind:
                 break
             if trio.current_time() >= deadline:
@@ -224,9 +220,9 @@ class Node:
         """Per neighbour, the newest knowledge within the staleness bound."""
         out = []
         for peer_id, p in self.peers.items():
-            if not p.inbox:
+            k = p.latest
+            if k is None:
                 continue
-            k = p.inbox[-1]
             if r - 1 - k.round > self.gossip.staleness:
                 continue
             out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
@@ -304,8 +300,8 @@ class Node:
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 p.hello_sent = await self._send(peer_id, p, self.hello)
         elif isinstance(msg, wire.Knowledge):
-            p.inbox.append(msg)
-            p.latest_round = max(p.latest_round, msg.round)
+            if msg.round >= _round(p):
+                p.latest = msg
             p.up = True
             self._arrived.set()
             self._arrived = trio.Event()
@@ -325,5 +321,10 @@ class Node:
             "node": self.node_id, "arch": self.arch, "mode": self.mode.name, "round": self.round,
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
             "rejected": dict(self.counters.rejected),
-            "neighbours": {pid: {"up": p.up, "round": p.latest_round} for pid, p in self.peers.items()},
+            "neighbours": {pid: {"up": p.up, "round": _round(p)} for pid, p in self.peers.items()},
         }
+
+
+def _round(p: PeerState) -> int:
+    """The newest round a neighbour has shared, -1 before its first knowledge."""
+    return p.latest.round if p.latest is not None else -1
