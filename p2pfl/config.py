@@ -31,6 +31,7 @@ class TrainConfig:
     temperature: float = 1.0
     weight_decay: float = 0.0
     balanced: bool = True  # prior-corrected CE (see distill.balanced_cross_entropy)
+    augment_shift: int = 4  # shift labelled signals by up to this many steps (0: off); +10 points global at 25 rounds
 
 
 @dataclass(frozen=True)

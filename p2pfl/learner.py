@@ -59,7 +59,8 @@ class Learner:
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr()
             idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
-            loss = balanced_cross_entropy(self.model(self.x[idx]), self.y[idx], self.log_p)
+            x = shift_augment(self.x[idx], c.augment_shift, self.gen) if c.augment_shift else self.x[idx]
+            loss = balanced_cross_entropy(self.model(x), self.y[idx], self.log_p)
             if teacher_p is not None:
                 kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
                 loss = loss + c.kd_weight * distill_loss(self.model(teacher_x[kd_idx]), teacher_p[kd_idx], c.temperature)
@@ -103,6 +104,15 @@ class Learner:
         for p in self.model.parameters():
             p.copy_(v[i:i + p.numel()].view_as(p))
             i += p.numel()
+
+
+def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each signal by a random -max_shift..max_shift steps along its last axis, edges repeated."""
+    length = x.shape[-1]
+    shifts = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 1), generator=gen)  # (B, 1)
+    idx = (torch.arange(length)[None, :] + shifts).clamp(0, length - 1)  # (B, L)
+    idx = idx.view(x.shape[0], *([1] * (x.dim() - 2)), length).expand_as(x)
+    return x.gather(-1, idx)
 
 
 def _recall(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:

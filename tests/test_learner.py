@@ -161,3 +161,15 @@ def test_training_on_a_teacher_moves_predictions_towards_it():
     learner.train(60, ref, target)
     after = learner.logits(ref).argmax(1)
     assert (after == 3).mean() > 0.9 > (before == 3).mean()
+
+
+def test_shift_augment_moves_each_signal_by_at_most_max_shift():
+    from p2pfl.learner import shift_augment
+    x = torch.arange(3 * 10, dtype=torch.float32).view(3, 10)  # rows are ramps, so a shift is visible
+    out = shift_augment(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for row, orig in zip(out, x):
+        offset = int(row[5] - orig[5])  # the middle is never clamped
+        assert -2 <= offset <= 2
+        torch.testing.assert_close(row[2:8], orig[2 + offset:8 + offset])
+    torch.testing.assert_close(shift_augment(x, 0, torch.Generator()), x)
