@@ -59,7 +59,7 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class GossipConfig:
-    consensus: str = "class-weighted"  # mean | class-weighted | aligned
+    consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     codec: str = "fp32"
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)

@@ -36,18 +36,12 @@ def class_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     return np.divide(w, total, out=np.full_like(w, 1.0 / len(contribs)), where=total > 0)
 
 
-def certainty(probs: np.ndarray) -> np.ndarray:
-    """(..., R, C) -> (..., R): 1 - entropy / log C; 0 for a uniform row ("I don't know"), 1 for one-hot."""
-    h = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=-1)
-    return 1.0 - h / np.log(probs.shape[-1])
-
-
-def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02,
-            sharpness: float = 0.0) -> np.ndarray:
+def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02) -> np.ndarray:
     """(R, C) teacher probabilities.
 
-    rule "mean": weighted mean of probabilities. rule "class-weighted": per-class weights from
-    `class_weights`, applied to probabilities, rows renormalized.
+    rule "mean": weighted mean of probabilities. "class-weighted": per-class weights from
+    `class_weights`, applied to probabilities, rows renormalized. "pairwise": `pairwise_coupling`.
+    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them.
     """
     if not contribs:
         raise ValueError("consensus needs at least one contribution (the node's own)")
@@ -57,8 +51,6 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
         out = np.tensordot(w / w.sum(), probs, axes=1)
     elif rule == "class-weighted":
         w = class_weights(contribs, floor)[:, None, :]  # (K, 1, C)
-        if sharpness > 0:  # trust each node per row as much as it is sure of itself
-            w = w * (certainty(probs) ** sharpness)[:, :, None] + 1e-9
         out = (probs * w).sum(axis=0)
         out /= out.sum(axis=-1, keepdims=True)
     elif rule == "pairwise":
