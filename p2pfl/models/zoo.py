@@ -27,6 +27,14 @@ def _channels(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 2 else x  # (B, L) -> (B, 1, L)
 
 
+def _tokens(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, L) or (B, C, L) -> (B, ceil(L/size), C*size): consecutive values as one token, end zero-padded."""
+    x = _channels(x)
+    x = F.pad(x, (0, -x.shape[-1] % size))  # (B, C, T*size)
+    b, c, _ = x.shape
+    return x.reshape(b, c, -1, size).permute(0, 2, 1, 3).reshape(b, -1, c * size)
+
+
 class MLP(Classifier):
     def __init__(self, *, input_length: int, num_classes: int, embed_dim: int = 32, hidden: int = 100, in_channels: int = 1):
         super().__init__()
@@ -74,16 +82,12 @@ class GRU(Classifier):
         super().__init__()
         self.embed_dim = embed_dim
         self.chunk = chunk
-        self.pad = -input_length % chunk
         self.rnn = nn.GRU(in_channels * chunk, hidden, batch_first=True)
         self.proj = nn.Sequential(nn.Linear(hidden, embed_dim), nn.ReLU())
         self.head = nn.Linear(embed_dim, num_classes)
 
     def embed(self, x):
-        x = F.pad(_channels(x), (0, self.pad))  # (B, C, L')
-        b, c, _ = x.shape
-        seq = x.reshape(b, c, -1, self.chunk).permute(0, 2, 1, 3).reshape(b, -1, c * self.chunk)  # (B, L'/chunk, C*chunk)
-        _, h = self.rnn(seq)  # h: (1, B, hidden)
+        _, h = self.rnn(_tokens(x, self.chunk))  # h: (1, B, hidden)
         return self.proj(h[-1])
 
 
@@ -96,7 +100,6 @@ class TinyTransformer(Classifier):
         self.embed_dim = embed_dim
         self.patch = patch
         tokens = -(-input_length // patch)
-        self.pad = tokens * patch - input_length
         self.tok = nn.Linear(in_channels * patch, width)
         self.pos = nn.Parameter(torch.zeros(1, tokens, width))
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True)
@@ -105,8 +108,5 @@ class TinyTransformer(Classifier):
         self.head = nn.Linear(embed_dim, num_classes)
 
     def embed(self, x):
-        x = F.pad(_channels(x), (0, self.pad))  # (B, C, T*patch)
-        b, c, _ = x.shape
-        tokens = x.reshape(b, c, -1, self.patch).permute(0, 2, 1, 3).reshape(b, -1, c * self.patch)  # (B, T, C*patch)
-        h = self.encoder(self.tok(tokens) + self.pos)
+        h = self.encoder(self.tok(_tokens(x, self.patch)) + self.pos)  # (B, T, width)
         return self.proj(h.mean(dim=1))
