@@ -182,11 +182,10 @@ def _bytes(n: float) -> str:
 # -- topo ---------------------------------------------------------------------------------------
 
 def cmd_topo(args: argparse.Namespace) -> int:
-    from p2pfl.topology import Topology, describe, load_topology, make_topology, save_topology
+    from p2pfl.topology import Topology, check_connected, describe, load_topology, make_topology, save_topology
 
     if Path(args.name).exists():
         topo = load_topology(args.name)
-        from p2pfl.topology import check_connected
         check_connected(topo.graph, names=topo.names)
     else:
         if args.nodes is None:

@@ -11,7 +11,6 @@ from typing import Any, IO
 import numpy as np
 
 
-
 class MetricsLog:
     """Append-only JSON lines; one line per node per round. Flushed per line so a crash loses nothing."""
 
@@ -49,12 +48,13 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "worst": float(v[0]), "worst_decile": float(v[:k].mean())}
 
 
-def summarize(records: list[dict[str, Any]], *, rounds: int) -> dict[str, Any]:
-    """Final accuracies (each node's last evaluated round), per architecture, and bytes."""
+def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) -> dict[str, Any]:
+    """Final accuracies (each node's last evaluated round), per architecture, and bytes.
+
+    wire_bytes: every encoded byte the nodes handed to the network, hellos and byes included.
+    """
     final: dict[str, dict] = {}
-    bytes_out: dict[str, int] = defaultdict(int)
     for r in records:
-        bytes_out[r["node"]] += r["bytes_out"]
         if "global_acc" in r and r["round"] >= final.get(r["node"], {}).get("round", -1):
             final[r["node"]] = r
     if not final:
@@ -74,7 +74,7 @@ def summarize(records: list[dict[str, Any]], *, rounds: int) -> dict[str, Any]:
                 "personal": spread([r["personal_acc"] for r in rs])}
             for a, rs in sorted(by_arch.items())
         },
-        "bytes_per_node_per_round": sum(bytes_out.values()) / len(nodes) / rounds,
+        "bytes_per_node_per_round": wire_bytes / len(nodes) / rounds,
         "rejected": dict(sum((Counter(final[n].get("rejected", {})) for n in nodes), Counter())),
         "curve": per_round,
     }
@@ -99,4 +99,3 @@ def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
                 "bytes_per_node": cum,
             })
     return curve
-

@@ -195,10 +195,8 @@ class Simulation:
         finally:
             if metrics is not None:
                 metrics.close()
-        summary = summarize(records, rounds=s.rounds)
+        summary = summarize(records, rounds=s.rounds, wire_bytes=wire_bytes[0])
         summary |= {
-            # every encoded byte handed to the network, hellos and byes included
-            "bytes_per_node_per_round": wire_bytes[0] / topology.n / s.rounds,
             "name": s.name, "mode": s.mode, "seed": s.seed, "wall_time_s": time.perf_counter() - wall,
             "simulated_time_s": max((r["time"] for r in records), default=0.0),
             "topology": {"name": topology.name, "nodes": topology.n, "edges": topology.graph.number_of_edges()},
