@@ -74,7 +74,7 @@ class GRU(Classifier):
     """A GRU reading `chunk` consecutive values per step; the last hidden state is the embedding.
 
     chunk=2 halves the sequential steps, which are what a GRU costs on CPU; chunk=1 is the classic
-    one-value-per-step GRU (twice the time, a few points more accurate on MNIST-1D when centralized).
+    one-value-per-step GRU (not benchmarked against chunk=2 in the repo yet).
     """
 
     def __init__(self, *, input_length: int, num_classes: int, embed_dim: int = 32, hidden: int = 32, chunk: int = 2,
