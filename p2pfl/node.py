@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import outcome
 import trio
 import trio.testing
 
@@ -35,34 +36,50 @@ log = logging.getLogger(__name__)
 # -- how compute is run -----------------------------------------------------------------------------
 
 class FrozenTimePool:
-    """Worker threads for simulations that stop the mock clock while any of them is busy.
+    """Worker threads for simulations that keep simulated time independent of real time.
 
-    Simulated time then advances only through modelled durations, never through how long the
-    real work took, so a run is the same for a seed however the threads are scheduled; and two
-    nodes computing at the same simulated instant really do use two cores.
+    Work that a node starts at simulated instant t runs in a thread and its result is handed
+    back at t + its modelled duration. Meanwhile the mock clock runs on, so nodes whose work
+    overlaps in simulated time really compute side by side on the cores; the clock stops only
+    while some node has reached its finishing instant before its thread has. A run is therefore
+    the same for a seed however the threads are scheduled. (Stopping the clock for every busy
+    thread, the first version, left one core idle: with jittered durations two nodes rarely
+    start at the same instant.)
     """
 
     def __init__(self, clock: trio.testing.MockClock, workers: int):
         self.clock = clock
         self.limiter = trio.CapacityLimiter(workers)
-        self._busy = 0
+        self._waiting = 0  # nodes at their finishing instant whose thread is still running
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        self._busy += 1
-        self.clock.autojump_threshold = math.inf
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        finally:
-            self._busy -= 1
-            if self._busy == 0:
-                self.clock.autojump_threshold = 0
+    async def run(self, fn: Callable[..., Any], *args: Any, duration: float) -> Any:
+        done = trio.Event()
+        result: list[outcome.Outcome] = []
+
+        async def work() -> None:
+            result.append(await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self.limiter))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work)
+            await trio.sleep(duration)
+            if not done.is_set():
+                self._waiting += 1
+                self.clock.autojump_threshold = math.inf
+                try:
+                    await done.wait()
+                finally:
+                    self._waiting -= 1
+                    if self._waiting == 0:
+                        self.clock.autojump_threshold = 0
+        return result[0].unwrap()
 
 
 class SimulatedCompute:
-    """Simulations: run the work (inline, or on a FrozenTimePool), then sleep the modelled duration.
+    """Simulations: the work's result arrives after its modelled duration of simulated time.
 
     The modelled duration (seconds per step / speed, with per-call jitter) is what makes nodes
-    drift apart as real ones do.
+    drift apart as real ones do. Without a pool the work runs inline, then the node sleeps.
     """
 
     def __init__(self, seconds_per_step: float, *, jitter: float = 0.1, seed: int = 0,
@@ -73,8 +90,11 @@ class SimulatedCompute:
         self._rng = random.Random(seed)
 
     async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
-        out = await self.pool.run(fn, *args) if self.pool else fn(*args)
-        await trio.sleep(steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter)))
+        duration = steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter))
+        if self.pool:
+            return await self.pool.run(fn, *args, duration=duration)
+        out = fn(*args)
+        await trio.sleep(duration)
         return out
 
 
