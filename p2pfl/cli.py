@@ -1,4 +1,4 @@
-"""`p2pfl` for people: sim | topo. Rich progress and tables on the terminal, --json for machines."""
+"""`p2pfl` for people: sim | node | status | psk | topo. Rich progress and tables on the terminal, --json for machines."""
 
 from __future__ import annotations
 
@@ -68,6 +68,40 @@ def build_parser() -> argparse.ArgumentParser:
         keys.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=_hint_name(hint))
     sim.set_defaults(func=cmd_sim)
 
+    node = sub.add_parser("node", help="run one real node over libp2p", description=(
+        "Train one node of a scenario (its shard of the data, its profile's model) and gossip with "
+        "neighbours over libp2p. Prints its address, then one line per round; writes metrics.jsonl "
+        "and a checkpoint per round into --state-dir, and resumes from it after a restart."))
+    node.add_argument("--scenario", help="scenario TOML for data, reference, training and gossip (default: the quickstart)")
+    node.add_argument("--profile", help="node profile (node/NAME.toml, a path, or an architecture); "
+                                        "default: the scenario's profiles, round-robin by shard")
+    node.add_argument("--shard", default="0/1", metavar="I/N", help="this node's part of the data: 3/8 = the 4th of 8 (default 0/1)")
+    node.add_argument("--data", metavar="SOURCE", help="mnist1d | digits | synthetic | a .npz with x, y[, x_test, y_test] [data.source]")
+    node.add_argument("--partition", metavar="SPEC", help="iid | dirichlet:A | shards:K | quantity:S [data.partition]")
+    node.add_argument("--rounds", type=int, help="rounds to train [rounds]")
+    node.add_argument("--listen", default="/ip4/0.0.0.0/tcp/0", metavar="MULTIADDR", help="default /ip4/0.0.0.0/tcp/0 (any free port)")
+    node.add_argument("--peers", nargs="*", default=[], metavar="MULTIADDR", help="neighbours, each /ip4/.../tcp/PORT/p2p/ID")
+    node.add_argument("--state-dir", required=True, metavar="DIR", help="identity, checkpoint and metrics (reuse it to resume)")
+    node.add_argument("--psk-file", metavar="PATH", help="pre-shared key of a private network (make one with `p2pfl psk`)")
+    node.add_argument("--allow", metavar="PATH", help="file of peer ids (one per line) that may connect besides --peers")
+    node.add_argument("--accept-any", action="store_true", help="let any peer that dials in become a neighbour")
+    node.add_argument("--name", default="", help="label in logs and metrics (default: the peer id)")
+    node.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; 1 when many nodes share a host)")
+    node.add_argument("--json", action="store_true", help="print one JSON object per round instead of a text line")
+    node.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any scenario key")
+    node.set_defaults(func=cmd_node)
+
+    status = sub.add_parser("status", help="ask a running node for its live state")
+    status.add_argument("addr", help="the node's multiaddr, ending in /p2p/<peer id>")
+    status.add_argument("--psk-file", metavar="PATH", help="the network's pre-shared key, if it has one")
+    status.add_argument("--timeout", type=float, default=10.0)
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.set_defaults(func=cmd_status)
+
+    psk = sub.add_parser("psk", help="create a pre-shared key file for a private network")
+    psk.add_argument("--out", required=True, help="where to write it (refuses to overwrite)")
+    psk.set_defaults(func=cmd_psk)
+
     topo = sub.add_parser("topo", help="write or check a topology file")
     topo.add_argument("name", help="generator name, or an existing file to check")
     topo.add_argument("--nodes", type=int, help="number of nodes")
@@ -96,7 +130,7 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = _parse(key.strip(), value, hints)
     for name, (key, convert, _) in SHORTCUTS.items():
-        value = getattr(args, f"short_{name}")
+        value = getattr(args, f"short_{name}", None)
         if value is not None:
             try:
                 out[key] = convert(value)
@@ -162,10 +196,13 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
         cells = [" / ".join(f"{v[w][k]:.3f}" for k in ("mean", "worst", "worst_decile")) for w in ("personal", "global")]
         table.add_row(name, str(v["nodes"]), *cells)
     console.print(table)
+    weights = s.get("fedavg_fp32_bytes_per_node_per_round")  # simulations know every model's size
+    simulated = s.get("simulated_time_s")
     console.print(
         f"bytes sent per node per round: {_bytes(s['bytes_per_node_per_round'])} "
-        f"(full fp32 weights to every neighbour would be {_bytes(s['fedavg_fp32_bytes_per_node_per_round'])})  "
-        f"wall time {s['wall_time_s']:.1f} s  simulated {s['simulated_time_s']:.1f} s"
+        + (f"(full fp32 weights to every neighbour would be {_bytes(weights)})  " if weights else "")
+        + f"wall time {s['wall_time_s']:.1f} s"
+        + (f"  simulated {simulated:.1f} s" if simulated is not None else "")
         + (f"  rejected {s['rejected']}" if s.get("rejected") else ""), highlight=False)
     if run_dir is not None:
         console.print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'summary.json'}", highlight=False)
@@ -177,6 +214,103 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+# -- node, status, psk --------------------------------------------------------------------------
+
+def cmd_node(args: argparse.Namespace) -> int:
+    import signal
+
+    import torch
+    import trio
+
+    from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
+    from p2pfl.transport.libp2p import Policy, read_allowlist, read_psk
+
+    overrides = scenario_overrides(args)
+    for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.exists() else None)
+    scenario = load_scenario(path, overrides)
+    shard, shards = parse_shard(args.shard)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = RealNodeConfig(
+        scenario=scenario, shard=shard, shards=shards, state_dir=Path(args.state_dir).expanduser(),
+        listen=args.listen, peers=tuple(args.peers), profile=args.profile,
+        psk=read_psk(Path(args.psk_file)) if args.psk_file else None,
+        policy=Policy(allow=read_allowlist(Path(args.allow)) if args.allow else frozenset(), accept_any=args.accept_any),
+        name=args.name,
+    )
+    out = Console(highlight=False, soft_wrap=True)  # an address split over two lines can't be copied
+
+    def on_start(addrs: list[str], start: int) -> None:
+        for a in addrs:
+            out.print(f"listening on {a}")
+        out.print(f"resuming after round {start}" if start else "starting at round 0", style="dim")
+
+    def on_record(r: dict) -> None:
+        if args.json:
+            print(json.dumps(r, default=str), flush=True)
+            return
+        acc = (f"global {r['global_acc']:.3f}  personal {r['personal_acc']:.3f}" if "global_acc" in r else "")
+        rejected = sum(r["rejected"].values())
+        out.print(f"round {r['round']}/{scenario.rounds}  {acc}  out {_bytes(r['bytes_out'])}  in {_bytes(r['bytes_in'])}  "
+                  f"neighbours {r['neighbours_up']}  teachers {r['contributors']}" + (f"  rejected {rejected}" if rejected else ""))
+
+    async def main() -> None:
+        # SIGINT/SIGTERM: cancel the node, which says bye to its neighbours (bounded) and returns
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal() -> None:
+                    async for sig in signals:
+                        err.print(f"{signal.Signals(sig).name}: saying bye and stopping")
+                        nursery.cancel_scope.cancel()
+                nursery.start_soon(stop_on_signal)
+                await run_real_node(cfg, on_start=on_start, on_record=on_record)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import trio
+
+    from p2pfl.transport.libp2p import query_status, read_psk
+
+    psk = read_psk(Path(args.psk_file)) if args.psk_file else None
+    try:
+        st = trio.run(lambda: query_status(args.addr, psk=psk, timeout=args.timeout))
+    except trio.TooSlowError:
+        raise UsageError(f"no status from {args.addr} within {args.timeout:.0f}s: is the node running, "
+                         f"and (for a private network) is --psk-file the network's key?") from None
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    console = Console(highlight=False)
+    console.print(f"[bold]{st.get('name', st.get('node'))}[/bold]  {st.get('arch')}  mode {st.get('mode')}  "
+                  f"round {st.get('round')}/{st.get('rounds')}  shard {st.get('shard', '-')}  "
+                  f"out {_bytes(st.get('bytes_out', 0))}  in {_bytes(st.get('bytes_in', 0))}")
+    table = Table("neighbour", "up", "last round")
+    for pid, p in sorted(st.get("neighbours", {}).items()):
+        table.add_row(pid, "yes" if p.get("up") else "no", str(p.get("round")))
+    console.print(table)
+    rejected = st.get("rejected", {})
+    console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else "none"))
+    return 0
+
+
+def cmd_psk(args: argparse.Namespace) -> int:
+    from p2pfl.files import atomic_write_bytes
+    from p2pfl.transport.libp2p import new_psk
+
+    if Path(args.out).exists():
+        raise UsageError(f"{args.out} exists; a network's key is not overwritten (delete it first if you mean to)")
+    atomic_write_bytes(args.out, new_psk().encode(), mode=0o600)
+    Console().print(f"wrote {args.out}; give every node of the network the same file with --psk-file {args.out}")
+    return 0
 
 
 # -- topo ---------------------------------------------------------------------------------------

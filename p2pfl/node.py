@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from p2pfl.transport import PeerUnreachable, Transport
 from p2pfl.data.reference import Reference
 
 log = logging.getLogger(__name__)
+
+BYE_TIMEOUT_S = 3.0  # all byes together; a stopping node must exit within seconds
 
 # -- how compute is run -----------------------------------------------------------------------------
 
@@ -98,6 +101,11 @@ class SimulatedCompute:
         return out
 
 
+async def thread_compute(fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
+    """Real nodes: the work runs in a worker thread so the loop keeps answering peers meanwhile."""
+    return await trio.to_thread.run_sync(fn, *args)
+
+
 Compute = Callable[..., Awaitable[Any]]
 
 
@@ -133,8 +141,11 @@ class Node:
                  neighbours: dict[str, float], reference: Reference | None, test: EvalData,
                  rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "fp32",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
-                 start_round: int = 0):
-        # start_round: rounds already completed (0 = fresh; a checkpoint restores more)
+                 start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False):
+        # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
+        # incarnation: new per process start, so neighbours notice a restart (random if None).
+        # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
+        # mixing weights turn uniform (real nodes: the transport decides who may connect at all).
         self.node_id = node_id
         self.arch = arch
         self.mode = mode
@@ -154,7 +165,9 @@ class Node:
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
             num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
             codecs=(codec,), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
+            incarnation=secrets.randbits(62) | 1 << 61 if incarnation is None else incarnation,
         )
+        self.accept_new_peers = accept_new_peers
         self._expect = wire.Expectations.for_hello(self.hello, ref_size=reference.size if reference else None)
         self.peers: dict[str, PeerState] = {
             p: PeerState(wire.PeerSession(self.hello, self._expect), w) for p, w in neighbours.items()
@@ -173,7 +186,8 @@ class Node:
         return self
 
     async def __aexit__(self, *exc):
-        with trio.CancelScope(shield=True):
+        # shielded so a cancelled node still says bye, bounded so a dead neighbour cannot hold it
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + BYE_TIMEOUT_S):
             await self._broadcast_bye("done" if exc[0] is None else "stopping")
         self._nursery.cancel_scope.cancel()
         return await self._nursery_cm.__aexit__(*exc)
@@ -267,16 +281,17 @@ class Node:
             label_counts=tuple(int(c) for c in self.learner.label_counts),
             samples=int(self.learner.label_counts.sum()), val_acc=0.0,
         )
-        for peer_id, p in self.peers.items():
-            if p.session.their_state is not wire.State.READY:
-                continue  # no hello from them yet: they would reject it
-            await self._send(peer_id, p, msg)
+        for peer_id, p in list(self.peers.items()):
+            if not p.hello_sent:  # unreachable when we greeted: try again (the transport backs off)
+                p.hello_sent = await self._send(peer_id, p, self.hello)
+            if p.hello_sent and p.session.their_state is wire.State.READY and p.session.our_state is wire.State.READY:
+                await self._send(peer_id, p, msg)  # only to peers that have our hello and we theirs
 
     # -- messaging --------------------------------------------------------------------------------
     async def _send(self, peer_id: str, p: PeerState, msg: wire.Message) -> bool:
         data = p.session.send(msg)
         try:
-            await self.transport.send(peer_id, data)
+            await self.transport.send(peer_id, data, wire.kind_of(msg))
         except PeerUnreachable as e:
             self.counters.send_failures += 1
             p.up = False
@@ -298,12 +313,18 @@ class Node:
     async def _receive_loop(self) -> None:
         while True:
             peer_id, data = await self.transport.receive()
+            if isinstance(data, wire.RemoteProtocolError):  # the transport refused a stream (framing, policy)
+                self._reject(peer_id, data.reason, str(data))
+                continue
             self.counters.bytes_in += len(data)
             self.counters.msgs_in += 1
             p = self.peers.get(peer_id)
             if p is None:
-                self._reject(peer_id, "state", "not a neighbour of this node")
-                continue
+                if not self.accept_new_peers:
+                    self._reject(peer_id, "state", "not a neighbour of this node")
+                    continue
+                # a stranger: it becomes a neighbour only once its hello is accepted below
+                p = PeerState(wire.PeerSession(self.hello, self._expect), 0.0, up=False)
             if p.session.their_state is wire.State.CLOSED:  # it left and came back: a new session
                 p.session = wire.PeerSession(self.hello, self._expect)
                 p.hello_sent = False
@@ -312,6 +333,8 @@ class Node:
             except wire.RemoteProtocolError as e:
                 self._reject(peer_id, e.reason, str(e))
                 continue
+            if peer_id not in self.peers and isinstance(msg, wire.Hello):
+                self._add_peer(peer_id, p)
             await self._handle(peer_id, p, msg)
 
     async def _handle(self, peer_id: str, p: PeerState, msg: wire.Message) -> None:
@@ -331,6 +354,15 @@ class Node:
             self._arrived = trio.Event()
         elif isinstance(msg, wire.StatusRequest):
             await self._send(peer_id, p, wire.StatusReply(msg.nonce, self.status()))
+
+    def _add_peer(self, peer_id: str, p: PeerState) -> None:
+        """A new neighbour: every mixing weight, ours included, becomes 1 / (neighbours + 1)."""
+        self.peers[peer_id] = p
+        w = 1.0 / (len(self.peers) + 1)
+        for q in self.peers.values():
+            q.weight = w
+        self.ctx.self_weight = w
+        log.info("%s: %s joined as a neighbour (%d now)", self.node_id, peer_id, len(self.peers))
 
     def _reject(self, peer_id: str, reason: str, detail: str) -> None:
         self.counters.rejected[reason] += 1

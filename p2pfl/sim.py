@@ -84,6 +84,13 @@ class NodePlan:
     neighbours: dict[str, float]
 
 
+def node_plan(scenario: Scenario, index: int, node_id: str, profile: NodeProfile, train_idx: np.ndarray,
+              neighbours: dict[str, float]) -> NodePlan:
+    """One node's plan; real nodes build theirs the same way, so a shard trains as in the simulation."""
+    train = build(TrainConfig, dataclasses.asdict(scenario.train) | profile.train, f"profile {profile.name} [train]")
+    return NodePlan(index, node_id, profile, train, train_idx, neighbours)
+
+
 class Simulation:
     def __init__(self, scenario: Scenario, *, run_dir: str | Path | None = "runs",
                  on_record: Callable[[dict], None] | None = None):
@@ -116,10 +123,8 @@ class Simulation:
         profiles = [resolve_profile(name) for name in s.profiles]
         plans = []
         for i in range(n):
-            profile = profiles[i % len(profiles)]
-            train = build(TrainConfig, dataclasses.asdict(s.train) | profile.train, f"profile {profile.name} [train]")
             neighbours = {topology.names[j]: float(weights[i, j]) for j in sorted(topology.graph.neighbors(i))}
-            plans.append(NodePlan(i, topology.names[i], profile, train, parts[i], neighbours))
+            plans.append(node_plan(s, i, topology.names[i], profiles[i % len(profiles)], parts[i], neighbours))
         if s.mode == "fedavg" and len({p.profile.arch for p in plans}) > 1:
             archs = sorted({p.profile.arch for p in plans})
             raise ConfigError(f"mode = 'fedavg' averages whole models, so every node needs the same architecture; "

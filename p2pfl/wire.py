@@ -28,6 +28,8 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     cod   [str]     codecs          <= MAX_CODECS codec names the node decodes, preferred first
     np    int       param_count     0..MAX_PARAMS: length of this node's "params" payloads
     ad    [int]     adapter_shape   <= codecs.MAX_NDIM dims, product <= MAX_PARAMS (() = no adapter)
+    inc   int       incarnation     0..MAX_INT, new each time the node process starts: a hello that
+                                    differs from the accepted one only here means the peer restarted
 
     knowledge
     s     str       sender          node id, must equal the id of the hello on this session
@@ -103,6 +105,8 @@ REASONS = frozenset({
     "state",  # not legal in this peer state (see TRANSITIONS), or sender/nonce doesn't fit the session
     "mismatch",  # hello incompatible with ours (see MUST_MATCH)
     "codec",  # unknown codec, codec we didn't offer, or a payload that isn't valid for its codec
+    "refused",  # transport: a peer the node's policy does not admit (not a neighbour, not allowed)
+    "flood",  # transport: too many streams or frames from one peer in a short time
 })
 
 
@@ -120,7 +124,9 @@ TRANSITIONS: dict[tuple[State, str], State] = {
     (State.NEW, "status_request"): State.NEW,
     (State.NEW, "status_reply"): State.NEW,  # only for a nonce the receiver asked for
     (State.NEW, "bye"): State.CLOSED,
-    (State.READY, "hello"): State.READY,  # only identical to the accepted one (a resend after reconnect)
+    (State.READY, "hello"): State.READY,  # identical to the accepted one: a resend after reconnect;
+    #                                       another incarnation of the same hello: the peer restarted,
+    #                                       so the session starts over and we must greet it again
     (State.READY, "knowledge"): State.READY,  # only from the hello's id, only kinds of the mode
     (State.READY, "status_request"): State.READY,
     (State.READY, "status_reply"): State.READY,
@@ -289,6 +295,7 @@ class Hello:
     codecs: tuple[str, ...]
     param_count: int
     adapter_shape: tuple[int, ...] = ()
+    incarnation: int = 0
 
     def __post_init__(self) -> None:
         _str("node_id", self.node_id, MAX_ID_LEN)
@@ -304,6 +311,7 @@ class Hello:
         if math.prod(shape) > MAX_PARAMS:
             raise LocalProtocolError("oversized", f"adapter_shape {shape} has more than {MAX_PARAMS} values")
         _set(self, "adapter_shape", shape)
+        _set(self, "incarnation", _int("incarnation", self.incarnation, 0, MAX_INT))
 
 
 @dataclass(frozen=True)
@@ -423,7 +431,8 @@ Message = Union[Hello, Knowledge, Bye, StatusRequest, StatusReply]
 _SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
     "hello": (Hello, (("id", "node_id"), ("pv", "version"), ("arch", "arch"), ("mode", "mode"),
                       ("nc", "num_classes"), ("ref", "ref_digest"), ("cod", "codecs"),
-                      ("np", "param_count"), ("ad", "adapter_shape"))),
+                      ("np", "param_count"), ("ad", "adapter_shape"),
+                      ("inc", "incarnation"))),
     "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
                               ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
                               ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"))),
@@ -736,9 +745,12 @@ class PeerSession:
         nxt = TRANSITIONS.get((self.their_state, kind))
         if nxt is None:
             raise RemoteProtocolError("state", f"{kind} is not allowed when the peer is {self.their_state.value}")
+        restarted = False
         if isinstance(msg, Hello):
             if self.peer is not None and msg != self.peer:
-                raise RemoteProtocolError("state", f"a second, different hello from {self.peer.node_id!r}")
+                restarted = replace(msg, incarnation=self.peer.incarnation) == self.peer
+                if not restarted:
+                    raise RemoteProtocolError("state", f"a second, different hello from {self.peer.node_id!r}")
             problems = hello_mismatch(self.local_hello, msg)
             if problems:
                 raise RemoteProtocolError("mismatch", f"hello from {msg.node_id!r} is incompatible: "
@@ -754,6 +766,10 @@ class PeerSession:
         _check_content(msg, self.expect)
         if isinstance(msg, Hello):
             self.peer = msg
+            if restarted:  # it forgot us: our hello, our status nonces and its requests are gone
+                self.our_state = State.NEW
+                self._we_asked.clear()
+                self._they_asked.clear()
         elif isinstance(msg, StatusRequest):
             self._they_asked[msg.nonce] = None
             if len(self._they_asked) > MAX_PENDING_STATUS:  # a flood of requests: forget the oldest

@@ -435,6 +435,21 @@ def test_hello_knowledge_bye():
     refused(s, hello(node_id="bob"), "state")
 
 
+def test_a_restarted_peer_starts_a_new_session():
+    s = session()
+    s.send(s.local_hello)
+    first = hello(node_id="bob", incarnation=1)
+    s.receive(wire.encode(first))
+    s.receive(wire.encode(first))  # a resend (reconnect): nothing changes
+    assert s.our_state is State.READY
+    s.receive(wire.encode(hello(node_id="bob", incarnation=2)))  # same node, new process
+    assert s.their_state is State.READY and s.peer.incarnation == 2
+    assert s.our_state is State.NEW  # it forgot our hello: we must greet it again before sharing
+    with pytest.raises(LocalProtocolError, match="cannot send knowledge when we are new"):
+        s.send(knowledge(sender="alice"))
+    refused(s, hello(node_id="bob", arch="gru", incarnation=3), "state", match="second, different hello")
+
+
 def test_knowledge_before_hello():
     refused(session(), knowledge(), "state", match="knowledge is not allowed when the peer is new")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from p2pfl.wire import RemoteProtocolError
+
 
 class PeerUnreachable(Exception):
     """The peer is down or the link is cut; the caller decides whether to retry later."""
@@ -14,11 +16,18 @@ class Transport(Protocol):
 
     local_id: str
 
-    async def send(self, peer: str, data: bytes) -> None:
-        """Deliver `data` to `peer` (best effort, may arrive late); raise PeerUnreachable if it cannot."""
+    async def send(self, peer: str, data: bytes, kind: str = "knowledge") -> None:
+        """Deliver `data` to `peer` (best effort, may arrive late); raise PeerUnreachable if it cannot.
 
-    async def receive(self) -> tuple[str, bytes]:
-        """The next inbound message and who sent it."""
+        `kind` is the wire kind of the message (wire.kind_of): a transport may route message
+        families differently (libp2p: one protocol id per family); the in-memory one ignores it.
+        A hello must have reached the peer's inbox before a later send to it can: the node shares
+        knowledge only after its hello went out, and the peer would refuse knowledge first.
+        """
+
+    async def receive(self) -> tuple[str, bytes | RemoteProtocolError]:
+        """The next inbound message and who sent it; or the error for a stream the transport itself
+        refused (bad framing, a peer the policy does not allow), for the node to count and log."""
 
 
 __all__ = ["Transport", "PeerUnreachable"]

@@ -113,7 +113,7 @@ class MemoryEndpoint:
         self._network = network
         self._inbox = inbox
 
-    async def send(self, peer: str, data: bytes) -> None:
+    async def send(self, peer: str, data: bytes, kind: str = "knowledge") -> None:
         self._network._send(self.local_id, peer, data)
         await trio.lowlevel.checkpoint()
 

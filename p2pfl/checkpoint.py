@@ -1,0 +1,65 @@
+"""Crash safety for real nodes: one checkpoint file per node, rewritten atomically after every round.
+
+It holds what a restarted process needs to go on where it stopped: model and optimizer state,
+the learner's step (the learning-rate schedule) and random generator, the last completed round,
+and the newest round heard from each neighbour. `meta` names what the node is (architecture,
+mode, data shard, reference digest); a checkpoint written by another kind of node is refused
+rather than loaded into the wrong model. Loading uses `torch.load(weights_only=True)`: tensors
+and plain containers only, so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from p2pfl.files import atomic_write_bytes
+from p2pfl.learner import Learner
+
+FORMAT = 1
+FILENAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Resumed:
+    round: int  # last completed round
+    peers: dict[str, int]  # neighbour -> newest round it had shared with us
+
+
+def save(path: Path, learner: Learner, *, round: int, meta: dict[str, str | int], peers: dict[str, int]) -> None:
+    state = {
+        "format": FORMAT, "round": round, "meta": dict(meta), "peers": dict(peers),
+        "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+        "step": learner.step, "rng": learner.gen.get_state(),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load(path: Path, learner: Learner, *, meta: dict[str, str | int]) -> Resumed | None:
+    """Restore `learner` from `path` if it exists; None for a fresh start."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                         f"delete it to start this node from round 0") from None
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path} has checkpoint format {state.get('format')}, this version reads {FORMAT}; "
+                         f"delete it to start this node from round 0")
+    if state["meta"] != dict(meta):
+        diff = ", ".join(f"{k}: saved {state['meta'].get(k)!r}, now {v!r}"
+                         for k, v in meta.items() if state["meta"].get(k) != v)
+        raise ValueError(f"{path} belongs to a different node ({diff}); use another --state-dir, "
+                         f"or delete the checkpoint to start from round 0")
+    learner.model.load_state_dict(state["model"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.step = int(state["step"])
+    learner.gen.set_state(state["rng"])
+    return Resumed(int(state["round"]), {str(k): int(v) for k, v in state["peers"].items()})

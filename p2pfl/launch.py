@@ -1,0 +1,177 @@
+"""Many real node processes from one topology: commands, start, watch, merge, stop.
+
+    plans = plan_nodes(topology, run_dir, scenario_path=..., rounds=30)
+    with Launch(plans) as launch:        # starts every `p2pfl node` process
+        launch.wait(on_tick=...)         # until all exit; Ctrl-C stops them all cleanly
+    summary = merge(plans, rounds)       # the simulation's summary, from every node's metrics.jsonl
+
+Each node gets its own state dir under run_dir (identity, checkpoint, metrics). Identities are
+created here first, so every node's --peers (its graph neighbours' full multiaddrs) is known
+before any process starts. A topology file's [hosts] table (name = "host:port") places nodes on
+a LAN; without it every node listens on 127.0.0.1, ports base_port + index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pfl.metrics import read_metrics, summarize
+from p2pfl.topology import Topology
+from p2pfl.transport.libp2p import load_identity, peer_id_of
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0  # SIGINT, then SIGKILL after this long
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    index: int
+    name: str
+    host: str
+    port: int
+    peer_id: str
+    state_dir: Path
+    argv: tuple[str, ...]
+
+    @property
+    def addr(self) -> str:
+        return f"/ip4/{self.host}/tcp/{self.port}/p2p/{self.peer_id}"
+
+
+def plan_nodes(topology: Topology, run_dir: Path, *, scenario: str | None = None, rounds: int | None = None,
+               overrides: tuple[str, ...] = (), base_port: int = 4001, psk_file: str | None = None,
+               threads: int = 1, python: str = sys.executable) -> list[NodeLaunch]:
+    """One `p2pfl node` command per topology node; shard i of n is simulated node i's data and model."""
+    n = topology.n
+    places, ids = [], []
+    for i, name in enumerate(topology.names):
+        hostport = topology.hosts.get(name, f"127.0.0.1:{base_port + i}")
+        host, _, port = hostport.rpartition(":")
+        places.append((host, int(port)))
+        ids.append(peer_id_of(load_identity(run_dir / name)))
+    plans = []
+    for i, name in enumerate(topology.names):
+        host, port = places[i]
+        peers = [f"/ip4/{places[j][0]}/tcp/{places[j][1]}/p2p/{ids[j]}" for j in sorted(topology.graph.neighbors(i))]
+        listen_host = host if host == "127.0.0.1" else "0.0.0.0"
+        argv = [python, "-m", "p2pfl.cli", "node", "--shard", f"{i}/{n}", "--name", name,
+                "--listen", f"/ip4/{listen_host}/tcp/{port}", "--state-dir", str(run_dir / name),
+                "--threads", str(threads), "--json", "--peers", *peers]
+        if scenario:
+            argv += ["--scenario", scenario]
+        if rounds:
+            argv += ["--rounds", str(rounds)]
+        if psk_file:
+            argv += ["--psk-file", psk_file]
+        for kv in overrides:
+            argv += ["--set", kv]
+        plans.append(NodeLaunch(i, name, host, port, ids[i], run_dir / name, tuple(argv)))
+    return plans
+
+
+def commands_by_host(plans: list[NodeLaunch]) -> dict[str, list[str]]:
+    """Shell lines to run on each host (for a LAN: copy each state dir's identity.key there first)."""
+    out: dict[str, list[str]] = {}
+    for p in plans:
+        argv = ["p2pfl", *p.argv[3:]]  # the console script instead of `python -m p2pfl.cli`
+        out.setdefault(p.host, []).append(shlex.join(argv))
+    return out
+
+
+class Launch:
+    """Owns the node processes: started on enter, always stopped on exit (SIGINT, then SIGKILL)."""
+
+    def __init__(self, plans: list[NodeLaunch]):
+        self.plans = plans
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.events: list[dict] = []
+
+    def __enter__(self) -> Launch:
+        for p in self.plans:
+            self.start(p)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+    def start(self, p: NodeLaunch) -> None:
+        p.state_dir.mkdir(parents=True, exist_ok=True)
+        log_file = open(p.state_dir / "node.log", "ab")
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        self.procs[p.name] = subprocess.Popen(p.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True)  # Ctrl-C reaches us, we stop them
+        log_file.close()
+        self.events.append({"event": "start", "node": p.name, "time": time.time()})
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: a crash, no bye, no flush (what a checkpoint must survive)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+        self.events.append({"event": "kill", "node": name, "time": time.time()})
+
+    def running(self) -> list[str]:
+        return [name for name, proc in self.procs.items() if proc.poll() is None]
+
+    def wait(self, on_tick: Callable[[Launch], None] = lambda launch: None, tick: float = 1.0,
+             timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running():
+            on_tick(self)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"nodes still running after {timeout:.0f}s: {', '.join(self.running())}")
+            time.sleep(tick)
+        on_tick(self)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {name: proc.returncode for name, proc in self.procs.items()}
+
+
+def node_records(plan: NodeLaunch) -> list[dict]:
+    path = plan.state_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return read_metrics(path)
+    except ValueError:  # a line being written right now (or cut by a kill): read again later
+        return [json.loads(line) for line in path.read_text().splitlines()[:-1] if line.strip()]
+
+
+def latest_round(plan: NodeLaunch) -> int:
+    records = node_records(plan)
+    return max((r["round"] for r in records), default=0)
+
+
+def merge(plans: list[NodeLaunch], rounds: int) -> dict:
+    """The simulation's summary over every node's metrics; a round logged twice (a node redid it
+    after a crash) counts once, its last record."""
+    by_key: dict[tuple[str, int], dict] = {}
+    for p in plans:
+        for r in node_records(p):
+            by_key[r["node"], r["round"]] = r | {"node": p.name}
+    records = [by_key[k] for k in sorted(by_key)]
+    wire_bytes = sum(r["bytes_out"] for r in records)
+    return summarize(records, rounds=rounds, wire_bytes=wire_bytes)

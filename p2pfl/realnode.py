@@ -1,0 +1,112 @@
+"""One real node process: a scenario's shard, trained by `Node` over libp2p, checkpointed every round.
+
+    cfg = RealNodeConfig(scenario, shard=3, shards=8, state_dir=Path("~/.p2pfl/n3"), peers=(...))
+    records = await run_real_node(cfg, on_start=..., on_record=...)
+
+What a node learns (data source, partition, model, training, reference set, mode) comes from the
+scenario exactly as in a simulation: shard i of n trains the data and model that simulated node
+i would, so real runs and simulations of one scenario and seed are comparable. Only the network
+differs: libp2p instead of the memory transport, real time instead of the mock clock, and
+uniform mixing weights over whoever is a neighbour (the graph is not known to one process).
+
+The state dir holds the node's identity (identity.key: the same peer id after a restart),
+checkpoint.pt (rewritten atomically after each round) and metrics.jsonl (one line per round,
+the simulation's format). A restart with the same state dir resumes after the last saved round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pfl import checkpoint
+from p2pfl.config import ConfigError, Scenario
+from p2pfl.data import partition
+from p2pfl.metrics import MetricsLog
+from p2pfl.modes import make_mode
+from p2pfl.node import EvalData, Node, thread_compute
+from p2pfl.sim import Simulation, node_plan, resolve_profile
+from p2pfl.transport.libp2p import Libp2pTransport, Policy, load_identity, peer_id_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RealNodeConfig:
+    scenario: Scenario
+    shard: int  # this node's index among `shards` (the simulation's node index)
+    shards: int
+    state_dir: Path
+    listen: str = "/ip4/0.0.0.0/tcp/0"
+    peers: tuple[str, ...] = ()  # multiaddrs ending in /p2p/<peer id>
+    profile: str | None = None  # default: the scenario's profiles, round-robin by shard
+    psk: str | None = None  # 64 hex characters: a private network
+    policy: Policy = field(default_factory=Policy)
+    name: str = ""  # a label for logs and metrics (default: the peer id)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'3/8' -> (3, 8): shard 3 of 8, counting from 0."""
+    i, sep, n = text.partition("/")
+    try:
+        shard, shards = int(i), int(n)
+    except ValueError:
+        shard = shards = -1
+    if not sep or not 0 <= shard < shards:
+        raise ConfigError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 3/8 for the 4th of 8 nodes")
+    return shard, shards
+
+
+async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], int], None] = lambda addrs, start: None,
+                        on_record: Callable[[dict], None] = lambda record: None) -> list[dict]:
+    """Run the node to the scenario's last round; returns this process's per-round records."""
+    s = cfg.scenario
+    sim = Simulation(s, run_dir=None)
+    dataset = sim.dataset()
+    reference = sim.reference()
+    parts = partition(dataset.y_train, cfg.shards, s.data.partition, s.seed)
+    profile = resolve_profile(cfg.profile or s.profiles[cfg.shard % len(s.profiles)])
+    key = load_identity(cfg.state_dir)
+    peer_id = peer_id_of(key)
+    plan = node_plan(s, cfg.shard, peer_id, profile, parts[cfg.shard], {})
+    learner = sim.learner(plan, dataset)
+
+    meta = {"arch": profile.arch, "mode": s.mode, "shard": f"{cfg.shard}/{cfg.shards}", "data": s.data.source,
+            "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else ""}
+    ckpt_path = Path(cfg.state_dir) / checkpoint.FILENAME
+    resumed = checkpoint.load(ckpt_path, learner, meta=meta)
+    start = resumed.round if resumed else 0
+    if resumed:
+        log.info("resuming after round %d from %s", start, ckpt_path)
+
+    metrics = MetricsLog(Path(cfg.state_dir) / "metrics.jsonl")
+    label = cfg.name or peer_id
+    node: Node | None = None
+
+    def record_round(record: dict) -> None:
+        record = record | {"name": label, "shard": cfg.shard}
+        metrics.write(record)
+        peers = {pid: p.latest.round for pid, p in node.peers.items() if p.latest is not None}
+        checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers)
+        on_record(record)
+
+    try:
+        async with Libp2pTransport.open(key_pair=key, listen=cfg.listen, peers=cfg.peers, policy=cfg.policy,
+                                        psk=cfg.psk) as transport:
+            neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
+            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode), learner=learner,
+                        transport=transport, neighbours=neighbours, reference=reference,
+                        test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
+                        compute=thread_compute, codec=s.gossip.codec, on_record=record_round,
+                        eval_every=s.eval_every, start_round=start, accept_new_peers=True)
+            transport.status = lambda: node.status() | {
+                "name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs, "resumed_from": start}
+            on_start(transport.addrs, start)
+            records: list[dict] = []
+            async with node:
+                records = await node.run()
+            return records
+    finally:
+        metrics.close()
