@@ -24,6 +24,7 @@ import torch
 
 from p2pfl.config import load_scenario, parse_value
 from p2pfl.learner import Learner
+from benchrows import add_rows
 from p2pfl.files import atomic_write_text
 from p2pfl.models import build_model
 from p2pfl.sim import Simulation, resolve_profile
@@ -133,15 +134,10 @@ def append_markdown(report: dict) -> None:
             f"{acc('local')} | {acc('fedavg')} | {central or '–'} | "
             f"{lg.get('bytes_per_node_per_round', 0) / 1e3:.1f} KB / {fa.get('bytes_per_node_per_round', 0) / 1e3:.1f} KB | "
             f"{lg.get('wall_time_s', 0):.0f} s | {report['machine']} |")
-    text = path.read_text() if path.exists() else ""
-    marker = "<!-- bench_accuracy rows -->"
-    if marker not in text:
-        text += (f"\n## bench_accuracy\n\npersonal / global means at the last round. Bytes: encoded bytes sent per node per "
-                 f"round, logits / fedavg.\n\n| date | command | logits | logits global per arch | local | fedavg (CNN1D) "
-                 f"| centralized | bytes logits / fedavg | logits wall | machine |\n|---|---|---|---|---|---|---|---|---|---|\n"
-                 f"{marker}\n")
-    text = text.replace(marker, "\n".join(lines) + "\n" + marker)
-    atomic_write_text(path, text)
+    add_rows(path, "<!-- bench_accuracy rows -->", (
+        "## bench_accuracy\n\npersonal / global means at the last round. Bytes: encoded bytes sent per node per "
+        "round, logits / fedavg.\n\n| date | command | logits | logits global per arch | local | fedavg (CNN1D) "
+        "| centralized | bytes logits / fedavg | logits wall | machine |\n|---|---|---|---|---|---|---|---|---|---|"), lines)
 
 
 if __name__ == "__main__":

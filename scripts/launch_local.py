@@ -9,7 +9,7 @@ Every process gets --peers from the graph and its own state dir under runs/launc
 Ctrl-C stops them all (bye to neighbours, metrics flushed). At the end: the summary table of a
 simulation (`p2pfl sim` prints the same one), runs/launch-<name>/summary.json and --json.
 --kill K: SIGKILL K nodes (no bye, no flush) once every node finished round --kill-at, and start
-them again with the same state dir once the others reached --restart-at.
+them again with the same state dir once every other node finished round --restart-at.
 """
 
 from __future__ import annotations
@@ -88,12 +88,13 @@ def main() -> int:
                 state["killed"] = True
                 progress.console.print(f"killed {', '.join(victims)} (SIGKILL) after round {args.kill_at}")
             others = [r for name, r in rounds.items() if name not in victims]
-            if state["killed"] and not state["restarted"] and others and max(others) >= args.restart_at:
+            if state["killed"] and not state["restarted"] and others and min(others) >= args.restart_at:
                 for p in plans:
                     if p.name in victims:
                         launch.start(p)
                 state["restarted"] = True
-                progress.console.print(f"restarted {', '.join(victims)} at round {max(others)} of the others")
+                progress.console.print(f"restarted {', '.join(victims)} once every other node finished round "
+                                       f"{args.restart_at} (they are at {min(others)}..{max(others)})")
 
         with Launch(plans) as launch:
             try:
@@ -105,7 +106,8 @@ def main() -> int:
                 "wall_time_s": time.perf_counter() - wall, "exit_codes": launch.exit_codes(),
                 "events": launch.events, "peer_ids": {p.name: p.peer_id for p in plans}}
     if summary.get("nodes"):
-        print_summary(console, summary, run_dir)
+        print_summary(console, summary, None)
+    console.print(f"per node: {run_dir}/<name>/metrics.jsonl and node.log  summary: {run_dir}/summary.json")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2, default=str))

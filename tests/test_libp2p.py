@@ -9,7 +9,6 @@ import os
 import signal
 import struct
 import sys
-from pathlib import Path
 
 import multiaddr
 import numpy as np

@@ -128,7 +128,7 @@ class Policy:
 class Libp2pTransport:
     def __init__(self, host, peers: dict[str, multiaddr.Multiaddr], policy: Policy, *,
                  status: Callable[[], dict] = dict, dial_timeout: float = 10.0, send_timeout: float = 60.0,
-                 backoff: tuple[float, float] = (1.0, 30.0)):
+                 backoff: tuple[float, float] = (1.0, 30.0), flood_frames: int = FLOOD_FRAMES):
         self.host = host
         self.local_id = host.get_id().to_base58()
         self.policy = policy
@@ -136,6 +136,7 @@ class Libp2pTransport:
         self.dial_timeout = dial_timeout
         self.send_timeout = send_timeout
         self.backoff = backoff
+        self.flood_frames = flood_frames
         self._addrs = dict(peers)  # peer id -> dialable address (from --peers)
         self._known: set[str] = set(peers)  # neighbours: given, or admitted when they dialed in
         self._inbox_send, self._inbox = trio.open_memory_channel(256)  # bounded: a slow node slows senders
@@ -267,8 +268,8 @@ class Libp2pTransport:
         recent.append(now)
         while recent and recent[0] < now - FLOOD_WINDOW_S:
             recent.popleft()
-        if len(recent) > FLOOD_FRAMES:
-            raise wire.RemoteProtocolError("flood", f"more than {FLOOD_FRAMES} frames in {FLOOD_WINDOW_S:.0f}s")
+        if len(recent) > self.flood_frames:
+            raise wire.RemoteProtocolError("flood", f"more than {self.flood_frames} frames in {FLOOD_WINDOW_S:.0f}s")
 
     async def _answer_status(self, peer: str, stream) -> None:
         decoder = wire.FrameDecoder(max_frame_bytes=STATUS_REQUEST_MAX)

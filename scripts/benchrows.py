@@ -1,0 +1,15 @@
+"""Adding result rows to BENCHMARKS.md: each benchmark owns one table, found by a marker comment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2pfl.files import atomic_write_text
+
+
+def add_rows(path: Path, marker: str, header: str, rows: list[str]) -> None:
+    """Insert `rows` at the end of the table that ends with `marker`, creating it (after `header`) if absent."""
+    text = path.read_text() if path.exists() else ""
+    if marker not in text:
+        text = text.rstrip("\n") + f"\n\n{header.rstrip()}\n{marker}\n"
+    atomic_write_text(path, text.replace(marker, "\n".join(rows) + "\n" + marker))
