@@ -104,9 +104,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
             transport.status = lambda: node.status() | {
                 "name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs, "resumed_from": start}
             on_start(transport.addrs, start)
-            records: list[dict] = []
             async with node:
-                records = await node.run()
-            return records
+                return await node.run()
     finally:
         metrics.close()

@@ -36,7 +36,7 @@ from p2pfl import wire  # noqa: E402
 from p2pfl.codecs import encode  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.metrics import read_metrics  # noqa: E402
-from p2pfl.transport.libp2p import PROTOCOLS, Libp2pTransport, Policy, _new_host  # noqa: E402
+from p2pfl.transport.libp2p import PROTOCOLS, Libp2pTransport, Policy, make_host  # noqa: E402
 from libp2p.crypto.ed25519 import create_new_key_pair  # noqa: E402
 from libp2p.peer.peerinfo import info_from_p2p_addr  # noqa: E402
 
@@ -96,7 +96,7 @@ async def raw_tcp(chunks: list[bytes]) -> float:
 
 async def raw_libp2p(chunks: list[bytes]) -> float:
     sink = Sink(sum(map(len, chunks)))
-    a, b = _new_host(create_new_key_pair(), None), _new_host(create_new_key_pair(), None)
+    a, b = make_host(create_new_key_pair(), None), make_host(create_new_key_pair(), None)
     b.set_stream_handler(PROTOCOLS["knowledge"], lambda stream: sink.drain(stream.read))
     async with a.run([multiaddr.Multiaddr(LOOPBACK)]), b.run([multiaddr.Multiaddr(LOOPBACK)]):
         await a.connect(info_from_p2p_addr(b.get_addrs()[0]))

@@ -158,7 +158,7 @@ class Libp2pTransport:
         for a in peers:
             info = info_from_p2p_addr(multiaddr.Multiaddr(str(a)))
             addrs[info.peer_id.to_base58()] = multiaddr.Multiaddr(str(a))
-        host = _new_host(key_pair, psk)
+        host = make_host(key_pair, psk)
         transport = cls(host, addrs, policy, **kw)
         async with host.run([multiaddr.Multiaddr(str(listen))]):
             try:
@@ -292,7 +292,7 @@ class Libp2pTransport:
         await self._inbox_send.send((peer, error))
 
 
-def _new_host(key_pair: KeyPair, psk: str | None):
+def make_host(key_pair: KeyPair, psk: str | None):
     # min_connections=0: py-libp2p's auto-connector otherwise polls every few seconds to keep 50
     # connections; dialing our few neighbours (with backoff) is this transport's job
     return new_host(key_pair=key_pair, psk=psk, muxer_preference="YAMUX",
@@ -312,7 +312,7 @@ async def _quiet(coro) -> None:
 async def query_status(addr: str, *, psk: str | None = None, timeout: float = 10.0) -> dict:
     """Ask the node at `addr` (a multiaddr with /p2p/<id>) for its status, with a throwaway identity."""
     info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-    host = _new_host(create_new_key_pair(), psk)
+    host = make_host(create_new_key_pair(), psk)
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         with trio.fail_after(timeout):
             await host.connect(info)
