@@ -44,9 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         return 2
+    except BaseExceptionGroup as group:  # raised inside a trio nursery (p2pfl node): same rule
+        bad, rest = group.split((ConfigError, UsageError, ValueError))
+        if bad is None or rest is not None:
+            raise
+        for e in _leaves(bad):
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    return [leaf for e in group.exceptions for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +236,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
+    from p2pfl.sim import resolve_profile
     from p2pfl.transport.libp2p import Policy, read_allowlist, read_psk
 
     overrides = scenario_overrides(args)
@@ -234,6 +246,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.exists() else None)
     scenario = load_scenario(path, overrides)
     shard, shards = parse_shard(args.shard)
+    if args.profile:
+        resolve_profile(args.profile)  # a bad profile is an error now, not inside the running node
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = RealNodeConfig(
@@ -281,11 +295,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     from p2pfl.transport.libp2p import query_status, read_psk
 
     psk = read_psk(Path(args.psk_file)) if args.psk_file else None
+    hint = "is the node running, and (for a private network) is --psk-file the network's key?"
     try:
         st = trio.run(lambda: query_status(args.addr, psk=psk, timeout=args.timeout))
     except trio.TooSlowError:
-        raise UsageError(f"no status from {args.addr} within {args.timeout:.0f}s: is the node running, "
-                         f"and (for a private network) is --psk-file the network's key?") from None
+        raise UsageError(f"no status from {args.addr} within {args.timeout:.0f}s: {hint}") from None
+    except ValueError:
+        raise
+    except Exception as e:  # libp2p's dial errors arrive wrapped in exception groups
+        leaves = _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+        raise UsageError(f"cannot reach {args.addr} ({type(leaves[0]).__name__}: {leaves[0]}): {hint}") from None
     if args.json:
         print(json.dumps(st, indent=2))
         return 0

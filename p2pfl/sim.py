@@ -61,8 +61,11 @@ def resolve_profile(name: str) -> NodeProfile:
     """A profile file path, a profile name in node/, or a bare architecture name."""
     path = Path(name)
     if path.suffix == ".toml":
+        if not path.exists() and (PROFILE_DIR.parent / path).exists():
+            path = PROFILE_DIR.parent / path  # a repository path such as node/cnn1d.toml, from elsewhere
         if not path.exists():
-            raise ConfigError(f"node profile {name} not found")
+            raise ConfigError(f"node profile {name} not found; pass a path to a profile file, or a name from "
+                              f"{PROFILE_DIR}: {', '.join(sorted(p.stem for p in PROFILE_DIR.glob('*.toml')))}")
         return load_profile(path)
     if (PROFILE_DIR / f"{name}.toml").exists():
         return load_profile(PROFILE_DIR / f"{name}.toml")

@@ -173,6 +173,10 @@ def _error_line(capsys) -> str:
     (["sim", "no/such/scenario.toml"], ["no/such/scenario.toml", "not found"]),
     (["topo", "ring"], ["--nodes"]),
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
+    (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
+    (["node", "--psk-file", "no/such.key", "--state-dir", "unused"], ["--psk-file", "no/such.key", "cannot read"]),
+    (["node", "--allow", "no/such.txt", "--state-dir", "unused"], ["--allow", "no/such.txt"]),
+    (["node", "--profile", "no/such.toml", "--state-dir", "unused"], ["no/such.toml", "not found", "cnn1d"]),
 ])
 def test_cli_bad_input_exits_2_with_an_error_and_no_traceback(argv, words, capsys):
     assert cli.main(argv) == 2

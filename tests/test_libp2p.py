@@ -19,7 +19,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2pfl import checkpoint, wire
+from p2pfl import checkpoint, cli, wire
 from p2pfl.codecs import Encoded
 from p2pfl.config import ConfigError, TrainConfig, load_scenario
 from p2pfl.launch import Launch, commands_by_host, merge, node_records, plan_nodes
@@ -126,6 +126,24 @@ def test_launch_plans_peers_from_the_graph(tmp_path):
     assert all((tmp_path / p.name / "identity.key").exists() for p in plans)
     lines = commands_by_host(plans)["127.0.0.1"]
     assert len(lines) == 4 and lines[0].startswith("p2pfl node --shard 0/4")
+
+
+def test_cli_status_of_an_unreachable_node_is_a_clear_error(tmp_path, capsys):
+    pid = peer_id_of(load_identity(tmp_path))
+    assert cli.main(["status", f"/ip4/127.0.0.1/tcp/1/p2p/{pid}", "--timeout", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: cannot reach" in err and "is the node running" in err
+
+
+def test_cli_node_refuses_another_nodes_checkpoint(cache, tmp_path, capsys):
+    args = ["node", "--state-dir", str(tmp_path), "--rounds", "1", "--listen", LOOPBACK]
+    for k, v in TINY.items():
+        args += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
+    assert cli.main(args + ["--shard", "0/2"]) == 0
+    capsys.readouterr()
+    assert cli.main(args + ["--shard", "1/2"]) == 2  # raised inside the node's nursery, still one line
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "belongs to a different node" in err and "shard: saved '0/2', now '1/2'" in err
 
 
 # -- transports in one process ---------------------------------------------------------------------

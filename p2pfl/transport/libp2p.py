@@ -88,7 +88,7 @@ def new_psk() -> str:
 
 def read_psk(path: Path) -> str:
     """64 hex characters from a key file: bare, or go-libp2p's swarm.key format."""
-    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line.strip() for line in _read(path, "--psk-file").splitlines() if line.strip()]
     if lines[:2] == ["/key/swarm/psk/1.0.0/", "/base16/"]:
         lines = lines[2:]
     key = lines[0] if len(lines) == 1 else ""
@@ -101,7 +101,7 @@ def read_psk(path: Path) -> str:
 def read_allowlist(path: Path) -> frozenset[str]:
     """Peer ids, one per line; blank lines and # comments ignored."""
     ids = set()
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(_read(path, "--allow").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -110,6 +110,13 @@ def read_allowlist(path: Path) -> frozenset[str]:
         except Exception:
             raise ValueError(f"{path}:{n}: {line[:60]!r} is not a libp2p peer id (like 12D3KooW...)") from None
     return frozenset(ids)
+
+
+def _read(path: Path, flag: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path}: cannot read it ({e.strerror if isinstance(e, OSError) else e})") from None
 
 
 @dataclass(frozen=True)
