@@ -384,8 +384,8 @@ def _check_payload(p: object) -> Encoded:
     if not isinstance(p, Encoded):
         raise LocalProtocolError("malformed", f"payload must be a codecs.Encoded; got {_tname(p)}")
     _str("payload codec", p.codec, MAX_ID_LEN)
-    if p.codec not in codecs.CODECS:
-        raise LocalProtocolError("codec", f"unknown payload codec {p.codec!r}; known: {', '.join(codecs.CODECS)}")
+    if not codecs.is_codec(p.codec):
+        raise LocalProtocolError("codec", f"unknown payload codec {p.codec!r}; known: {codecs.CODEC_GRAMMAR}")
     shape = _ints("payload shape", p.shape, codecs.MAX_NDIM, 0, MAX_PAYLOAD_ELEMENTS)
     if not isinstance(p.data, bytes) or not isinstance(p.scale, bytes):
         raise LocalProtocolError("malformed", f"payload data and scale must be bytes; got "
@@ -711,10 +711,10 @@ class PeerSession:
         if local_hello.version != PROTOCOL_VERSION:
             raise LocalProtocolError("version", f"our hello says version {local_hello.version}; "
                                                 f"this code speaks {PROTOCOL_VERSION}")
-        unknown = [c for c in local_hello.codecs if c not in codecs.CODECS]
+        unknown = [c for c in local_hello.codecs if not codecs.is_codec(c)]
         if unknown:
             raise LocalProtocolError("codec", f"our hello offers unknown codecs {unknown}; "
-                                              f"known: {', '.join(codecs.CODECS)}")
+                                              f"known: {codecs.CODEC_GRAMMAR}")
         if expect is None:
             expect = Expectations.for_hello(local_hello)
         if (expect.num_classes, expect.param_count) != (local_hello.num_classes, local_hello.param_count):

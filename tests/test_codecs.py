@@ -2,6 +2,7 @@
 
 import math
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -44,7 +45,11 @@ def test_roundtrip_within_error_bound(x, name):
     bound = CODECS[name].error_bound(x)
     assert (err <= bound).all(), f"{name}: max excess {(err - bound).max()}"
     data_len, scale_len = CODECS[name].sizes(x.shape)
-    assert e.nbytes == len(e.data) + len(e.scale) == data_len + scale_len
+    assert e.nbytes == len(e.data) + len(e.scale) and len(e.scale) == scale_len
+    if CODECS[name].compressed:  # entropy-coded data: sizes() bounds it
+        assert len(e.data) <= data_len
+    else:
+        assert len(e.data) == data_len
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -150,7 +155,7 @@ def test_fp16_overflow_says_what_to_use():
 
 
 def test_unknown_codec_lists_the_choices():
-    with pytest.raises(CodecError, match="unknown codec 'int3'; choose one of: fp32, fp16, int8"):
+    with pytest.raises(CodecError, match="unknown codec 'int3'; choose one of: fp32 | fp16 | int8 | int4 .*topk:K"):
         codecs.encode(np.ones(3), "int3")
     with pytest.raises(CodecError, match="choose one of"):
         codecs.parse_codec("FP16")
@@ -255,3 +260,70 @@ def test_max_elements_is_inclusive():
 def test_decode_rejects_non_encoded():
     with pytest.raises(CodecError, match="expected an Encoded"):
         codecs.decode({"codec": "fp32"}, max_elements=10)
+
+
+# ------------------------------------------------------------------ int4, sign, top-k, zlib, names
+
+
+@pytest.mark.parametrize("name", ["topk:0", "topk:65", "topk:3+int9", "topk:3+", "topk:x+int8", "int8+z+z",
+                                  "topk:2+topk:2+int8", "int4+", "+z", "z", "topk:3+int8+zz", "x" * 100])
+def test_malformed_codec_names_are_refused(name):
+    assert not codecs.is_codec(name)
+    with pytest.raises(CodecError, match="choose one of"):
+        codecs.parse_codec(name)
+
+
+def test_composed_names_outside_the_sweep_work():
+    x = np.random.default_rng(0).standard_normal((50, 10)).astype(np.float32)
+    for name in ("topk:1+sign+z", "topk:10+fp32", "topk:64+int8", "int4sr+z"):
+        e = codecs.encode(x, name)
+        y = codecs.decode(e, max_elements=BIG)
+        assert (np.abs(y - x) <= codecs.parse_codec(name).error_bound(x)).all(), name
+    assert np.array_equal(codecs.decode(codecs.encode(x, "topk:10+fp32"), max_elements=BIG), x)  # K = row: lossless
+
+
+def test_topk_keeps_the_largest_and_flattens_the_rest():
+    x = np.array([[0.0, 5.0, 1.0, 9.0, 2.0]], dtype=np.float32)
+    y = codecs.decode(codecs.encode(x, "topk:2+fp32"), max_elements=BIG)
+    np.testing.assert_array_equal(y, [[1.0, 5.0, 1.0, 9.0, 1.0]])  # 5 and 9 kept, the rest at their mean 1
+
+
+def test_int4_halves_int8_and_stochastic_rounding_is_unbiased():
+    x = np.full((1000, 10), 0.3, dtype=np.float32)
+    x[:, 0] = 7.0  # scale 1: 0.3 sits between levels 0 and 1
+    nearest = codecs.decode(codecs.encode(x, "int4"), max_elements=BIG)
+    stochastic = codecs.decode(codecs.encode(x, "int4sr"), max_elements=BIG)
+    assert np.all(nearest[:, 1:] == 0.0)  # always rounded down: biased by -0.3
+    assert abs(float(stochastic[:, 1:].mean()) - 0.3) < 0.02  # E[q] = x
+    assert len(codecs.encode(x, "int4").data) == len(codecs.encode(x, "int8").data) // 2
+
+
+@pytest.mark.parametrize("e, match", [
+    (Encoded("topk:2+fp32", (1, 5), np.array([3, 1], "u1").tobytes() + f32(1, 2, 3)), "increasing"),
+    (Encoded("topk:2+fp32", (1, 5), np.array([1, 7], "u1").tobytes() + f32(1, 2, 3)), "below the row length 5"),
+    (Encoded("topk:2+fp32", (1, 5), np.array([1, 2], "u1").tobytes() + f32(1, 2)), "needs 14 data bytes"),
+    (Encoded("int4", (2,), b"\x08", f32(1.0)), "unused value -8"),  # nibble 0 in the high half
+    (Encoded("int4", (2, 2), b"\x99\x99", f32(1.0, -1.0)), "scales must be finite and >= 0"),
+    (Encoded("sign", (3,), b"\xff", f32(0.0, -1.0)), "deviations finite and >= 0"),
+    (Encoded("int8+z", (4,), b"not zlib", f32(1.0)), "not a zlib stream"),
+    (Encoded("int8+z", (4,), zlib.compress(b"\1" * 5), f32(1.0)), "inflate to exactly 4 bytes"),
+    (Encoded("int8+z", (4,), zlib.compress(b"\1" * 3), f32(1.0)), "inflate to exactly 4 bytes"),
+    (Encoded("int8+z", (4,), zlib.compress(b"\1" * 4) + b"junk", f32(1.0)), "inflate to exactly 4 bytes"),
+])
+def test_crafted_payloads_of_the_new_codecs_are_rejected(e, match):
+    # (a compressed payload longer than its bound is refused by length first, like every codec)
+    with pytest.raises(CodecError, match=match):
+        codecs.decode(e, max_elements=1000)
+
+
+def test_a_zlib_bomb_inflates_no_further_than_the_shape_needs():
+    bomb = zlib.compress(b"\0" * 50_000_000)  # 50 MB of zeros in ~49 KB: within the size bound below
+    e = Encoded("int8+z", (60_000,), bomb, f32(*[1.0] * 235))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match="inflate to exactly 60000 bytes"):
+            codecs.decode(e, max_elements=100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
