@@ -13,8 +13,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -24,7 +22,7 @@ import torch
 
 from p2pfl.config import load_scenario, parse_value
 from p2pfl.learner import Learner
-from benchrows import add_rows
+from benchrows import add_rows, machine
 from p2pfl.files import atomic_write_text
 from p2pfl.models import build_model
 from p2pfl.sim import Simulation, resolve_profile
@@ -109,13 +107,6 @@ def bars(e: dict) -> dict:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}"
 
 
 def append_markdown(report: dict) -> None:

@@ -1,8 +1,13 @@
-"""Adding result rows to BENCHMARKS.md: each benchmark owns one table, found by a marker comment."""
+"""Shared by the benchmarks: the machine's description, and result rows in BENCHMARKS.md (each
+benchmark owns one table, found by a marker comment)."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
+
+import torch
 
 from p2pfl.files import atomic_write_text
 
@@ -13,3 +18,12 @@ def add_rows(path: Path, marker: str, header: str, rows: list[str]) -> None:
     if marker not in text:
         text = text.rstrip("\n") + f"\n\n{header.rstrip()}\n{marker}\n"
     atomic_write_text(path, text.replace(marker, "\n".join(rows) + "\n" + marker))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}"
