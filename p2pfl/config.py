@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pfl import codecs
+
 
 MODES = ("logits", "local", "fedavg")
 
@@ -89,6 +91,7 @@ class NodeProfile:
     arch: str = "cnn1d"
     arch_options: dict[str, Any] = field(default_factory=dict)
     speed: float = 1.0  # relative compute speed in simulations (0.5 = a straggler twice as slow)
+    codec: str = ""  # how this node encodes its knowledge ("" = the scenario's gossip.codec)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of [train] for this node
 
 
@@ -116,6 +119,12 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
+        _check_codec("gossip.codec", self.gossip.codec)
+
+
+def _check_codec(key: str, name: str) -> None:
+    if not codecs.is_codec(name):
+        raise ConfigError(f"{key} = {name!r} is not a codec; choose one of: {codecs.CODEC_GRAMMAR}")
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -150,6 +159,8 @@ def load_profile(path: str | Path) -> NodeProfile:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     raw.setdefault("name", path.stem)
     profile = build(NodeProfile, raw, str(path))
+    if profile.codec:
+        _check_codec(f"{path}: codec", profile.codec)
     build(TrainConfig, dict(profile.train), f"{path} [train]")  # check the overrides' keys and types now
     return profile
 

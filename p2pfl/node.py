@@ -25,7 +25,7 @@ import trio
 import trio.testing
 
 from p2pfl import wire
-from p2pfl.codecs import encode as encode_array
+from p2pfl.codecs import CODECS, encode as encode_array
 from p2pfl.config import GossipConfig
 from p2pfl.learner import Learner
 from p2pfl.modes import Mode, NodeContext, Received
@@ -164,7 +164,8 @@ class Node:
         self.hello = wire.Hello(
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
             num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
-            codecs=(codec,), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
+            # we decode any codec; the hello lists ours first, then the common ones a peer may fall back to
+            codecs=tuple(dict.fromkeys((codec, *CODECS))), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
             incarnation=secrets.randbits(62) | 1 << 61 if incarnation is None else incarnation,
         )
         self.accept_new_peers = accept_new_peers
@@ -274,18 +275,30 @@ class Node:
         outgoing = await self.compute(self.mode.share, self.ctx, r)
         if outgoing is None:
             return
-        payload = encode_array(outgoing.array, self.codec)
-        msg = wire.Knowledge(
-            sender=self.node_id, round=r, time=trio.current_time(), kind=outgoing.kind,
-            ref_start=outgoing.ref_start, ref_count=outgoing.ref_count, payload=payload,
-            label_counts=tuple(int(c) for c in self.learner.label_counts),
-            samples=int(self.learner.label_counts.sum()), val_acc=0.0,
-        )
+        messages: dict[str, wire.Knowledge] = {}  # by codec: encoded once, whoever needs it
+
+        def knowledge(codec: str) -> wire.Knowledge:
+            if codec not in messages:
+                messages[codec] = wire.Knowledge(
+                    sender=self.node_id, round=r, time=trio.current_time(), kind=outgoing.kind,
+                    ref_start=outgoing.ref_start, ref_count=outgoing.ref_count,
+                    payload=encode_array(outgoing.array, codec),
+                    label_counts=tuple(int(c) for c in self.learner.label_counts),
+                    samples=int(self.learner.label_counts.sum()), val_acc=0.0,
+                )
+            return messages[codec]
+
         for peer_id, p in list(self.peers.items()):
             if not p.hello_sent:  # unreachable when we greeted: try again (the transport backs off)
                 p.hello_sent = await self._send(peer_id, p, self.hello)
             if p.hello_sent and p.session.their_state is wire.State.READY and p.session.our_state is wire.State.READY:
-                await self._send(peer_id, p, msg)  # only to peers that have our hello and we theirs
+                # only to peers that have our hello and we theirs; in our codec if they decode it,
+                # else in the first one they do (every node lists the common codecs after its own)
+                common = p.session.common_codecs
+                if common:
+                    await self._send(peer_id, p, knowledge(common[0]))
+                else:
+                    log.warning("%s: %s decodes none of our codecs %s", self.node_id, peer_id, self.hello.codecs)
 
     # -- messaging --------------------------------------------------------------------------------
     async def _send(self, peer_id: str, p: PeerState, msg: wire.Message) -> bool:

@@ -99,7 +99,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
             node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode), learner=learner,
                         transport=transport, neighbours=neighbours, reference=reference,
                         test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
-                        compute=thread_compute, codec=s.gossip.codec, on_record=record_round,
+                        compute=thread_compute, codec=profile.codec or s.gossip.codec, on_record=record_round,
                         eval_every=s.eval_every, start_round=start, accept_new_peers=True)
             transport.status = lambda: node.status() | {
                 "name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs, "resumed_from": start}

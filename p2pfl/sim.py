@@ -193,7 +193,7 @@ class Simulation:
                                        jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
             node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=make_mode(s.mode), learner=learner,
                         transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
-                        test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=s.gossip.codec,
+                        test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,
                         on_record=on_record, eval_every=s.eval_every)
             async with node:
                 await node.run()

@@ -174,6 +174,7 @@ def _error_line(capsys) -> str:
     (["topo", "ring"], ["--nodes"]),
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
     (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
+    (["sim", "--gossip.codec", "int5"], ["gossip.codec", "'int5'", "topk:K"]),
     (["node", "--psk-file", "no/such.key", "--state-dir", "unused"], ["--psk-file", "no/such.key", "cannot read"]),
     (["node", "--allow", "no/such.txt", "--state-dir", "unused"], ["--allow", "no/such.txt"]),
     (["node", "--profile", "no/such.toml", "--state-dir", "unused"], ["no/such.toml", "not found", "cnn1d"]),

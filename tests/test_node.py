@@ -40,11 +40,13 @@ def _reference(size=400, slice_size=200):
 
 
 async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip: GossipConfig | None = None,
-                   reference=None, extra: dict[str, dict[str, float]] | None = None, during=None):
+                   reference=None, extra: dict[str, dict[str, float]] | None = None, during=None,
+                   codecs: dict[str, str] | None = None):
     """Run 4 nodes on a ring to the end; returns (nodes, records, network).
 
     extra: additional neighbour names (with mixing weights) per node, e.g. a misbehaving endpoint.
     during: async fn(network, nodes) run beside the nodes (fault injection).
+    codecs: the codec of some nodes (default: the gossip config's).
     """
     gossip = gossip or GossipConfig(wait_timeout=5.0)
     data = load_source("synthetic", num_samples=800, seed=42)
@@ -69,7 +71,7 @@ async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip:
                 nodes.append(Node(node_id=name, arch="mlp", mode=make_mode(mode), learner=learner,
                                   transport=net.endpoint(name), neighbours=neighbours, reference=reference, test=test,
                                   rounds=rounds, gossip=gossip, compute=SimulatedCompute(SECONDS_PER_STEP, seed=i),
-                                  on_record=records.append))
+                                  codec=(codecs or {}).get(name, gossip.codec), on_record=records.append))
 
             async def run_node(node):
                 async with node:
@@ -81,6 +83,15 @@ async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip:
                 if during is not None:
                     nursery.start_soon(during, net, nodes)
     return nodes, records, net
+
+
+async def test_nodes_with_different_codecs_still_understand_each_other(autojump_clock):
+    # n0's codec is not among the common ones the others list: it falls back to one they decode
+    nodes, records, net = await run_ring("logits", codecs={"n0": "topk:5+int8", "n1": "int8", "n2": "int4+z"})
+    assert all(r["rejected"] == {} for r in records)
+    assert all(r["contributors"] > 0 for r in records if r["round"] >= 2)
+    assert nodes[0].hello.codecs[0] == "topk:5+int8" and "topk:5+int8" not in nodes[1].hello.codecs
+    assert net.bytes_sent[("n1", "n0")] < net.bytes_sent[("n3", "n0")]  # int8 is smaller than n3's fp32
 
 
 def _mean_global(records, rnd):
