@@ -14,14 +14,16 @@ Codecs (names: see CODEC_GRAMMAR; `CODECS` holds the ones the tests and benchmar
     int4      ceil(prod/2) bytes, 2 nibbles rows x <f4 (max|row| / 7)      scale_row / 2
     int4sr    as int4, stochastic rounding  as int4                        < scale_row
     sign      ceil(prod/8) bytes, 1 bit     rows x 2 <f4 (mean, mean dev)  |x - (mean +- dev)|
-    topk:K+C  rows x K indices + C's data   C's scale                      kept: C's bound; dropped:
-              for (rows, K + 1) values                                     |x - mean of the dropped|
+    topk:K+C  positions (rows x K indices,  C's scale                      kept: C's bound; dropped:
+              or a bit mask if smaller) +                                  |x - mean of the dropped|
+              C's data for (rows, K + 1)
     NAME+z    zlib(NAME's data), length     NAME's scale                   NAME's bound
               bounded, inflated exactly
 
-int8 "rows" are the last axis of an array with ndim >= 2 (one scale per logit row or weight-matrix
-row); a 1-D (or 0-d) array is cut into chunks of INT8_CHUNK values so one outlier in a long weight
-vector only coarsens its own chunk.
+Scale "rows" (int8, int4, sign) are groups of whole rows of the last axis of an array with
+ndim >= 2, as many rows as fit INT8_CHUNK values (at least one: a 1000-class logit row has its own
+scale, 10-class rows share one per 25); a 1-D (or 0-d) array is cut into chunks of INT8_CHUNK values
+so one outlier in a long weight vector only coarsens its own chunk.
 """
 
 from __future__ import annotations
@@ -83,12 +85,18 @@ class Codec:
 
 
 def _rows(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(number of rows, row length) of the int8 row layout; the last row of a 1-D array may be short."""
+    """(number of groups, group length) of the scale layout: one scale per group, the last may be short.
+
+    ndim >= 2: whole rows of the last axis, as many as fit INT8_CHUNK values (at least one), so
+    logits with 10 classes share a scale per 25 rows (a float32 per 10-value row would cost 40% on
+    top of int8); 0-D/1-D: chunks of INT8_CHUNK values.
+    """
     n = math.prod(shape)
     if n == 0:
         return 0, 0  # no values, no scales (also avoids a scale per row for shapes like (10**6, 0))
     if len(shape) >= 2:
-        return n // shape[-1], shape[-1]
+        per_group = max(1, INT8_CHUNK // shape[-1])
+        return -(-(n // shape[-1]) // per_group), per_group * shape[-1]
     return -(-n // INT8_CHUNK), INT8_CHUNK
 
 
@@ -351,29 +359,50 @@ def _topk_join(shape: tuple[int, ...], idx: np.ndarray, values: np.ndarray) -> n
     return out.reshape(shape)
 
 
+def _topk_positions_bytes(rows: int, rowlen: int, kk: int, index: np.dtype) -> tuple[bool, int]:
+    """(as a bit mask?, bytes): positions travel as a rows x rowlen bit mask when that is smaller
+    than kk indices per row (10 classes, k = 3: 10 bits instead of 3 bytes)."""
+    listed, mask = rows * kk * index.itemsize, -(-rows * rowlen // 8)
+    return (True, mask) if mask < listed else (False, listed)
+
+
 def _topk_codec(k: int, inner: Codec) -> Codec:
     def sizes(shape):
-        rows, _, kk, index = _topk_layout(shape, k)
+        rows, rowlen, kk, index = _topk_layout(shape, k)
         if rows == 0:
             return 0, 0
         d, sc = inner.sizes((rows, kk + 1))
-        return rows * kk * index.itemsize + d, sc
+        return _topk_positions_bytes(rows, rowlen, kk, index)[1] + d, sc
 
     def encode_topk(x):
         if x.size == 0:
             return b"", b""
+        rows, rowlen, kk, index = _topk_layout(x.shape, k)
         idx, values = _topk_split(x, k)
+        if _topk_positions_bytes(rows, rowlen, kk, index)[0]:
+            marked = np.zeros((rows, rowlen), dtype=bool)
+            np.put_along_axis(marked, idx, True, axis=1)
+            positions = np.packbits(marked.reshape(-1)).tobytes()
+        else:
+            positions = idx.astype(index).tobytes()
         d, sc = inner.encode(values)
-        return idx.astype(_topk_layout(x.shape, k)[3]).tobytes() + d, sc
+        return positions + d, sc
 
     def decode_topk(shape, data, scale):
         rows, rowlen, kk, index = _topk_layout(shape, k)
         if rows == 0:
             return np.zeros(shape, dtype=np.float32)
-        cut = rows * kk * index.itemsize
-        idx = np.frombuffer(data[:cut], dtype=index).reshape(rows, kk).astype(np.int64)
-        if (idx >= rowlen).any() or (np.diff(idx, axis=1) <= 0).any():
-            raise CodecError(f"top-{k} indices must be increasing and below the row length {rowlen}")
+        as_mask, cut = _topk_positions_bytes(rows, rowlen, kk, index)
+        if as_mask:
+            bits = np.unpackbits(np.frombuffer(data[:cut], dtype=np.uint8))
+            marked = bits[: rows * rowlen].reshape(rows, rowlen)
+            if bits[rows * rowlen:].any() or (marked.sum(axis=1) != kk).any():
+                raise CodecError(f"top-{k} position mask must mark exactly {kk} of each row's {rowlen} values")
+            idx = (np.flatnonzero(marked) % rowlen).reshape(rows, kk)
+        else:
+            idx = np.frombuffer(data[:cut], dtype=index).reshape(rows, kk).astype(np.int64)
+            if (idx >= rowlen).any() or (np.diff(idx, axis=1) <= 0).any():
+                raise CodecError(f"top-{k} indices must be increasing and below the row length {rowlen}")
         return _topk_join(shape, idx, inner.decode((rows, kk + 1), data[cut:], scale))
 
     def bound(x):

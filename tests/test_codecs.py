@@ -99,13 +99,23 @@ def test_fp16_relative_error_about_1e3():
 
 def test_int8_error_at_most_half_a_step_per_row():
     rng = np.random.default_rng(2)
-    x = (rng.standard_normal((20, 30)) * rng.uniform(0.01, 100, size=(20, 1))).astype(np.float32)
-    e, y = roundtrip(x, "int8")
+    x = (rng.standard_normal((20, 300)) * rng.uniform(0.01, 100, size=(20, 1))).astype(np.float32)
+    e, y = roundtrip(x, "int8")  # rows of >= INT8_CHUNK values: one scale each
     s = int8_scales(e)
     assert s.shape == (20,)
     np.testing.assert_allclose(s, np.abs(x).max(axis=1) / 127, rtol=1e-6)
     assert (np.abs(y - x) <= s[:, None] / 2 * (1 + 1e-6)).all()
     assert e.nbytes == x.size + 4 * 20
+
+
+def test_short_rows_share_a_scale_per_group_of_whole_rows():
+    x = np.random.default_rng(3).standard_normal((2000, 10)).astype(np.float32)  # quickstart logits
+    e, y = roundtrip(x, "int8")
+    s = int8_scales(e)
+    per_group = codecs.INT8_CHUNK // 10  # 25 rows of 10 classes
+    assert s.shape == (2000 // per_group,)
+    np.testing.assert_allclose(s, np.abs(x).reshape(-1, per_group * 10).max(axis=1) / 127, rtol=1e-6)
+    assert e.nbytes == x.size + 4 * len(s)  # 20,320 bytes: scales are 1.6% on top, not 40%
 
 
 def test_int8_1d_uses_local_chunk_scales():
@@ -184,8 +194,8 @@ def f32(*values) -> bytes:
     (Encoded("fp32", (4,), b"\0" * 15), "needs 16 data bytes"),  # truncated
     (Encoded("fp32", (4,), b"\0" * 17), "needs 16 data bytes"),  # trailing junk
     (Encoded("fp16", (2, 3), b"\0" * 24), "got 24"),  # fp32-sized data labelled fp16
-    (Encoded("int8", (2, 3), b"\0" * 6, f32(1.0)), "8 scale bytes"),  # one scale for two rows
-    (Encoded("int8", (2, 3), b"\0" * 6), "8 scale bytes"),  # scales missing
+    (Encoded("int8", (2, 300), b"\0" * 600, f32(1.0)), "8 scale bytes"),  # one scale for two long rows
+    (Encoded("int8", (2, 3), b"\0" * 6), "4 scale bytes"),  # scales missing (short rows share one)
     (Encoded("fp32", (4,), b"\0" * 16, b"x"), "0 scale bytes"),  # scales where none belong
     (Encoded("fp32", (2, -2), b""), ">= 0"),  # negative dims
     (Encoded("fp32", (True, 2), b"\0" * 8), "tuple of ints"),  # bool is not a dim
@@ -228,9 +238,9 @@ def test_shape_that_disagrees_with_data_is_rejected_before_allocating():
 
 @pytest.mark.parametrize("scale", [f32(np.nan, 1.0), f32(1.0, np.inf), f32(-1.0, 1.0)])
 def test_bad_int8_scales_are_rejected(scale):
-    e = Encoded("int8", (2, 3), b"\1" * 6, scale)
+    e = Encoded("int8", (2, 300), b"\1" * 600, scale)  # long rows: a scale each
     with pytest.raises(NonFiniteError, match="scales must be finite"):
-        codecs.decode(e, max_elements=100)
+        codecs.decode(e, max_elements=1000)
 
 
 def test_int8_scale_that_overflows_on_decode_is_rejected():
@@ -299,11 +309,14 @@ def test_int4_halves_int8_and_stochastic_rounding_is_unbiased():
 
 
 @pytest.mark.parametrize("e, match", [
-    (Encoded("topk:2+fp32", (1, 5), np.array([3, 1], "u1").tobytes() + f32(1, 2, 3)), "increasing"),
-    (Encoded("topk:2+fp32", (1, 5), np.array([1, 7], "u1").tobytes() + f32(1, 2, 3)), "below the row length 5"),
-    (Encoded("topk:2+fp32", (1, 5), np.array([1, 2], "u1").tobytes() + f32(1, 2)), "needs 14 data bytes"),
+    # 300-value rows: positions as two uint16 indices; 5-value rows: a bit mask is smaller
+    (Encoded("topk:2+fp32", (1, 300), np.array([3, 1], "<u2").tobytes() + f32(1, 2, 3)), "increasing"),
+    (Encoded("topk:2+fp32", (1, 300), np.array([1, 300], "<u2").tobytes() + f32(1, 2, 3)), "below the row length 300"),
+    (Encoded("topk:2+fp32", (1, 300), np.array([1, 2], "<u2").tobytes() + f32(1, 2)), "needs 16 data bytes"),
+    (Encoded("topk:2+fp32", (1, 5), np.packbits([1, 1, 1, 0, 0]).tobytes() + f32(1, 2, 3)), "exactly 2 of each"),
+    (Encoded("topk:2+fp32", (1, 5), np.packbits([1, 1, 0, 0, 0, 0, 0, 1]).tobytes() + f32(1, 2, 3)), "exactly 2"),
     (Encoded("int4", (2,), b"\x08", f32(1.0)), "unused value -8"),  # nibble 0 in the high half
-    (Encoded("int4", (2, 2), b"\x99\x99", f32(1.0, -1.0)), "scales must be finite and >= 0"),
+    (Encoded("int4", (2, 256), b"\x99" * 256, f32(1.0, -1.0)), "scales must be finite and >= 0"),
     (Encoded("sign", (3,), b"\xff", f32(0.0, -1.0)), "deviations finite and >= 0"),
     (Encoded("int8+z", (4,), b"not zlib", f32(1.0)), "not a zlib stream"),
     (Encoded("int8+z", (4,), zlib.compress(b"\1" * 5), f32(1.0)), "inflate to exactly 4 bytes"),

@@ -287,9 +287,8 @@ def test_non_finite_payload(bad):
 
 
 def test_non_finite_int8_scale():
-    k = knowledge(payload=logits(codec="int8"))
-    scales = np.ones(4, dtype="<f4")
-    scales[1] = np.nan
+    k = knowledge(payload=logits(codec="int8"))  # 4 rows of 10 classes: one scale for the group
+    scales = np.full(1, np.nan, dtype="<f4")
     rejects(tamper_payload(k, sc=scales.tobytes()), "non-finite")
 
 
