@@ -31,8 +31,8 @@ from benchrows import add_rows, machine  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-DEFAULT_VARIANTS = ["fp32", "int8", "int4", "int8+z", "topk:2+int8+z", "topk:3+int4+z", "int8@500",
-                    "topk:3+int4+z@500"]
+DEFAULT_VARIANTS = ["fp32", "int8", "int4", "topk:2+int8+z", "topk:3+int4+z", "topk:3+int4+z@500",
+                    "topk:2+int4+z@200"]
 
 
 def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
