@@ -63,7 +63,7 @@ class TopologyConfig:
 class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
-    codec: str = "fp32"
+    codec: str = "auto"  # "auto": the mode's default (logits: topk:3+int4+z, fedavg: fp32); see codecs.py
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
@@ -119,7 +119,8 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
-        _check_codec("gossip.codec", self.gossip.codec)
+        if self.gossip.codec != "auto":
+            _check_codec("gossip.codec", self.gossip.codec)
 
 
 def _check_codec(key: str, name: str) -> None:

@@ -65,6 +65,7 @@ class NodeContext:
 class Mode(ABC):
     name: str
     kind: str | None  # knowledge kind it sends (None: shares nothing)
+    default_codec = "fp32"  # what gossip.codec = "auto" means for this mode
 
     @abstractmethod
     def share(self, ctx: NodeContext, round_idx: int) -> Outgoing | None:
@@ -98,6 +99,9 @@ class LogitsMode(Mode):
     """The product: predictions on a rotating reference slice, combined into a teacher, distilled."""
 
     name, kind = "logits", "logits"
+    # the measured frontier (BENCHMARKS.md, bench_codecs): 16x fewer bytes than fp32 logits per
+    # round for -0.003 global accuracy on quickstart
+    default_codec = "topk:3+int4+z"
 
     def __init__(self) -> None:
         self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training

@@ -139,7 +139,7 @@ class EvalData:
 class Node:
     def __init__(self, *, node_id: str, arch: str, mode: Mode, learner: Learner, transport: Transport,
                  neighbours: dict[str, float], reference: Reference | None, test: EvalData,
-                 rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "fp32",
+                 rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
@@ -156,7 +156,7 @@ class Node:
         self.rounds = rounds
         self.gossip = gossip
         self.compute = compute
-        self.codec = codec
+        self.codec = mode.default_codec if codec == "auto" else codec
         self.on_record = on_record
         self.eval_every = eval_every
         self.round = start_round
@@ -165,7 +165,7 @@ class Node:
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
             num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
             # we decode any codec; the hello lists ours first, then the common ones a peer may fall back to
-            codecs=tuple(dict.fromkeys((codec, *CODECS))), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
+            codecs=tuple(dict.fromkeys((self.codec, *CODECS))), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
             incarnation=secrets.randbits(62) | 1 << 61 if incarnation is None else incarnation,
         )
         self.accept_new_peers = accept_new_peers

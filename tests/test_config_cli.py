@@ -129,7 +129,7 @@ def test_overrides_apply_over_a_file():
     s = load_scenario(QUICKSTART, {"gossip.consensus": "mean", "topology.params.k": 6, "train.lr": 0.01})
     assert s.gossip.consensus == "mean" and s.train.lr == 0.01
     assert s.topology.params == {"k": 6, "p": 0.2}  # merged into the file's table
-    assert s.gossip.codec == "fp32" and s.rounds == 50  # the rest stays
+    assert s.gossip.codec == "auto" and s.rounds == 50  # the rest stays
 
 
 def test_parse_value_reads_like_toml():

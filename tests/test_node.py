@@ -87,7 +87,8 @@ async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip:
 
 async def test_nodes_with_different_codecs_still_understand_each_other(autojump_clock):
     # n0's codec is not among the common ones the others list: it falls back to one they decode
-    nodes, records, net = await run_ring("logits", codecs={"n0": "topk:5+int8", "n1": "int8", "n2": "int4+z"})
+    nodes, records, net = await run_ring("logits", codecs={"n0": "topk:5+int8", "n1": "int8", "n2": "int4+z",
+                                                             "n3": "fp32"})
     assert all(r["rejected"] == {} for r in records)
     assert all(r["contributors"] > 0 for r in records if r["round"] >= 2)
     assert nodes[0].hello.codecs[0] == "topk:5+int8" and "topk:5+int8" not in nodes[1].hello.codecs
@@ -130,7 +131,7 @@ async def test_logits_knowledge_crosses_and_beats_local(autojump_clock):
     for name in NAMES:
         local_out = sum(r["bytes_out"] for r in local if r["node"] == name)
         logits_out = sum(r["bytes_out"] for r in logits if r["node"] == name)
-        assert local_out < 1_000 < logits_out / 10, (local_out, logits_out)
+        assert local_out < 1_000 and logits_out > 10 * local_out, (local_out, logits_out)
 
 
 async def test_records_carry_the_documented_fields(autojump_clock):

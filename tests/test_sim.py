@@ -28,6 +28,7 @@ TINY = {
     "train.local_steps": 10,
     "train.batch_size": 32,
     "train.kd_batch_size": 100,
+    "gossip.codec": "fp32",  # exact byte arithmetic below; the default codec is covered in test_node
 }
 
 
