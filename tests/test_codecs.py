@@ -28,6 +28,17 @@ def roundtrip(x, name):
     return e, codecs.decode(e, max_elements=BIG)
 
 
+def rejected_peak_bytes(e: Encoded, max_elements: int, match: str) -> int:
+    """Decode `e`, expecting a CodecError matching `match`; the peak memory allocated meanwhile."""
+    tracemalloc.start()  # numpy reports its data buffers to tracemalloc
+    try:
+        with pytest.raises(CodecError, match=match):
+            codecs.decode(e, max_elements=max_elements)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def int8_scales(e: Encoded) -> np.ndarray:
     return np.frombuffer(e.scale, dtype="<f4")
 
@@ -213,27 +224,13 @@ def test_invalid_encoded_is_rejected(e, match):
 @pytest.mark.parametrize("shape", [(10**12,), (10**6, 10**6), (0, 10**30), (2**62, 4)])
 def test_huge_shapes_are_rejected_without_allocating(shape):
     e = Encoded("fp32", shape, b"\0" * 16)
-    tracemalloc.start()  # numpy reports its data buffers to tracemalloc
-    try:
-        with pytest.raises(CodecError, match="at most 1000"):
-            codecs.decode(e, max_elements=1000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 100_000
+    assert rejected_peak_bytes(e, 1000, "at most 1000") < 100_000
 
 
 def test_shape_that_disagrees_with_data_is_rejected_before_allocating():
     # within budget, but the bytes can't be an array of that shape: rejected by length, not by numpy
     e = Encoded("int8", (10**6, 100), b"\0" * 100, f32(*[1.0] * 10))
-    tracemalloc.start()
-    try:
-        with pytest.raises(CodecError, match="needs 100000000 data bytes"):
-            codecs.decode(e, max_elements=10**9)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 100_000
+    assert rejected_peak_bytes(e, 10**9, "needs 100000000 data bytes") < 100_000
 
 
 @pytest.mark.parametrize("scale", [f32(np.nan, 1.0), f32(1.0, np.inf), f32(-1.0, 1.0)])
@@ -332,11 +329,4 @@ def test_crafted_payloads_of_the_new_codecs_are_rejected(e, match):
 def test_a_zlib_bomb_inflates_no_further_than_the_shape_needs():
     bomb = zlib.compress(b"\0" * 50_000_000)  # 50 MB of zeros in ~49 KB: within the size bound below
     e = Encoded("int8+z", (60_000,), bomb, f32(*[1.0] * 235))
-    tracemalloc.start()
-    try:
-        with pytest.raises(CodecError, match="inflate to exactly 60000 bytes"):
-            codecs.decode(e, max_elements=100_000)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 1_000_000
+    assert rejected_peak_bytes(e, 100_000, "inflate to exactly 60000 bytes") < 1_000_000

@@ -41,14 +41,7 @@ TINY = {
     "train.warmup_steps": 20, "train.local_steps": 10, "train.batch_size": 32, "train.kd_batch_size": 100,
     "gossip.wait_timeout": 5.0,
 }
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("cache")
-        mp.setenv("P2PFL_CACHE", str(d))
-        yield d
+TINY_SETS = tuple(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items())  # as --set
 
 
 # -- identity, keys, allowlists, shards (no network) -----------------------------------------------
@@ -137,8 +130,8 @@ def test_cli_status_of_an_unreachable_node_is_a_clear_error(tmp_path, capsys):
 
 def test_cli_node_refuses_another_nodes_checkpoint(cache, tmp_path, capsys):
     args = ["node", "--state-dir", str(tmp_path), "--rounds", "1", "--listen", LOOPBACK]
-    for k, v in TINY.items():
-        args += ["--set", f"{k}={json.dumps(v) if isinstance(v, list) else v}"]
+    for kv in TINY_SETS:
+        args += ["--set", kv]
     assert cli.main(args + ["--shard", "0/2"]) == 0
     capsys.readouterr()
     assert cli.main(args + ["--shard", "1/2"]) == 2  # raised inside the node's nursery, still one line
@@ -259,8 +252,7 @@ def ring_run(cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("launch")
     topo = Topology.from_graph("ring-3", make_topology("ring", 3))
     port = 20_000 + os.getpid() % 20_000
-    overrides = tuple(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items())
-    plans = plan_nodes(topo, run_dir, rounds=ROUNDS, overrides=overrides, base_port=port)
+    plans = plan_nodes(topo, run_dir, rounds=ROUNDS, overrides=TINY_SETS, base_port=port)
     victim = plans[1]
     killed = []
 
@@ -308,8 +300,7 @@ def test_restarted_node_resumes_from_its_checkpoint(ring_run):
 
 def test_sigint_says_bye_and_exits_zero(cache, tmp_path):
     topo = Topology.from_graph("ring-2", make_topology("ring", 2))
-    overrides = tuple(f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in TINY.items())
-    plans = plan_nodes(topo, tmp_path, rounds=100_000, overrides=overrides, base_port=21_000 + os.getpid() % 20_000)
+    plans = plan_nodes(topo, tmp_path, rounds=100_000, overrides=TINY_SETS, base_port=21_000 + os.getpid() % 20_000)
     sent = []
 
     def interrupt_once_training(launch):

@@ -32,14 +32,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        d = tmp_path_factory.mktemp("cache")
-        mp.setenv("P2PFL_CACHE", str(d))
-        yield d
-
-
 def simulate(run_dir, **overrides):
     return Simulation(load_scenario(None, TINY | overrides), run_dir=run_dir).run()
 
