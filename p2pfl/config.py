@@ -14,7 +14,7 @@ from typing import Any
 from p2pfl import codecs
 
 
-MODES = ("logits", "local", "fedavg")
+MODES = ("logits", "local", "fedavg", "adapter", "hybrid")
 
 
 class ConfigError(ValueError):
@@ -63,12 +63,35 @@ class TopologyConfig:
 class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
-    codec: str = "auto"  # "auto": the mode's default (logits: topk:3+int4+z, fedavg: fp32); see codecs.py
+    codec: str = "auto"  # "auto": per kind, logits topk:3+int4+z, params fp32; see codecs.py
+    params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The module `adapter` and `hybrid` modes gossip (see p2pfl/models/adapter.py)."""
+
+    kind: str = "bottleneck"  # bottleneck | head | whole (identical models: that is fedavg) | lora
+    bottleneck: int = 16  # hidden width of the bottleneck adapter
+    lora_rank: int = 4  # lora: the shared rank; a node profile's lora_rank may be smaller (HetLoRA)
+    lora_alpha: float = 8.0  # lora: updates are scaled by alpha / rank
+    kd_decay: float = 0.0  # hybrid: the KD weight falls linearly by this fraction of train.kd_weight by the last round
+
+    def __post_init__(self):
+        from p2pfl.models.adapter import ADAPTER_KINDS  # models import torch; config stays light to import
+
+        if self.kind not in ADAPTER_KINDS:
+            raise ConfigError(f"adapter.kind = {self.kind!r}; choose one of: {', '.join(ADAPTER_KINDS)}")
+        if self.bottleneck < 1 or self.lora_rank < 1:
+            raise ConfigError(f"adapter.bottleneck = {self.bottleneck}, adapter.lora_rank = {self.lora_rank}: "
+                              f"both must be at least 1")
+        if not 0.0 <= self.kd_decay <= 1.0:
+            raise ConfigError(f"adapter.kd_decay = {self.kd_decay}: must be between 0 (constant) and 1 (to zero)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,7 @@ class NodeProfile:
     arch_options: dict[str, Any] = field(default_factory=dict)
     speed: float = 1.0  # relative compute speed in simulations (0.5 = a straggler twice as slow)
     codec: str = ""  # how this node encodes its knowledge ("" = the scenario's gossip.codec)
+    lora_rank: int = 0  # adapter.kind = "lora": this node's rank, at most adapter.lora_rank (0 = that)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of [train] for this node
 
 
@@ -110,6 +134,7 @@ class Scenario:
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
     def __post_init__(self):
@@ -119,8 +144,10 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
-        if self.gossip.codec != "auto":
-            _check_codec("gossip.codec", self.gossip.codec)
+        for key in ("codec", "params_codec"):
+            value = getattr(self.gossip, key)
+            if value not in ("auto", ""):
+                _check_codec(f"gossip.{key}", value)
 
 
 def _check_codec(key: str, name: str) -> None:

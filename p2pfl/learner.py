@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from p2pfl.config import TrainConfig
 from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
+from p2pfl.models.adapter import Adapter
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class Learner:
     """One model, its optimizer and its private data."""
 
     def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int, config: TrainConfig,
-                 total_steps: int, seed: int):
+                 total_steps: int, seed: int, adapter: Adapter | None = None):
         self.model = model
+        # what the parameter modes gossip: an attached adapter, else the whole model
+        self.adapter = adapter or Adapter(model, (sum(p.numel() for p in model.parameters()),))
         self.config = config
         self.num_classes = num_classes
         self.x = torch.as_tensor(x, dtype=torch.float32)
@@ -39,7 +42,8 @@ class Learner:
         counts = torch.as_tensor(self.label_counts)
         self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
         self.personal_log_p = log_prior(counts)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # frozen parameters (a LoRA backbone) are not the optimizer's
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         self.total_steps = max(1, total_steps)
         self.step = 0
         self.gen = torch.Generator().manual_seed(seed)
@@ -50,9 +54,13 @@ class Learner:
         t = min(self.step / self.total_steps, 1.0)
         return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    def train(self, steps: int, teacher_x: torch.Tensor | None = None, teacher_p: torch.Tensor | None = None) -> float:
-        """`steps` optimizer steps of CE on private labels (+ KD on teacher rows if given). Returns mean loss."""
+    def train(self, steps: int, teacher_x: torch.Tensor | None = None, teacher_p: torch.Tensor | None = None,
+              kd_weight: float | None = None) -> float:
+        """`steps` optimizer steps of CE on private labels (+ KD on teacher rows if given). Returns mean loss.
+
+        kd_weight: this call's weight of the KD term (None: config.kd_weight)."""
         c = self.config
+        kd_weight = c.kd_weight if kd_weight is None else kd_weight
         self.model.train()
         total = 0.0
         for _ in range(steps):
@@ -68,7 +76,7 @@ class Learner:
                 kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
                 z = self.model(torch.cat([x, teacher_x[kd_idx]]))
                 loss = (balanced_cross_entropy(z[:len(idx)], self.y[idx], self.log_p)
-                        + c.kd_weight * distill_loss(z[len(idx):], teacher_p[kd_idx], c.temperature))
+                        + kd_weight * distill_loss(z[len(idx):], teacher_p[kd_idx], c.temperature))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -98,17 +106,12 @@ class Learner:
             loss=loss,
         )
 
-    # -- parameters as one flat vector (fedavg, checkpoints) -----------------------------------
+    # -- the gossiped parameters as one flat vector (adapter modes, fedavg) ---------------------
     def get_flat(self) -> np.ndarray:
-        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).numpy().copy()
+        return self.adapter.get_flat()
 
-    @torch.no_grad()
     def set_flat(self, flat: np.ndarray) -> None:
-        v = torch.as_tensor(flat, dtype=torch.float32)
-        i = 0
-        for p in self.model.parameters():
-            p.copy_(v[i:i + p.numel()].view_as(p))
-            i += p.numel()
+        self.adapter.set_flat(flat)
 
 
 def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:

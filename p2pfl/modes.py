@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from p2pfl.config import GossipConfig
+from p2pfl.averaging import mix
+from p2pfl.config import AdapterConfig, GossipConfig
 from p2pfl.consensus import Contribution, teacher
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
@@ -50,6 +51,7 @@ class Teaching:
     probs: torch.Tensor | None = None  # (R, C) teacher
     contributors: int = 0
     staleness: list[int] = field(default_factory=list)
+    kd_weight: float | None = None  # this round's KD weight (None: train.kd_weight)
 
 
 @dataclass
@@ -60,16 +62,31 @@ class NodeContext:
     reference: Reference | None
     self_weight: float
     gossip: GossipConfig
+    rounds: int = 1  # the run's last round (for schedules)
+
+
+# What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
+# bench_codecs): 16x fewer bytes than fp32 logits per round for -0.003 global accuracy on quickstart.
+DEFAULT_CODECS = {"logits": "topk:3+int4+z", "params": "fp32"}
+
+
+def resolve_codecs(kinds: tuple[str, ...], codec: str = "auto", params_codec: str = "") -> dict[str, str]:
+    """The codec of each kind a mode sends: `codec` for all ("auto": DEFAULT_CODECS), except params
+    payloads when `params_codec` is set (hybrid mode sends both kinds)."""
+    out = {}
+    for kind in kinds:
+        chosen = params_codec if kind == "params" and params_codec else codec
+        out[kind] = DEFAULT_CODECS[kind] if chosen == "auto" else chosen
+    return out
 
 
 class Mode(ABC):
     name: str
-    kind: str | None  # knowledge kind it sends (None: shares nothing)
-    default_codec = "fp32"  # what gossip.codec = "auto" means for this mode
+    kinds: tuple[str, ...]  # knowledge kinds it sends (none: shares nothing)
 
     @abstractmethod
-    def share(self, ctx: NodeContext, round_idx: int) -> Outgoing | None:
-        """Knowledge to push to neighbours after round `round_idx` (None: nothing)."""
+    def share(self, ctx: NodeContext, round_idx: int) -> list[Outgoing]:
+        """Knowledge to push to neighbours after round `round_idx` (empty: nothing)."""
 
     @abstractmethod
     def absorb(self, ctx: NodeContext, inbox: list[Received], round_idx: int) -> Teaching:
@@ -80,16 +97,16 @@ class Mode(ABC):
         return Teaching()
 
     def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
-        return ctx.learner.train(steps, teaching.x, teaching.probs)
+        return ctx.learner.train(steps, teaching.x, teaching.probs, teaching.kd_weight)
 
 
 class LocalMode(Mode):
     """Baseline: no sharing at all."""
 
-    name, kind = "local", None
+    name, kinds = "local", ()
 
     def share(self, ctx, round_idx):
-        return None
+        return []
 
     def absorb(self, ctx, inbox, round_idx):
         return Teaching()
@@ -98,10 +115,7 @@ class LocalMode(Mode):
 class LogitsMode(Mode):
     """The product: predictions on a rotating reference slice, combined into a teacher, distilled."""
 
-    name, kind = "logits", "logits"
-    # the measured frontier (BENCHMARKS.md, bench_codecs): 16x fewer bytes than fp32 logits per
-    # round for -0.003 global accuracy on quickstart
-    default_codec = "topk:3+int4+z"
+    name, kinds = "logits", ("logits",)
 
     def __init__(self) -> None:
         self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training
@@ -121,7 +135,7 @@ class LogitsMode(Mode):
     def share(self, ctx, round_idx):
         start, count = ctx.reference.slice_bounds(round_idx)
         logits = self._own_logits(ctx, start, count)
-        return Outgoing("logits", logits, start, count)
+        return [Outgoing("logits", logits, start, count)]
 
     def absorb(self, ctx, inbox, round_idx):
         # 1) group neighbours by the slice they spoke about (they may be a round ahead or behind),
@@ -156,32 +170,62 @@ class LogitsMode(Mode):
         return self._own[key]
 
 
-class FedAvgMode(Mode):
-    """Baseline: gossip averaging of whole parameter vectors (D-PSGD); identical architectures only."""
+class AdapterMode(Mode):
+    """Gossip averaging of the shared module's parameters (Metropolis-Hastings weights); the rest of
+    each model stays private and keeps training on its own labels."""
 
-    name, kind = "fedavg", "params"
+    name, kinds = "adapter", ("params",)
 
     def share(self, ctx, round_idx):
-        return Outgoing("params", ctx.learner.get_flat())
+        return [Outgoing("params", ctx.learner.get_flat())]
 
     def absorb(self, ctx, inbox, round_idx):
-        if not inbox:
-            return Teaching()
-        # Metropolis-Hastings weights of the neighbours heard from; the rest of the row stays on
-        # self, so a silent neighbour's weight is not lost but not invented either.
-        own = ctx.learner.get_flat()
-        mixed = own * (1.0 - sum(r.weight for r in inbox))
-        for r in inbox:
-            mixed += r.weight * r.array
-        ctx.learner.set_flat(mixed)
+        inbox = [r for r in inbox if r.kind == "params"]
+        if inbox:
+            ctx.learner.set_flat(mix(ctx.learner.get_flat(), [(r.weight, r.array) for r in inbox]))
         return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox])
 
 
-MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode)}
+class FedAvgMode(AdapterMode):
+    """Baseline: gossip averaging of whole models (D-PSGD): adapter mode whose adapter is the whole
+    model, so there is one averaging mechanism (a test checks both give identical runs)."""
+
+    name = "fedavg"
 
 
-def make_mode(name: str) -> Mode:
-    try:
-        return MODES[name]()
-    except KeyError:
-        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}") from None
+class HybridMode(LogitsMode):
+    """Both channels: the averaged adapter, and distillation from the logit consensus on top.
+
+    The KD weight may decay over the run (adapter.kd_decay): logits carry knowledge of unseen
+    classes early, the averaged adapter carries it once the nodes agree.
+    """
+
+    name, kinds = "hybrid", ("logits", "params")
+
+    def __init__(self, kd_decay: float = 0.0) -> None:
+        super().__init__()
+        self.kd_decay = kd_decay
+        self._adapter = AdapterMode()
+
+    def share(self, ctx, round_idx):
+        return super().share(ctx, round_idx) + self._adapter.share(ctx, round_idx)
+
+    def absorb(self, ctx, inbox, round_idx):
+        # the teacher first: own logits were computed by share() with the model that was sent
+        teaching = super().absorb(ctx, [r for r in inbox if r.kind == "logits"], round_idx)
+        averaged = self._adapter.absorb(ctx, inbox, round_idx)
+        teaching.contributors = max(teaching.contributors, averaged.contributors)
+        teaching.staleness += averaged.staleness
+        teaching.kd_weight = ctx.learner.config.kd_weight * (1.0 - self.kd_decay * round_idx / ctx.rounds)
+        return teaching
+
+
+MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode, AdapterMode, HybridMode)}
+
+
+def make_mode(name: str, adapter: AdapterConfig | None = None) -> Mode:
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
+    if name == "hybrid":
+        return HybridMode(kd_decay=(adapter or AdapterConfig()).kd_decay)
+    return MODES[name]()

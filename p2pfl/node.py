@@ -28,7 +28,7 @@ from p2pfl import wire
 from p2pfl.codecs import CODECS, encode as encode_array
 from p2pfl.config import GossipConfig
 from p2pfl.learner import Learner
-from p2pfl.modes import Mode, NodeContext, Received
+from p2pfl.modes import Mode, NodeContext, Received, resolve_codecs
 from p2pfl.transport import PeerUnreachable, Transport
 from p2pfl.data.reference import Reference
 
@@ -115,7 +115,7 @@ Compute = Callable[..., Awaitable[Any]]
 class PeerState:
     session: wire.PeerSession
     weight: float  # mixing weight (Metropolis-Hastings from the topology)
-    latest: wire.Knowledge | None = None  # newest knowledge by round (a late, older one never replaces it)
+    latest: dict[str, wire.Knowledge] = field(default_factory=dict)  # per kind, the newest by round
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False
 
@@ -139,7 +139,7 @@ class EvalData:
 class Node:
     def __init__(self, *, node_id: str, arch: str, mode: Mode, learner: Learner, transport: Transport,
                  neighbours: dict[str, float], reference: Reference | None, test: EvalData,
-                 rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto",
+                 rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto", params_codec: str = "",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
@@ -156,7 +156,7 @@ class Node:
         self.rounds = rounds
         self.gossip = gossip
         self.compute = compute
-        self.codec = mode.default_codec if codec == "auto" else codec
+        self.codecs = resolve_codecs(mode.kinds, codec, params_codec)  # kind -> the codec we send it in
         self.on_record = on_record
         self.eval_every = eval_every
         self.round = start_round
@@ -165,7 +165,9 @@ class Node:
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
             num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
             # we decode any codec; the hello lists ours first, then the common ones a peer may fall back to
-            codecs=tuple(dict.fromkeys((self.codec, *CODECS))), param_count=len(learner.get_flat()) if mode.kind == "params" else 0,
+            codecs=tuple(dict.fromkeys((*self.codecs.values(), *CODECS))),
+            param_count=learner.adapter.size if "params" in mode.kinds else 0,
+            adapter_shape=learner.adapter.shape if "params" in mode.kinds else (),
             incarnation=secrets.randbits(62) | 1 << 61 if incarnation is None else incarnation,
         )
         self.accept_new_peers = accept_new_peers
@@ -173,7 +175,7 @@ class Node:
         self.peers: dict[str, PeerState] = {
             p: PeerState(wire.PeerSession(self.hello, self._expect), w) for p, w in neighbours.items()
         }
-        self.ctx = NodeContext(learner, reference, 1.0 - sum(neighbours.values()), gossip)
+        self.ctx = NodeContext(learner, reference, 1.0 - sum(neighbours.values()), gossip, rounds)
         self._arrived = trio.Event()
         self._logged = (0, 0)  # counters.bytes_out/in at the last record
         self._nursery: trio.Nursery | None = None
@@ -232,7 +234,7 @@ class Node:
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
         >= r-1-max_lag, or after wait_timeout (then the silent ones count as down until they speak)."""
-        if self.mode.kind is None:
+        if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
         start = trio.current_time()
@@ -255,13 +257,11 @@ class Node:
         """Per neighbour, the newest knowledge within the staleness bound."""
         out = []
         for peer_id, p in self.peers.items():
-            k = p.latest
-            if k is None:
-                continue
-            if r - 1 - k.round > self.gossip.staleness:
-                continue
-            out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
-                                self._label_counts(k), p.weight))
+            for k in p.latest.values():
+                if r - 1 - k.round > self.gossip.staleness:
+                    continue
+                out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
+                                    self._label_counts(k), p.weight))
         return out
 
     def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
@@ -273,32 +273,41 @@ class Node:
 
     async def _share(self, r: int) -> None:
         outgoing = await self.compute(self.mode.share, self.ctx, r)
-        if outgoing is None:
+        if not outgoing:
             return
-        messages: dict[str, wire.Knowledge] = {}  # by codec: encoded once, whoever needs it
+        messages: dict[tuple[int, str], wire.Knowledge] = {}  # encoded once per codec, whoever needs it
 
-        def knowledge(codec: str) -> wire.Knowledge:
-            if codec not in messages:
-                messages[codec] = wire.Knowledge(
-                    sender=self.node_id, round=r, time=trio.current_time(), kind=outgoing.kind,
-                    ref_start=outgoing.ref_start, ref_count=outgoing.ref_count,
-                    payload=encode_array(outgoing.array, codec),
+        def knowledge(i: int, codec: str) -> wire.Knowledge:
+            if (i, codec) not in messages:
+                out = outgoing[i]
+                messages[i, codec] = wire.Knowledge(
+                    sender=self.node_id, round=r, time=trio.current_time(), kind=out.kind,
+                    ref_start=out.ref_start, ref_count=out.ref_count, payload=encode_array(out.array, codec),
                     label_counts=tuple(int(c) for c in self.learner.label_counts),
                     samples=int(self.learner.label_counts.sum()), val_acc=0.0,
                 )
-            return messages[codec]
+            return messages[i, codec]
 
         for peer_id, p in list(self.peers.items()):
             if not p.hello_sent:  # unreachable when we greeted: try again (the transport backs off)
                 p.hello_sent = await self._send(peer_id, p, self.hello)
-            if p.hello_sent and p.session.their_state is wire.State.READY and p.session.our_state is wire.State.READY:
-                # only to peers that have our hello and we theirs; in our codec if they decode it,
-                # else in the first one they do (every node lists the common codecs after its own)
-                common = p.session.common_codecs
-                if common:
-                    await self._send(peer_id, p, knowledge(common[0]))
-                else:
+            if not (p.hello_sent and p.session.their_state is wire.State.READY
+                    and p.session.our_state is wire.State.READY):
+                continue  # only to peers that have our hello and we theirs
+            for i, out in enumerate(outgoing):
+                codec = self._codec_for(p, out.kind)
+                if codec is None:
                     log.warning("%s: %s decodes none of our codecs %s", self.node_id, peer_id, self.hello.codecs)
+                    break
+                await self._send(peer_id, p, knowledge(i, codec))
+
+    def _codec_for(self, p: PeerState, kind: str) -> str | None:
+        """Ours for this kind if the peer decodes it, else the first common one (every node lists the
+        plain codecs after its own, so fp32 is always there for a peer of this version)."""
+        common = p.session.common_codecs
+        if self.codecs[kind] in common:
+            return self.codecs[kind]
+        return "fp32" if "fp32" in common else (common[0] if common else None)
 
     # -- messaging --------------------------------------------------------------------------------
     async def _send(self, peer_id: str, p: PeerState, msg: wire.Message) -> bool:
@@ -356,8 +365,8 @@ class Node:
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 p.hello_sent = await self._send(peer_id, p, self.hello)
         elif isinstance(msg, wire.Knowledge):
-            if msg.round >= _round(p):
-                p.latest = msg
+            if msg.kind not in p.latest or msg.round >= p.latest[msg.kind].round:
+                p.latest[msg.kind] = msg
             p.up = True
             self._arrived.set()
             self._arrived = trio.Event()
@@ -392,4 +401,4 @@ class Node:
 
 def _round(p: PeerState) -> int:
     """The newest round a neighbour has shared, -1 before its first knowledge."""
-    return p.latest.round if p.latest is not None else -1
+    return max((k.round for k in p.latest.values()), default=-1)

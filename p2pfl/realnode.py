@@ -88,7 +88,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
     def record_round(record: dict) -> None:
         record = record | {"name": label, "shard": cfg.shard}
         metrics.write(record)
-        peers = {pid: p.latest.round for pid, p in node.peers.items() if p.latest is not None}
+        peers = {pid: max(k.round for k in p.latest.values()) for pid, p in node.peers.items() if p.latest}
         checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers)
         on_record(record)
 
@@ -96,10 +96,11 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
         async with Libp2pTransport.open(key_pair=key, listen=cfg.listen, peers=cfg.peers, policy=cfg.policy,
                                         psk=cfg.psk) as transport:
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
-            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode), learner=learner,
+            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode, s.adapter), learner=learner,
                         transport=transport, neighbours=neighbours, reference=reference,
                         test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
-                        compute=thread_compute, codec=profile.codec or s.gossip.codec, on_record=record_round,
+                        compute=thread_compute, codec=profile.codec or s.gossip.codec,
+                        params_codec=s.gossip.params_codec, on_record=record_round,
                         eval_every=s.eval_every, start_round=start, accept_new_peers=True)
             transport.status = lambda: node.status() | {
                 "name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs, "resumed_from": start}

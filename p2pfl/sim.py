@@ -31,6 +31,7 @@ from p2pfl.learner import Learner
 from p2pfl.files import atomic_write_text
 from p2pfl.metrics import MetricsLog, summarize
 from p2pfl.models import MODELS, build_model, param_count
+from p2pfl.models.adapter import Adapter, attach
 from p2pfl.modes import make_mode
 from p2pfl.node import EvalData, FrozenTimePool, Node, SimulatedCompute
 from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
@@ -94,6 +95,32 @@ def node_plan(scenario: Scenario, index: int, node_id: str, profile: NodeProfile
     return NodePlan(index, node_id, profile, train, train_idx, neighbours)
 
 
+def adapter_kind(s: Scenario) -> str | None:
+    """What a parameter mode averages: fedavg the whole model, adapter/hybrid the scenario's adapter."""
+    if s.mode == "fedavg":
+        return "whole"
+    return s.adapter.kind if s.mode in ("adapter", "hybrid") else None
+
+
+def _check_shareable(s: Scenario, plans: list[NodePlan]) -> None:
+    """Averaging whole models or LoRA factors needs one backbone everywhere; say so before building."""
+    kind = adapter_kind(s)
+    if kind not in ("whole", "lora"):
+        return
+    backbones = sorted({f"{p.profile.arch}{p.profile.arch_options or ''}" for p in plans})
+    what = f"mode = {s.mode!r}" + (f" with adapter.kind = {kind!r}" if s.mode != "fedavg" else "")
+    if len(backbones) > 1:
+        fix = ("use adapter.kind = 'bottleneck' for unlike models" if s.mode != "fedavg"
+               else "or use mode = 'logits' / 'adapter' for unlike models")
+        raise ConfigError(f"{what} averages {'whole models' if kind == 'whole' else 'LoRA factors of one backbone'}, "
+                          f"so every node needs the same architecture and options; nodes use {', '.join(backbones)}. "
+                          f"Set profiles = [\"cnn1d\"] ({fix})")
+    for p in plans:
+        if kind == "lora" and p.profile.lora_rank > s.adapter.lora_rank:
+            raise ConfigError(f"profile {p.profile.name}: lora_rank = {p.profile.lora_rank} is above the shared "
+                              f"adapter.lora_rank = {s.adapter.lora_rank}; lower it or raise adapter.lora_rank")
+
+
 class Simulation:
     def __init__(self, scenario: Scenario, *, run_dir: str | Path | None = "runs",
                  on_record: Callable[[dict], None] | None = None):
@@ -113,7 +140,7 @@ class Simulation:
         return resolve_topology(t.name, t.nodes, self.scenario.seed, **t.params)
 
     def reference(self) -> Reference | None:
-        if self.scenario.mode != "logits":
+        if self.scenario.mode not in ("logits", "hybrid"):
             return None
         r = self.scenario.reference
         return build_reference(ReferenceSpec(source=r.source, seed=r.seed, size=r.size, slice_size=r.slice_size))
@@ -128,23 +155,29 @@ class Simulation:
         for i in range(n):
             neighbours = {topology.names[j]: float(weights[i, j]) for j in sorted(topology.graph.neighbors(i))}
             plans.append(node_plan(s, i, topology.names[i], profiles[i % len(profiles)], parts[i], neighbours))
-        if s.mode == "fedavg" and len({p.profile.arch for p in plans}) > 1:
-            archs = sorted({p.profile.arch for p in plans})
-            raise ConfigError(f"mode = 'fedavg' averages whole models, so every node needs the same architecture; "
-                              f"nodes use {', '.join(archs)}. Set profiles = [\"cnn1d\"] (or use mode = 'logits')")
+        _check_shareable(s, plans)
         return plans
 
     def learner(self, plan: NodePlan, dataset: Dataset) -> Learner:
         s = self.scenario
-        # fedavg starts every node from the same weights (standard for gossip averaging); the
-        # knowledge modes give each node its own init, as independent owners would have.
-        torch.manual_seed(s.seed if s.mode == "fedavg" else s.seed * 1_000 + plan.index)
+        kind = adapter_kind(s)
+        # Whatever is averaged starts equal on every node (standard for gossip averaging): the whole
+        # model for fedavg, the common backbone for LoRA, the adapter itself (attach() seeds it).
+        # Everything private gets each node's own init, as independent owners would have.
+        torch.manual_seed(s.seed if kind in ("whole", "lora") else s.seed * 1_000 + plan.index)
+        options = {"embed_dim": s.embed_dim} | plan.profile.arch_options  # a profile may pick its own width
         model = build_model(plan.profile.arch, input_length=dataset.input_shape[-1], num_classes=dataset.num_classes,
-                            embed_dim=s.embed_dim, **plan.profile.arch_options)
+                            **options)
+        adapter: Adapter | None = None
+        if kind is not None:
+            a = s.adapter
+            adapter = attach(model, kind, embed_dim=s.embed_dim, num_classes=dataset.num_classes, seed=s.seed,
+                             bottleneck=a.bottleneck, rank=plan.profile.lora_rank or a.lora_rank,
+                             shared_rank=a.lora_rank, alpha=a.lora_alpha)
         total = plan.train.warmup_steps + s.rounds * plan.train.local_steps
         return Learner(model, dataset.x_train[plan.train_idx], dataset.y_train[plan.train_idx],
                        num_classes=dataset.num_classes, config=plan.train, total_steps=total,
-                       seed=s.seed * 1_000 + plan.index)
+                       seed=s.seed * 1_000 + plan.index, adapter=adapter)
 
     # -- running ----------------------------------------------------------------------------------
     def run(self) -> SimulationResult:
@@ -191,9 +224,10 @@ class Simulation:
         async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
             compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
                                        jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=make_mode(s.mode), learner=learner,
+            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=make_mode(s.mode, s.adapter), learner=learner,
                         transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
                         test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,
+                        params_codec=s.gossip.params_codec,
                         on_record=on_record, eval_every=s.eval_every)
             async with node:
                 await node.run()
