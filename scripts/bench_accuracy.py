@@ -1,7 +1,8 @@
-"""Accuracy benchmark on a scenario: logits vs local vs fedavg (all CNN1D) vs centralized, with the bars.
+"""Accuracy benchmark on a scenario: logits, adapter, hybrid vs local vs fedavg (all CNN1D) vs centralized.
 
-    python scripts/bench_accuracy.py                       # quickstart, seed 0
-    python scripts/bench_accuracy.py --seeds 0 1 --set data.partition=dirichlet:0.3
+    python scripts/bench_accuracy.py                       # quickstart, seed 0, every mode
+    python scripts/bench_accuracy.py --seeds 0 1 --set data.partition=dirichlet:0.3 --modes logits local
+    python scripts/bench_accuracy.py sim/two-widths.toml   # backbones more alike: CNN1D at two widths
 
 Writes a JSON file (per-round curves, finals, bytes, wall times) and appends one row per run
 to BENCHMARKS.md with the machine, the command and the date.
@@ -56,7 +57,7 @@ def main() -> int:
     ap.add_argument("scenario", nargs="?", default=str(ROOT / "sim" / "quickstart.toml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every mode")
-    ap.add_argument("--modes", nargs="+", default=["logits", "local", "fedavg", "centralized"])
+    ap.add_argument("--modes", nargs="+", default=["logits", "local", "fedavg", "adapter", "hybrid", "centralized"])
     ap.add_argument("--central-steps", type=int, default=6000, help="steps of the pooled-data ceiling")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_accuracy.json"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
@@ -69,10 +70,9 @@ def main() -> int:
         over = base | {"seed": seed}
         entry: dict = {"seed": seed, "overrides": over}
         scenario = load_scenario(args.scenario, over)
-        if "logits" in args.modes:
-            entry["logits"] = run_mode(args.scenario, over | {"mode": "logits", "name": f"bench-logits-{seed}"}, args.runs)
-        if "local" in args.modes:
-            entry["local"] = run_mode(args.scenario, over | {"mode": "local", "name": f"bench-local-{seed}"}, args.runs)
+        for mode in ("logits", "local", "adapter", "hybrid"):
+            if mode in args.modes:
+                entry[mode] = run_mode(args.scenario, over | {"mode": mode, "name": f"bench-{mode}-{seed}"}, args.runs)
         if "fedavg" in args.modes:
             entry["fedavg"] = run_mode(args.scenario, over | {"mode": "fedavg", "profiles": ["cnn1d"],
                                                               "name": f"bench-fedavg-{seed}"}, args.runs)
@@ -104,6 +104,16 @@ def bars(e: dict) -> dict:
     if lg and c:
         out["arch_ratio_to_centralized"] = {a: v["global"]["mean"] / c[a] for a, v in lg["per_arch"].items() if a in c}
         out["arch_ok (>=0.8)"] = all(r >= 0.8 for r in out["arch_ratio_to_centralized"].values())
+    # the adapter issue's
+    ad, hy, fa = e.get("adapter"), e.get("hybrid"), e.get("fedavg")
+    if ad and lo:
+        out["adapter_gain_over_local"] = ad["global"]["mean"] - lo["global"]["mean"]
+        out["adapter_gain_ok (>=0.25)"] = out["adapter_gain_over_local"] >= 0.25
+    if hy and lg and ad:
+        out["hybrid_ok (>= best of logits, adapter)"] = all(
+            hy[m]["mean"] >= max(lg[m]["mean"], ad[m]["mean"]) for m in ("personal", "global"))
+    if hy and fa and "cnn1d" in hy["per_arch"]:
+        out["hybrid_cnn1d_minus_fedavg"] = hy["per_arch"]["cnn1d"]["global"]["mean"] - fa["global"]["mean"]
     return out
 
 
@@ -129,6 +139,25 @@ def append_markdown(report: dict) -> None:
         "## bench_accuracy\n\npersonal / global means at the last round. Bytes: encoded bytes sent per node per "
         "round, logits / fedavg.\n\n| date | command | logits | logits global per arch | local | fedavg (CNN1D) "
         "| centralized | bytes logits / fedavg | logits wall | machine |\n|---|---|---|---|---|---|---|---|---|---|"), lines)
+    rows = []
+    for e in report["runs"]:
+        if not (e.get("adapter") or e.get("hybrid")):
+            continue
+        def acc(mode):
+            m = e.get(mode)
+            return f"{m['personal']['mean']:.3f} / {m['global']['mean']:.3f}" if m else "–"
+        def kb(mode):
+            return f"{e[mode]['bytes_per_node_per_round'] / 1e3:.1f} KB" if mode in e else "–"
+        arch = ", ".join(f"{a} {v['global']['mean']:.3f}" for a, v in e.get("hybrid", {}).get("per_arch", {}).items())
+        walls = " / ".join(f"{e[m]['wall_time_s']:.0f} s" if m in e else "–" for m in ("adapter", "hybrid"))
+        rows.append(f"| {report['date']} | `{report['command']}` seed {e['seed']} | {acc('adapter')} | {acc('hybrid')} | "
+                    f"{arch or '–'} | {acc('logits')} | {acc('local')} | {acc('fedavg')} | {kb('adapter')} / "
+                    f"{kb('hybrid')} | {walls} | {report['machine']} |")
+    add_rows(path, "<!-- bench_accuracy parameter-mode rows -->", (
+        "## bench_accuracy: adapter and hybrid modes\n\npersonal / global means at the last round; fedavg is all "
+        "CNN1D. Bytes: encoded bytes sent per node per round.\n\n| date | command | adapter | hybrid | hybrid global "
+        "per arch | logits | local | fedavg (CNN1D) | bytes adapter / hybrid | wall adapter / hybrid | machine |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"), rows)
 
 
 if __name__ == "__main__":

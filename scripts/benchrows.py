@@ -14,6 +14,8 @@ from p2pfl.files import atomic_write_text
 
 def add_rows(path: Path, marker: str, header: str, rows: list[str]) -> None:
     """Insert `rows` at the end of the table that ends with `marker`, creating it (after `header`) if absent."""
+    if not rows:
+        return
     text = path.read_text() if path.exists() else ""
     if marker not in text:
         text = text.rstrip("\n") + f"\n\n{header.rstrip()}\n{marker}\n"
