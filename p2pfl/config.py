@@ -65,6 +65,8 @@ class GossipConfig:
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     codec: str = "auto"  # "auto": per kind, logits topk:3+int4+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
+    delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
+    key_every: int = 10  # delta: every Nth frame of a stream is the full value, to resync receivers
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...

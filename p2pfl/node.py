@@ -27,6 +27,7 @@ import trio.testing
 from p2pfl import wire
 from p2pfl.codecs import CODECS, encode as encode_array
 from p2pfl.config import GossipConfig
+from p2pfl.delta import DeltaEncoder, apply as apply_delta
 from p2pfl.learner import Learner
 from p2pfl.modes import Mode, NodeContext, Received, resolve_codecs
 from p2pfl.transport import PeerUnreachable, Transport
@@ -116,6 +117,8 @@ class PeerState:
     session: wire.PeerSession
     weight: float  # mixing weight (Metropolis-Hastings from the topology)
     latest: dict[str, wire.Knowledge] = field(default_factory=dict)  # per kind, the newest by round
+    # per (kind, ref_start, ref_count): (round, value) of the sender's latest frame, deltas applied
+    values: dict[tuple[str, int, int], tuple[int, np.ndarray]] = field(default_factory=dict)
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False
 
@@ -128,6 +131,7 @@ class Counters:
     msgs_in: int = 0
     send_failures: int = 0
     rejected: Counter = field(default_factory=Counter)
+    behind: int = 0  # delta frames dropped because an earlier frame of theirs never arrived
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class Node:
             p: PeerState(wire.PeerSession(self.hello, self._expect), w) for p, w in neighbours.items()
         }
         self.ctx = NodeContext(learner, reference, 1.0 - sum(neighbours.values()), gossip, rounds)
+        self._encoders: dict[tuple, DeltaEncoder] = {}  # gossip.delta: one stream per kind, slice, codec
         self._arrived = trio.Event()
         self._logged = (0, 0)  # counters.bytes_out/in at the last record
         self._nursery: trio.Nursery | None = None
@@ -220,7 +225,7 @@ class Node:
                 # everything since the previous record, so hellos and the warm-up's knowledge count too
                 "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
-                "rejected": dict(self.counters.rejected),
+                "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             }
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
@@ -260,7 +265,14 @@ class Node:
             for k in p.latest.values():
                 if r - 1 - k.round > self.gossip.staleness:
                     continue
-                out.append(Received(peer_id, k.round, k.kind, k.array(), k.ref_start, k.ref_count,
+                held = p.values.get((k.kind, k.ref_start, k.ref_count))
+                if k.base == -1:
+                    value = k.array()
+                elif held is not None and held[0] == k.round:
+                    value = held[1]
+                else:  # a newer difference to that slice was dropped since: the held value is not this round's
+                    continue
+                out.append(Received(peer_id, k.round, k.kind, value, k.ref_start, k.ref_count,
                                     self._label_counts(k), p.weight))
         return out
 
@@ -280,11 +292,17 @@ class Node:
         def knowledge(i: int, codec: str) -> wire.Knowledge:
             if (i, codec) not in messages:
                 out = outgoing[i]
+                if self.gossip.delta:
+                    stream = (out.kind, out.ref_start, out.ref_count, codec)
+                    encoder = self._encoders.setdefault(stream, DeltaEncoder(codec, self.gossip.key_every))
+                    payload, base = encoder.encode(out.array, r)
+                else:
+                    payload, base = encode_array(out.array, codec), -1
                 messages[i, codec] = wire.Knowledge(
                     sender=self.node_id, round=r, time=trio.current_time(), kind=out.kind,
-                    ref_start=out.ref_start, ref_count=out.ref_count, payload=encode_array(out.array, codec),
+                    ref_start=out.ref_start, ref_count=out.ref_count, payload=payload,
                     label_counts=tuple(int(c) for c in self.learner.label_counts),
-                    samples=int(self.learner.label_counts.sum()), val_acc=0.0,
+                    samples=int(self.learner.label_counts.sum()), val_acc=0.0, base=base,
                 )
             return messages[i, codec]
 
@@ -350,6 +368,7 @@ class Node:
             if p.session.their_state is wire.State.CLOSED:  # it left and came back: a new session
                 p.session = wire.PeerSession(self.hello, self._expect)
                 p.hello_sent = False
+                p.values.clear()  # its delta streams start over with key frames
             try:
                 msg = p.session.receive(data)
             except wire.RemoteProtocolError as e:
@@ -365,6 +384,14 @@ class Node:
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 p.hello_sent = await self._send(peer_id, p, self.hello)
         elif isinstance(msg, wire.Knowledge):
+            stream = (msg.kind, msg.ref_start, msg.ref_count)
+            value = apply_delta(p.values.get(stream), msg.base, msg.array())
+            if value is None:  # a difference to a frame we never got: wait for its next key frame
+                self.counters.behind += 1
+                log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
+                          peer_id, msg.kind, msg.round, msg.base)
+                return
+            p.values[stream] = (msg.round, value)
             if msg.kind not in p.latest or msg.round >= p.latest[msg.kind].round:
                 p.latest[msg.kind] = msg
             p.up = True
@@ -394,7 +421,7 @@ class Node:
         return {
             "node": self.node_id, "arch": self.arch, "mode": self.mode.name, "round": self.round,
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
-            "rejected": dict(self.counters.rejected),
+            "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             "neighbours": {pid: {"up": p.up, "round": _round(p)} for pid, p in self.peers.items()},
         }
 

@@ -9,7 +9,7 @@ transports (memory, libp2p) are thin adapters around `encode`/`decode`, `frame`/
   keeps running.
 - `LocalProtocolError`: we misused the API (built an invalid message, sent out of order). A bug here.
 
-Schema, protocol version 1 (this table is the contract: changing a key, type or meaning bumps
+Schema, protocol version 2 (this table is the contract: changing a key, type or meaning bumps
 PROTOCOL_VERSION). Every frame is one msgpack map with str keys; bytes are msgpack bin; a frame with
 a missing key, an extra key or a wrongly typed value is rejected ("malformed"); bool is never an int.
 
@@ -45,6 +45,9 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     lc    [int]     label_counts    [] (not shared) or num_classes counts >= 0
     n     int       samples         0..MAX_INT training samples behind this knowledge
     acc   float     val_acc         0..1, sender's validation accuracy
+    b     int       base            -1: the payload is the value; 0..round-1: it is a difference to
+                                    add to the sender's value of that earlier round, which the
+                                    receiver holds if it got every frame since (p2pfl/delta.py)
 
     bye
     s     str       sender          node id
@@ -75,7 +78,7 @@ import numpy as np
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base), for delta coding
 
 # ------------------------------------------------------------------ hard limits, with the reason
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
@@ -328,6 +331,7 @@ class Knowledge:
     label_counts: tuple[int, ...]
     samples: int
     val_acc: float
+    base: int = -1  # -1: payload is the value; else a difference to the sender's value of round `base`
     # decoded payload, filled by decode() (which must decode it to check finiteness) or by array()
     _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -344,6 +348,9 @@ class Knowledge:
         _set(self, "label_counts", _ints("label_counts", self.label_counts, MAX_CLASSES))
         _set(self, "samples", _int("samples", self.samples))
         _set(self, "val_acc", _float("val_acc", self.val_acc, 0.0, 1.0))
+        _set(self, "base", _int("base", self.base, -1))
+        if self.base >= self.round:
+            raise LocalProtocolError("malformed", f"base {self.base} must be an earlier round than {self.round} (or -1)")
         # what the payload must look like for this kind, whoever receives it
         shape = self.payload.shape
         if self.kind == "logits":
@@ -435,7 +442,7 @@ _SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
                       ("inc", "incarnation"))),
     "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
                               ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
-                              ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"))),
+                              ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"), ("b", "base"))),
     "bye": (Bye, (("s", "sender"), ("why", "reason"))),
     "status_request": (StatusRequest, (("n", "nonce"),)),
     "status_reply": (StatusReply, (("n", "nonce"), ("st", "status"))),

@@ -237,3 +237,17 @@ async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_cl
         assert node.counters.rejected["mismatch"] >= 1
         assert all(p.latest == {} for p in node.peers.values())  # nothing of the other's was averaged in
     assert "adapter shape differs: ours (16, 16, 4), theirs (16, 8, 4)" in caplog.text
+
+
+def test_delta_coded_adapters_cost_fewer_bytes_and_resync_after_loss(cache):
+    plain = simulate(mode="adapter", profiles=["cnn1d"], rounds=6, **{"gossip.codec": "int8"})
+    delta = simulate(mode="adapter", profiles=["cnn1d"], rounds=6,
+                     **{"gossip.codec": "int8+z", "gossip.delta": True, "gossip.key_every": 3})
+    assert all(r["delta_behind"] == 0 for r in delta.records)
+    assert delta.summary["bytes_per_node_per_round"] < plain.summary["bytes_per_node_per_round"]
+    assert abs(delta.global_mean - plain.global_mean) < 0.05
+    # 20% of messages lost: differences to a lost frame are dropped until the next key frame
+    lossy = simulate(mode="adapter", profiles=["cnn1d"], rounds=6, seed=1,
+                     **{"gossip.delta": True, "gossip.key_every": 3, "network.loss": 0.2, "gossip.wait_timeout": 2.0})
+    assert sum(r["delta_behind"] for r in lossy.records if r["round"] == 6) > 0
+    assert {r["round"] for r in lossy.records} == set(range(1, 7))

@@ -223,9 +223,9 @@ def test_unknown_kind():
     rejects(tamper(knowledge(), kn="gradients"), "kind", match="unknown knowledge kind 'gradients'")
 
 
-@pytest.mark.parametrize("v", [0, 2, 99])
+@pytest.mark.parametrize("v", [0, 1, 3, 99])  # 1: before knowledge had a base (delta coding)
 def test_unknown_version(v):
-    rejects(tamper(hello(), v=v), "version", match=f"protocol version {v}; we speak 1")
+    rejects(tamper(hello(), v=v), "version", match=f"protocol version {v}; we speak 2")
 
 
 @pytest.mark.parametrize("v", [..., "1", True, 1.0])
@@ -319,6 +319,15 @@ def test_params_payload_must_be_flat_without_a_slice():
     rejects(tamper_payload(k, sh=[5, 10]), "shape")
     rejects(tamper(k, rc=4), "shape")
     rejects(tamper(knowledge(), rc=0), "shape")
+
+
+def test_a_delta_frame_names_an_earlier_round_as_its_base():
+    k = params(round=7, base=4)
+    assert wire.decode(wire.encode(k)) == k and wire.decode(wire.encode(params())).base == -1
+    for bad in (7, 9):  # not earlier than the frame's own round
+        rejects(tamper(k, b=bad), "malformed", match=f"base {bad} must be an earlier round than 7")
+    rejects(tamper(k, b=-2), "malformed", match="base must be >= -1")
+    rejects(tamper(k, b=...), "malformed", match=r"missing keys \['b \(base\)'\]")
 
 
 def test_shapes_checked_against_expectations():
@@ -493,7 +502,7 @@ def test_session_checks_expectations():
                                    "both nodes must use the same [reference] spec"),
     (dict(num_classes=100), "number of classes differs: ours 10, theirs 100"),
     (dict(mode="fedavg"), "mode differs: ours logits, theirs fedavg"),
-    (dict(version=2), "protocol version differs: ours 1, theirs 2"),
+    (dict(version=3), "protocol version differs: ours 2, theirs 3"),
     (dict(node_id="alice"), "peer uses our own node id 'alice'"),
 ])
 def test_hello_mismatch_names_the_field(change, words):
