@@ -1,8 +1,14 @@
-"""Gossip averaging of parameter vectors: one pure function, used by every parameter mode.
+"""Gossip averaging of parameter vectors: pure functions, used by every parameter mode.
 
 A node replaces its vector by a weighted average of its own and its neighbours' (D-PSGD, Lian et
 al. 2017). With Metropolis-Hastings weights (symmetric, rows summing to one) repeated mixing on a
 connected graph converges to the plain mean of all nodes' vectors.
+
+Weights a node picks alone (real nodes: 1 / (neighbours + 1), not knowing the graph) are not
+symmetric, and plain mixing then converges to a mean weighted towards some nodes. Push-sum
+(Kempe et al. 2003; SGP, Assran et al. 2019) fixes that: each node also carries a mass, sends a
+share of it with its vector, and its vector is the mass-weighted average of what it holds, so the
+total mass, and with it the plain mean, is conserved.
 """
 
 from __future__ import annotations
@@ -27,3 +33,14 @@ def mix(own: np.ndarray, received: Sequence[tuple[float, np.ndarray]]) -> np.nda
             raise ValueError(f"cannot average a vector of shape {x.shape} into one of shape {own.shape}")
         out += w * x
     return out.astype(np.float32)
+
+
+def push_sum(own: np.ndarray, kept_mass: float, received: Sequence[tuple[float, np.ndarray]]) -> tuple[np.ndarray, float]:
+    """One push-sum update: (vector, mass) after receiving (mass share, vector) pairs.
+
+    `kept_mass` is the share of its own mass the node kept when it sent shares to its neighbours.
+    """
+    total = kept_mass + sum(m for m, _ in received)
+    if kept_mass <= 0 or any(m <= 0 for m, _ in received):
+        raise ValueError(f"push-sum masses must be > 0; got kept {kept_mass}, received {[m for m, _ in received]}")
+    return mix(own, [(m / total, x) for m, x in received]), total

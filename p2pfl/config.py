@@ -67,6 +67,9 @@ class GossipConfig:
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
     key_every: int = 10  # delta: every Nth frame of a stream is the full value, to resync receivers
+    # parameter modes: "metropolis" (symmetric weights from the topology), "push-sum" (any weights), or
+    # "auto": metropolis in simulations, push-sum on real nodes (their uniform weights are not symmetric)
+    averaging: str = "auto"
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
@@ -146,6 +149,8 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
+        if self.gossip.averaging not in ("auto", "metropolis", "push-sum"):
+            raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, metropolis, push-sum")
         for key in ("codec", "params_codec"):
             value = getattr(self.gossip, key)
             if value not in ("auto", ""):

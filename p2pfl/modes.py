@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from p2pfl.averaging import mix
+from p2pfl.averaging import mix, push_sum
 from p2pfl.config import AdapterConfig, GossipConfig
 from p2pfl.consensus import Contribution, teacher
 from p2pfl.data.reference import Reference
@@ -27,6 +27,7 @@ class Outgoing:
     array: np.ndarray
     ref_start: int = 0
     ref_count: int = 0
+    mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Received:
     ref_count: int
     label_counts: np.ndarray
     weight: float  # this node's mixing weight for the sender
+    mass: float = 1.0  # push-sum: the share of the sender's mass that came with it
 
 
 @dataclass
@@ -170,18 +172,42 @@ class LogitsMode(Mode):
         return self._own[key]
 
 
+AVERAGING = ("metropolis", "push-sum")
+
+
 class AdapterMode(Mode):
-    """Gossip averaging of the shared module's parameters (Metropolis-Hastings weights); the rest of
-    each model stays private and keeps training on its own labels."""
+    """Gossip averaging of the shared module's parameters; the rest of each model stays private and
+    keeps training on its own labels.
+
+    averaging: "metropolis" mixes with the topology's symmetric weights; "push-sum" also carries a
+    mass, for weights that are not symmetric (real nodes weigh their neighbours uniformly).
+    """
 
     name, kinds = "adapter", ("params",)
 
+    def __init__(self, averaging: str = "metropolis") -> None:
+        if averaging not in AVERAGING:
+            raise ValueError(f"unknown averaging {averaging!r}; choose one of: {', '.join(AVERAGING)}")
+        self.push_sum = averaging == "push-sum"
+        self.mass = 1.0
+        self._consumed: dict[str, int] = {}  # push-sum: sender -> last round whose mass we added
+
     def share(self, ctx, round_idx):
-        return [Outgoing("params", ctx.learner.get_flat())]
+        if not self.push_sum:
+            return [Outgoing("params", ctx.learner.get_flat())]
+        out = Outgoing("params", ctx.learner.get_flat(), mass=self.mass)
+        self.mass *= ctx.self_weight  # the rest goes to the neighbours, a weight's share each
+        return [out]
 
     def absorb(self, ctx, inbox, round_idx):
         inbox = [r for r in inbox if r.kind == "params"]
-        if inbox:
+        if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
+            inbox = [r for r in inbox if self._consumed.get(r.sender, -1) < r.round]
+            self._consumed |= {r.sender: r.round for r in inbox}
+            if inbox:
+                flat, self.mass = push_sum(ctx.learner.get_flat(), self.mass, [(r.mass, r.array) for r in inbox])
+                ctx.learner.set_flat(flat)
+        elif inbox:
             ctx.learner.set_flat(mix(ctx.learner.get_flat(), [(r.weight, r.array) for r in inbox]))
         return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox])
 
@@ -202,10 +228,10 @@ class HybridMode(LogitsMode):
 
     name, kinds = "hybrid", ("logits", "params")
 
-    def __init__(self, kd_decay: float = 0.0) -> None:
+    def __init__(self, kd_decay: float = 0.0, averaging: str = "metropolis") -> None:
         super().__init__()
         self.kd_decay = kd_decay
-        self._adapter = AdapterMode()
+        self._adapter = AdapterMode(averaging)
 
     def share(self, ctx, round_idx):
         return super().share(ctx, round_idx) + self._adapter.share(ctx, round_idx)
@@ -223,9 +249,12 @@ class HybridMode(LogitsMode):
 MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode, AdapterMode, HybridMode)}
 
 
-def make_mode(name: str, adapter: AdapterConfig | None = None) -> Mode:
+def make_mode(name: str, adapter: AdapterConfig | None = None, averaging: str = "metropolis") -> Mode:
+    """A mode by name; `averaging` is for the parameter modes (adapter, hybrid, fedavg)."""
     if name not in MODES:
         raise ValueError(f"unknown mode {name!r}; choose one of: {', '.join(MODES)}")
     if name == "hybrid":
-        return HybridMode(kd_decay=(adapter or AdapterConfig()).kd_decay)
+        return HybridMode(kd_decay=(adapter or AdapterConfig()).kd_decay, averaging=averaging)
+    if issubclass(MODES[name], AdapterMode):
+        return MODES[name](averaging)
     return MODES[name]()

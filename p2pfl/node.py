@@ -16,7 +16,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -273,7 +273,7 @@ class Node:
                 else:  # a newer difference to that slice was dropped since: the held value is not this round's
                     continue
                 out.append(Received(peer_id, k.round, k.kind, value, k.ref_start, k.ref_count,
-                                    self._label_counts(k), p.weight))
+                                    self._label_counts(k), p.weight, k.mass))
         return out
 
     def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
@@ -317,7 +317,10 @@ class Node:
                 if codec is None:
                     log.warning("%s: %s decodes none of our codecs %s", self.node_id, peer_id, self.hello.codecs)
                     break
-                await self._send(peer_id, p, knowledge(i, codec))
+                msg = knowledge(i, codec)
+                if out.mass is not None:  # push-sum: this neighbour's share of our mass
+                    msg = replace(msg, mass=out.mass * p.weight)
+                await self._send(peer_id, p, msg)
 
     def _codec_for(self, p: PeerState, kind: str) -> str | None:
         """Ours for this kind if the peer decodes it, else the first common one (every node lists the

@@ -96,7 +96,9 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
         async with Libp2pTransport.open(key_pair=key, listen=cfg.listen, peers=cfg.peers, policy=cfg.policy,
                                         psk=cfg.psk) as transport:
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
-            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode, s.adapter), learner=learner,
+            # uniform weights are not symmetric (neighbours differ in degree): push-sum keeps the plain mean
+            averaging = "push-sum" if s.gossip.averaging == "auto" else s.gossip.averaging
+            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode, s.adapter, averaging), learner=learner,
                         transport=transport, neighbours=neighbours, reference=reference,
                         test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
                         compute=thread_compute, codec=profile.codec or s.gossip.codec,

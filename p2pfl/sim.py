@@ -102,6 +102,10 @@ def adapter_kind(s: Scenario) -> str | None:
     return s.adapter.kind if s.mode in ("adapter", "hybrid") else None
 
 
+def _averaging(s: Scenario, auto: str) -> str:
+    return auto if s.gossip.averaging == "auto" else s.gossip.averaging
+
+
 def _check_shareable(s: Scenario, plans: list[NodePlan]) -> None:
     """Averaging whole models or LoRA factors needs one backbone everywhere; say so before building."""
     kind = adapter_kind(s)
@@ -224,7 +228,8 @@ class Simulation:
         async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
             compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
                                        jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=make_mode(s.mode, s.adapter), learner=learner,
+            mode = make_mode(s.mode, s.adapter, _averaging(s, "metropolis"))
+            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=mode, learner=learner,
                         transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
                         test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,
                         params_codec=s.gossip.params_codec,

@@ -48,6 +48,8 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     b     int       base            -1: the payload is the value; 0..round-1: it is a difference to
                                     add to the sender's value of that earlier round, which the
                                     receiver holds if it got every frame since (p2pfl/delta.py)
+    w     float     mass            > 0, finite: push-sum, the share of the sender's mass sent with
+                                    this frame (1.0 where the mode does not use push-sum)
 
     bye
     s     str       sender          node id
@@ -78,7 +80,7 @@ import numpy as np
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 
-PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base), for delta coding
+PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base, delta coding) and "w" (mass, push-sum)
 
 # ------------------------------------------------------------------ hard limits, with the reason
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
@@ -332,6 +334,7 @@ class Knowledge:
     samples: int
     val_acc: float
     base: int = -1  # -1: payload is the value; else a difference to the sender's value of round `base`
+    mass: float = 1.0  # push-sum mass share
     # decoded payload, filled by decode() (which must decode it to check finiteness) or by array()
     _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -351,6 +354,9 @@ class Knowledge:
         _set(self, "base", _int("base", self.base, -1))
         if self.base >= self.round:
             raise LocalProtocolError("malformed", f"base {self.base} must be an earlier round than {self.round} (or -1)")
+        _set(self, "mass", _float("mass", self.mass))
+        if self.mass <= 0:
+            raise LocalProtocolError("malformed", f"mass must be > 0; got {self.mass}")
         # what the payload must look like for this kind, whoever receives it
         shape = self.payload.shape
         if self.kind == "logits":
@@ -442,7 +448,8 @@ _SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
                       ("inc", "incarnation"))),
     "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
                               ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
-                              ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"), ("b", "base"))),
+                              ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"), ("b", "base"),
+                              ("w", "mass"))),
     "bye": (Bye, (("s", "sender"), ("why", "reason"))),
     "status_request": (StatusRequest, (("n", "nonce"),)),
     "status_reply": (StatusReply, (("n", "nonce"), ("st", "status"))),

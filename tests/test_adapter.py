@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 
 import trio
 
-from p2pfl.averaging import mix
+from p2pfl.averaging import mix, push_sum
 from p2pfl.config import ConfigError, GossipConfig, TrainConfig, load_scenario
 from p2pfl.data import load_source
 from p2pfl.learner import Learner
 from p2pfl.models import build_model
 from p2pfl.models.adapter import LoRALinear, attach
-from p2pfl.modes import make_mode
+from p2pfl.modes import NodeContext, Received, make_mode
 from p2pfl.node import EvalData, Node, SimulatedCompute
 from p2pfl.sim import Simulation
 from p2pfl.topology import metropolis_hastings_weights
@@ -251,3 +251,67 @@ def test_delta_coded_adapters_cost_fewer_bytes_and_resync_after_loss(cache):
                      **{"gossip.delta": True, "gossip.key_every": 3, "network.loss": 0.2, "gossip.wait_timeout": 2.0})
     assert sum(r["delta_behind"] for r in lossy.records if r["round"] == 6) > 0
     assert {r["round"] for r in lossy.records} == set(range(1, 7))
+
+
+@settings(max_examples=30, deadline=None)
+@given(g=connected_graphs(), seed=st.integers(0, 2**16))
+def test_push_sum_reaches_the_plain_mean_where_uniform_weights_are_not_symmetric(g, seed):
+    # each node weighs itself and its neighbours uniformly, as a real node that cannot see the graph does
+    n = g.number_of_nodes()
+    share = {i: 1.0 / (g.degree(i) + 1) for i in g.nodes}
+    x0 = np.random.default_rng(seed).standard_normal((n, 2)).astype(np.float32)
+    x, mass = x0.copy(), np.ones(n)
+    for _ in range(3000):
+        sent = {i: (mass[i] * share[i], x[i].copy()) for i in g.nodes}  # every neighbour gets the same share
+        for i in g.nodes:
+            x[i], mass[i] = push_sum(x[i], mass[i] * share[i], [sent[j] for j in g.neighbors(i)])
+        if np.abs(x - x0.mean(axis=0)).max() < 1e-4:
+            break
+    np.testing.assert_allclose(x, np.broadcast_to(x0.mean(axis=0), x.shape), atol=1e-4)
+    np.testing.assert_allclose(mass.sum(), n)  # mass is conserved
+
+
+def test_plain_mixing_with_uniform_weights_is_biased_where_push_sum_is_not():
+    g = nx.star_graph(4)  # the hub has 4 neighbours, each leaf 1: the uniform weights are far from symmetric
+    x = np.arange(5, dtype=np.float32)[:, None]
+    for _ in range(200):
+        x = np.stack([mix(x[i], [(1.0 / (g.degree(i) + 1), x[j]) for j in g.neighbors(i)]) for i in g.nodes])
+    assert abs(float(x[0, 0]) - 2.0) > 0.2  # not the mean 2.0: plain mixing needs symmetric weights
+
+
+def test_push_sum_refuses_non_positive_mass():
+    with pytest.raises(ValueError, match="masses must be > 0"):
+        push_sum(np.zeros(2, np.float32), 0.0, [])
+
+
+class FlatLearner:
+    """Just the vector a parameter mode averages."""
+
+    def __init__(self, v):
+        self.v = np.asarray(v, np.float32)
+
+    def get_flat(self):
+        return self.v.copy()
+
+    def set_flat(self, v):
+        self.v = np.asarray(v, np.float32)
+
+
+def test_push_sum_adds_a_neighbours_mass_once_however_long_its_frame_stays_newest():
+    mode = make_mode("adapter", averaging="push-sum")
+    ctx = NodeContext(FlatLearner([0.0]), None, 0.5, GossipConfig())
+    out = mode.share(ctx, 0)[0]
+    assert out.mass == 1.0 and mode.mass == 0.5  # half kept, half to the one neighbour
+    frame = Received("b", 0, "params", np.array([1.0], np.float32), 0, 0, np.zeros(2), 0.5, mass=0.5)
+    mode.absorb(ctx, [frame], 1)
+    assert mode.mass == 1.0 and ctx.learner.v[0] == 0.5
+    mode.absorb(ctx, [frame], 2)  # the neighbour is slow: the same frame again adds nothing
+    assert mode.mass == 1.0 and ctx.learner.v[0] == 0.5
+
+
+def test_adapter_mode_with_push_sum_runs_in_a_simulation(cache):
+    run = simulate(mode="adapter", profiles=["mlp", "cnn1d"], **{"gossip.averaging": "push-sum"})
+    assert all(r["rejected"] == {} for r in run.records)
+    assert run.global_mean > 0
+    with pytest.raises(ConfigError, match="gossip.averaging = 'gossip'; choose one of: auto, metropolis, push-sum"):
+        load_scenario(None, {"gossip.averaging": "gossip"})
