@@ -70,6 +70,7 @@ class GossipConfig:
     # parameter modes: "metropolis" (symmetric weights from the topology), "push-sum" (any weights), or
     # "auto": metropolis in simulations, push-sum on real nodes (their uniform weights are not symmetric)
     averaging: str = "auto"
+    select: str = "all"  # logits: which slice rows to send; confident:F / uncertain:F = the F share by entropy
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
@@ -149,6 +150,15 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
+        from p2pfl.modes import parse_select  # modes import torch; config stays light to import
+
+        try:
+            rule, _ = parse_select(self.gossip.select)
+        except ValueError as e:
+            raise ConfigError(f"gossip.select = {e}") from None
+        if rule != "all" and self.gossip.consensus not in ("mean", "class-weighted"):
+            raise ConfigError(f"gossip.select = {self.gossip.select!r} needs gossip.consensus = 'class-weighted' or "
+                              f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
         if self.gossip.averaging not in ("auto", "metropolis", "push-sum"):
             raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, metropolis, push-sum")
         for key in ("codec", "params_codec"):

@@ -11,9 +11,10 @@ import numpy as np
 class Contribution:
     """One node's knowledge about the same reference rows."""
 
-    logits: np.ndarray  # (R, C) prior-free ("balanced") logits
+    logits: np.ndarray  # (R, C) prior-free ("balanced") logits, or (len(rows), C) with `rows`
     label_counts: np.ndarray  # (C,) training samples per class at that node
     weight: float = 1.0  # mixing weight from the topology (e.g. Metropolis-Hastings)
+    rows: np.ndarray | None = None  # the slice rows these logits are about (None: all of them)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -29,11 +30,16 @@ def class_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     label count, plus a `floor` share of its data so second-hand knowledge (learned by
     distillation, not from labels) still travels when no neighbour has seen the class.
     """
-    counts = np.stack([c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
-    evidence = counts + floor * counts.sum(axis=1, keepdims=True)
-    w = np.array([c.weight for c in contribs])[:, None] * evidence  # (K, C)
+    w = _evidence_weights(contribs, floor)  # (K, C)
     total = w.sum(axis=0, keepdims=True)
     return np.divide(w, total, out=np.full_like(w, 1.0 / len(contribs)), where=total > 0)
+
+
+def _evidence_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
+    """(K, C) mixing weight x (label count + floor x the node's sample count), before normalizing."""
+    counts = np.stack([c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
+    evidence = counts + floor * counts.sum(axis=1, keepdims=True)
+    return np.array([c.weight for c in contribs])[:, None] * evidence
 
 
 def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02) -> np.ndarray:
@@ -45,6 +51,8 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
     """
     if not contribs:
         raise ValueError("consensus needs at least one contribution (the node's own)")
+    if any(c.rows is not None for c in contribs):
+        return _masked_teacher(contribs, rule, floor)
     probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
     if rule == "mean":
         w = np.array([c.weight for c in contribs], dtype=np.float64)
@@ -60,6 +68,34 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
     else:
         raise ValueError(f"unknown consensus rule {rule!r}; choose one of: mean, class-weighted, pairwise, aligned")
     return out.astype(np.float32)
+
+
+def _masked_teacher(contribs: list[Contribution], rule: str, floor: float) -> np.ndarray:
+    """`teacher` where some nodes spoke about some rows only: each row pools the nodes that spoke about it.
+
+    Same weights as "mean" / "class-weighted", renormalized per row over the nodes present there.
+    """
+    full = [c for c in contribs if c.rows is None]
+    if not full:
+        raise ValueError("masked consensus needs one contribution about every row (the node's own)")
+    if rule not in ("mean", "class-weighted"):
+        raise ValueError(f"consensus rule {rule!r} needs every node's opinion on every row; use 'mean' or "
+                         f"'class-weighted' with row selection")
+    r, c = full[0].logits.shape
+    probs = np.zeros((len(contribs), r, c))
+    present = np.zeros((len(contribs), r))
+    for k, contrib in enumerate(contribs):
+        rows = slice(None) if contrib.rows is None else contrib.rows
+        probs[k, rows] = softmax(contrib.logits.astype(np.float64))
+        present[k, rows] = 1.0
+    if rule == "mean":
+        w = np.array([x.weight for x in contribs])[:, None, None] * np.ones((1, 1, c))  # (K, 1, C)
+    else:
+        w = _evidence_weights(contribs, floor)[:, None, :]  # class_weights before normalizing
+    w = w * present[:, :, None]  # (K, R, C)
+    total = w.sum(axis=0)
+    out = np.divide((probs * w).sum(axis=0), total, out=probs.mean(axis=0), where=total > 0)
+    return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def aligned_log_pool(contribs: list[Contribution], floor: float, iters: int = 4) -> np.ndarray:

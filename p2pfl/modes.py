@@ -6,6 +6,7 @@ inside. Adding a mode touches no runtime code: subclass `Mode` and register it i
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class Outgoing:
     ref_start: int = 0
     ref_count: int = 0
     mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
+    rows: np.ndarray | None = None  # logits: the slice rows `array` holds (None: all of them)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Received:
     label_counts: np.ndarray
     weight: float  # this node's mixing weight for the sender
     mass: float = 1.0  # push-sum: the share of the sender's mass that came with it
+    rows: np.ndarray | None = None  # logits: the slice rows `array` holds (None: all of them)
 
 
 @dataclass
@@ -80,6 +83,39 @@ def resolve_codecs(kinds: tuple[str, ...], codec: str = "auto", params_codec: st
         chosen = params_codec if kind == "params" and params_codec else codec
         out[kind] = DEFAULT_CODECS[kind] if chosen == "auto" else chosen
     return out
+
+
+SELECT_RULES = ("all", "confident", "uncertain")
+
+
+def parse_select(text: str) -> tuple[str, float]:
+    """'confident:0.25' -> ("confident", 0.25); 'all' -> ("all", 1.0). ValueError names the grammar."""
+    rule, _, fraction = text.partition(":")
+    try:
+        f = float(fraction) if fraction else 1.0
+    except ValueError:
+        f = -1.0
+    if rule not in SELECT_RULES or not 0.0 < f <= 1.0 or (rule == "all") == bool(fraction):
+        raise ValueError(f"{text!r}: expected all, confident:F or uncertain:F with 0 < F <= 1, e.g. confident:0.25")
+    return rule, f
+
+
+def select_rows(logits: np.ndarray, select: str) -> np.ndarray | None:
+    """Which rows of a slice to send (sorted indices), None for all.
+
+    confident:F sends the F share of rows where this node's prediction has the lowest entropy
+    (what it knows: its own classes, outlier exposure having flattened the rest); uncertain:F
+    the highest.
+    """
+    rule, fraction = parse_select(select)
+    if rule == "all" or fraction >= 1.0:
+        return None
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
+    keep = max(1, math.ceil(fraction * len(logits)))
+    order = np.argsort(entropy if rule == "confident" else -entropy, kind="stable")
+    return np.sort(order[:keep])
 
 
 class Mode(ABC):
@@ -137,7 +173,10 @@ class LogitsMode(Mode):
     def share(self, ctx, round_idx):
         start, count = ctx.reference.slice_bounds(round_idx)
         logits = self._own_logits(ctx, start, count)
-        return [Outgoing("logits", logits, start, count)]
+        rows = select_rows(logits, ctx.gossip.select)
+        if rows is None:
+            return [Outgoing("logits", logits, start, count)]
+        return [Outgoing("logits", logits[rows], start, count, rows=rows)]
 
     def absorb(self, ctx, inbox, round_idx):
         # 1) group neighbours by the slice they spoke about (they may be a round ahead or behind),
@@ -153,10 +192,13 @@ class LogitsMode(Mode):
         stale = []
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
-            theirs = [Contribution(r.array, r.label_counts, r.weight) for r in received]
+            theirs = [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
             rows = ctx.reference.rows(start, count)
             self._table[rows] = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor)
-            self._taught[rows] = round_idx
+            spoken = np.zeros(count, dtype=bool)  # rows some neighbour spoke about: the others teach nothing new
+            for r in received:
+                spoken[slice(None) if r.rows is None else r.rows] = True
+            self._taught[rows[spoken]] = round_idx
             stale += [round_idx - 1 - r.round for r in received]
         self._own.clear()  # training is about to change the model
         if not groups:

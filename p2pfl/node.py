@@ -117,8 +117,8 @@ class PeerState:
     session: wire.PeerSession
     weight: float  # mixing weight (Metropolis-Hastings from the topology)
     latest: dict[str, wire.Knowledge] = field(default_factory=dict)  # per kind, the newest by round
-    # per (kind, ref_start, ref_count): (round, value) of the sender's latest frame, deltas applied
-    values: dict[tuple[str, int, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    # per stream (kind, ref_start, ref_count, row_mask): (round, value) of its latest frame, deltas applied
+    values: dict[tuple[str, int, int, bytes], tuple[int, np.ndarray]] = field(default_factory=dict)
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False
 
@@ -220,6 +220,7 @@ class Node:
             record = {
                 "node": self.node_id, "arch": self.arch, "round": r, "time": trio.current_time(),
                 "train_loss": loss, "contributors": teaching.contributors,
+                "inbox": dict(Counter(k.kind for k in inbox)),  # usable knowledge this round, by kind
                 "staleness": float(np.mean(teaching.staleness)) if teaching.staleness else None,
                 "waited": waited,
                 # everything since the previous record, so hellos and the warm-up's knowledge count too
@@ -265,7 +266,7 @@ class Node:
             for k in p.latest.values():
                 if r - 1 - k.round > self.gossip.staleness:
                     continue
-                held = p.values.get((k.kind, k.ref_start, k.ref_count))
+                held = p.values.get(_stream(k))
                 if k.base == -1:
                     value = k.array()
                 elif held is not None and held[0] == k.round:
@@ -273,7 +274,7 @@ class Node:
                 else:  # a newer difference to that slice was dropped since: the held value is not this round's
                     continue
                 out.append(Received(peer_id, k.round, k.kind, value, k.ref_start, k.ref_count,
-                                    self._label_counts(k), p.weight, k.mass))
+                                    self._label_counts(k), p.weight, k.mass, wire.row_indices(k)))
         return out
 
     def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
@@ -292,8 +293,9 @@ class Node:
         def knowledge(i: int, codec: str) -> wire.Knowledge:
             if (i, codec) not in messages:
                 out = outgoing[i]
-                if self.gossip.delta:
-                    stream = (out.kind, out.ref_start, out.ref_count, codec)
+                mask = b"" if out.rows is None else wire.row_mask(out.rows, out.ref_count)
+                if self.gossip.delta:  # one stream per kind, slice, row selection and codec
+                    stream = (out.kind, out.ref_start, out.ref_count, mask, codec)
                     encoder = self._encoders.setdefault(stream, DeltaEncoder(codec, self.gossip.key_every))
                     payload, base = encoder.encode(out.array, r)
                 else:
@@ -302,7 +304,7 @@ class Node:
                     sender=self.node_id, round=r, time=trio.current_time(), kind=out.kind,
                     ref_start=out.ref_start, ref_count=out.ref_count, payload=payload,
                     label_counts=tuple(int(c) for c in self.learner.label_counts),
-                    samples=int(self.learner.label_counts.sum()), val_acc=0.0, base=base,
+                    samples=int(self.learner.label_counts.sum()), val_acc=0.0, base=base, row_mask=mask,
                 )
             return messages[i, codec]
 
@@ -387,7 +389,7 @@ class Node:
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 p.hello_sent = await self._send(peer_id, p, self.hello)
         elif isinstance(msg, wire.Knowledge):
-            stream = (msg.kind, msg.ref_start, msg.ref_count)
+            stream = _stream(msg)
             value = apply_delta(p.values.get(stream), msg.base, msg.array())
             if value is None:  # a difference to a frame we never got: wait for its next key frame
                 self.counters.behind += 1
@@ -427,6 +429,11 @@ class Node:
             "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             "neighbours": {pid: {"up": p.up, "round": _round(p)} for pid, p in self.peers.items()},
         }
+
+
+def _stream(k: wire.Knowledge) -> tuple[str, int, int, bytes]:
+    """The frames a delta builds on: same kind, reference slice and row selection."""
+    return k.kind, k.ref_start, k.ref_count, k.row_mask
 
 
 def _round(p: PeerState) -> int:

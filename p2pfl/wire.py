@@ -50,6 +50,10 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
                                     receiver holds if it got every frame since (p2pfl/delta.py)
     w     float     mass            > 0, finite: push-sum, the share of the sender's mass sent with
                                     this frame (1.0 where the mode does not use push-sum)
+    rm    bin       row_mask        logits: b"" = every row of the slice; else ceil(rc / 8) bytes,
+                                    bit i (numpy packbits order) set = slice row i is in the payload,
+                                    padding bits clear, at least one set; the payload then has one
+                                    row per set bit. params: b""
 
     bye
     s     str       sender          node id
@@ -80,7 +84,7 @@ import numpy as np
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 
-PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base, delta coding) and "w" (mass, push-sum)
+PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection)
 
 # ------------------------------------------------------------------ hard limits, with the reason
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
@@ -335,6 +339,7 @@ class Knowledge:
     val_acc: float
     base: int = -1  # -1: payload is the value; else a difference to the sender's value of round `base`
     mass: float = 1.0  # push-sum mass share
+    row_mask: bytes = b""  # logits: which rows of the slice the payload holds (b"": all), packbits order
     # decoded payload, filled by decode() (which must decode it to check finiteness) or by array()
     _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -357,6 +362,8 @@ class Knowledge:
         _set(self, "mass", _float("mass", self.mass))
         if self.mass <= 0:
             raise LocalProtocolError("malformed", f"mass must be > 0; got {self.mass}")
+        if not isinstance(self.row_mask, bytes):
+            raise LocalProtocolError("malformed", f"row_mask must be bytes; got {_tname(self.row_mask)}")
         # what the payload must look like for this kind, whoever receives it
         shape = self.payload.shape
         if self.kind == "logits":
@@ -365,15 +372,17 @@ class Knowledge:
             if self.ref_start >= MAX_REF_ROWS or self.ref_count > MAX_REF_ROWS:
                 raise LocalProtocolError("oversized", f"reference slice {self.ref_start}+{self.ref_count} "
                                                       f"goes beyond MAX_REF_ROWS={MAX_REF_ROWS}")
-            if len(shape) != 2 or shape[0] != self.ref_count or shape[1] < 1:
-                raise LocalProtocolError("shape", f"logits payload must have shape (ref_count={self.ref_count}, "
-                                                  f"classes); got {shape}")
+            rows = _selected_rows(self.row_mask, self.ref_count)
+            if len(shape) != 2 or shape[0] != rows or shape[1] < 1:
+                raise LocalProtocolError("shape", f"logits payload must have shape (rows={rows}, classes) for "
+                                                  f"{'its row mask' if self.row_mask else f'ref_count={self.ref_count}'}; "
+                                                  f"got {shape}")
             if shape[1] > MAX_CLASSES:
                 raise LocalProtocolError("oversized", f"logits payload has {shape[1]} classes; MAX_CLASSES "
                                                       f"is {MAX_CLASSES}")
         else:
-            if self.ref_start or self.ref_count:
-                raise LocalProtocolError("shape", f"params knowledge has no reference slice; got "
+            if self.ref_start or self.ref_count or self.row_mask:
+                raise LocalProtocolError("shape", f"params knowledge has no reference slice or row mask; got "
                                                   f"ref_start={self.ref_start}, ref_count={self.ref_count}")
             if len(shape) != 1 or shape[0] < 1:
                 raise LocalProtocolError("shape", f"params payload must have shape (n,) with n >= 1; got {shape}")
@@ -391,6 +400,38 @@ class Knowledge:
             values.flags.writeable = False
             _set(self, "_array", values)
         return self._array
+
+
+def _selected_rows(mask: object, ref_count: int) -> int:
+    """How many slice rows a row mask selects (ref_count for b""), checking its length and padding."""
+    if not isinstance(mask, bytes):
+        raise LocalProtocolError("malformed", f"row_mask must be bytes; got {_tname(mask)}")
+    if not mask:
+        return ref_count
+    if len(mask) != -(-ref_count // 8):
+        raise LocalProtocolError("shape", f"row_mask has {len(mask)} bytes; a slice of {ref_count} rows needs "
+                                          f"{-(-ref_count // 8)}")
+    bits = np.unpackbits(np.frombuffer(mask, dtype=np.uint8))
+    if bits[ref_count:].any():
+        raise LocalProtocolError("malformed", "row_mask sets bits beyond the slice's last row")
+    rows = int(bits.sum())
+    if rows == 0:
+        raise LocalProtocolError("shape", "row_mask selects no rows; send nothing instead")
+    return rows
+
+
+def row_indices(k: Knowledge) -> np.ndarray | None:
+    """Indices within the slice of the payload's rows, or None for every row."""
+    if not k.row_mask:
+        return None
+    return np.flatnonzero(np.unpackbits(np.frombuffer(k.row_mask, dtype=np.uint8))[:k.ref_count])
+
+
+def row_mask(rows: np.ndarray, ref_count: int) -> bytes:
+    """The row_mask selecting slice rows `rows` (b"" when that is every row)."""
+    bits = np.zeros(ref_count, dtype=bool)
+    bits[rows] = True
+    return b"" if bits.all() else np.packbits(bits).tobytes()
 
 
 def _check_payload(p: object) -> Encoded:
@@ -449,7 +490,7 @@ _SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
     "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
                               ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
                               ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"), ("b", "base"),
-                              ("w", "mass"))),
+                              ("w", "mass"), ("rm", "row_mask"))),
     "bye": (Bye, (("s", "sender"), ("why", "reason"))),
     "status_request": (StatusRequest, (("n", "nonce"),)),
     "status_reply": (StatusReply, (("n", "nonce"), ("st", "status"))),

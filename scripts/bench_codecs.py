@@ -3,8 +3,9 @@
     python scripts/bench_codecs.py                                   # the default sweep, 50 rounds each
     python scripts/bench_codecs.py --variants int8 topk:3+int4+z@500 --fedavg fp32 --rounds 30
 
-A variant is CODEC or CODEC@ROWS (reference rows shared per round: a smaller slice is the simplest
-selection). For each: final personal/global means, encoded bytes per node per round (exact, from
+A variant is CODEC, CODEC@ROWS (reference rows shared per round: a smaller slice is the simplest
+selection), and either with /delta (delta coding with error feedback, gossip.delta; fedavg runs
+take CODEC or CODEC/delta). For each: final personal/global means, encoded bytes per node per round (exact, from
 the memory transport), cumulative bytes per node until the global mean first reaches --target
 (0.70), and the codec's encode+decode throughput on one quickstart knowledge array. `fedavg` runs
 (all CNN1D, the weights through the given codecs) give the reference the bar compares against.
@@ -45,6 +46,15 @@ def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
     return x.nbytes * repeats / (time.perf_counter() - start) / 1e6
 
 
+def split_variant(variant: str) -> tuple[str, int | None, bool]:
+    """'topk:3+int4+z@500/delta' -> ('topk:3+int4+z', 500, True)."""
+    body, _, flag = variant.partition("/")
+    if flag not in ("", "delta"):
+        raise SystemExit(f"variant {variant!r}: the only flag is /delta")
+    name, _, rows = body.partition("@")
+    return name, int(rows) if rows else None, flag == "delta"
+
+
 def bytes_to_reach(curve: list[dict], target: float) -> float | None:
     """Cumulative bytes per node at the first round whose global mean reaches `target`."""
     return next((c["bytes_per_node"] for c in curve if c["global"] >= target), None)
@@ -62,21 +72,23 @@ def main() -> int:
     ap.add_argument("--no-markdown", action="store_true")
     args = ap.parse_args()
     for v in args.variants + args.fedavg:
-        codecs.parse_codec(v.split("@")[0])  # a typo fails now, not after an hour of runs
+        codecs.parse_codec(split_variant(v)[0])  # a typo fails now, not after an hour of runs
 
     runs = []
     for variant in args.variants:
-        name, _, rows = variant.partition("@")
-        over = {"rounds": args.rounds, "gossip.codec": name, "name": f"codec-{variant}".replace(":", "-")}
+        name, rows, delta = split_variant(variant)
+        over = {"rounds": args.rounds, "gossip.codec": name, "gossip.delta": delta,
+                "name": f"codec-{variant}".replace(":", "-").replace("/", "-")}
         if rows:
-            over["reference.slice_size"] = int(rows)
+            over["reference.slice_size"] = rows
         runs.append({"mode": "logits", "variant": variant, "codec": name, "mb_per_s": throughput(name),
                      **run_mode(args.scenario, over, args.runs)})
         print(json.dumps({k: runs[-1][k] for k in ("variant", "bytes_per_node_per_round", "wall_time_s")}), flush=True)
-    for name in args.fedavg:
+    for variant in args.fedavg:
+        name, _, delta = split_variant(variant)
         over = {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name,
-                "name": f"codec-fedavg-{name}"}
-        runs.append({"mode": "fedavg", "variant": f"fedavg {name}", "codec": name,
+                "gossip.delta": delta, "name": f"codec-fedavg-{variant}".replace("/", "-")}
+        runs.append({"mode": "fedavg", "variant": f"fedavg {variant}", "codec": name,
                      "mb_per_s": throughput(name, shape=(7500,)), **run_mode(args.scenario, over, args.runs)})
     for r in runs:
         r["bytes_to_target"] = bytes_to_reach(r["curve"], args.target)

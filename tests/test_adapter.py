@@ -194,6 +194,8 @@ def test_adapter_and_hybrid_run_on_mixed_models_and_send_what_they_say(cache):
     # adapter in fp32 to its 2 ring neighbours, plus small framing
     per_round = np.mean([r["bytes_out"] for r in adapter.records if r["round"] == 2])
     assert 2 * 4 * values < per_round < 2 * 4 * values * 1.1
+    assert all(r["inbox"] == {"logits": 2, "params": 2} for r in hybrid.records if r["round"] == 2)
+    assert all(r["inbox"] == {"params": 2} for r in adapter.records if r["round"] == 2)
     hybrid_round = np.mean([r["bytes_out"] for r in hybrid.records if r["round"] == 2])
     assert hybrid_round > per_round + 2 * 200 * 4 * 4  # plus fp32 logits on a 200-row slice of 4 classes
 
@@ -315,3 +317,15 @@ def test_adapter_mode_with_push_sum_runs_in_a_simulation(cache):
     assert run.global_mean > 0
     with pytest.raises(ConfigError, match="gossip.averaging = 'gossip'; choose one of: auto, metropolis, push-sum"):
         load_scenario(None, {"gossip.averaging": "gossip"})
+
+
+def test_lora_nodes_of_two_ranks_train_together(cache, tmp_path):
+    low = tmp_path / "cnn1d-r2.toml"
+    low.write_text('arch = "cnn1d"\nlora_rank = 2\n[arch_options]\nchannels = 8\n')
+    high = tmp_path / "cnn1d-r4.toml"
+    high.write_text('arch = "cnn1d"\n[arch_options]\nchannels = 8\n')
+    run = simulate(mode="adapter", profiles=[str(low), str(high)], **{"adapter.kind": "lora", "adapter.lora_rank": 4})
+    assert all(r["rejected"] == {} for r in run.records)
+    assert all(r["inbox"] == {"params": 2} for r in run.records if r["round"] == 2)
+    with pytest.raises(ConfigError, match="lora_rank = 2 is above the shared adapter.lora_rank = 1"):
+        simulate(mode="adapter", profiles=[str(low), str(high)], **{"adapter.kind": "lora", "adapter.lora_rank": 1})

@@ -19,7 +19,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2pfl import checkpoint, cli, wire
+from p2pfl import checkpoint, cli, codecs, wire
 from p2pfl.codecs import Encoded
 from p2pfl.config import ConfigError, TrainConfig, load_scenario
 from p2pfl.launch import Launch, commands_by_host, merge, node_records, plan_nodes
@@ -147,12 +147,18 @@ async def test_frames_cross_and_a_wrong_psk_is_refused(tmp_path):
     async with Libp2pTransport.open(key_pair=b_key, listen=LOOPBACK, psk=psk, policy=Policy(accept_any=True)) as b:
         peers = [b.addrs[0]]
         async with Libp2pTransport.open(key_pair=a_key, listen=LOOPBACK, psk=psk, peers=peers) as a:
-            big = os.urandom(3 * 1024 * 1024)  # several yamux windows
+            # an adapter of 800k parameters in fp32: a 3.2 MB knowledge frame, several yamux windows
+            adapter = np.random.default_rng(0).standard_normal(800_000).astype(np.float32)
+            big = wire.encode(wire.Knowledge(sender="a", round=1, time=0.0, kind="params", ref_start=0, ref_count=0,
+                                             payload=codecs.encode(adapter, "fp32"), label_counts=(), samples=0,
+                                             val_acc=0.0))
+            assert len(big) > 3 * 1024 * 1024
             await a.send(b.local_id, b"hello-bytes", "hello")  # returns once b has it (acknowledged)
             await a.send(b.local_id, big, "knowledge")
             with trio.fail_after(20):
                 assert await b.receive() == (a.local_id, b"hello-bytes")
                 assert await b.receive() == (a.local_id, big)
+            np.testing.assert_array_equal(wire.decode(big).array(), adapter)
         async with Libp2pTransport.open(key_pair=c_key, listen=LOOPBACK, psk=other, peers=peers,
                                         dial_timeout=3) as c:
             with pytest.raises(PeerUnreachable, match="dial failed"):
@@ -313,3 +319,20 @@ def test_sigint_says_bye_and_exits_zero(cache, tmp_path):
         launch.wait(on_tick=interrupt_once_training, tick=0.2, timeout=120)
     assert launch.exit_codes() == {p.name: 0 for p in plans}
     assert all("SIGINT: saying bye" in (p.state_dir / "node.log").read_text() for p in plans)
+
+
+def test_hybrid_mode_sends_both_kinds_between_processes(cache, tmp_path):
+    # unlike models (mlp, cnn1d, mlp) share a bottleneck adapter and logits; real nodes average with push-sum
+    topo = Topology.from_graph("ring-3", make_topology("ring", 3))
+    sets = TINY_SETS + ("mode=hybrid", "gossip.codec=int8")
+    plans = plan_nodes(topo, tmp_path, rounds=4, overrides=sets, base_port=22_000 + os.getpid() % 20_000)
+    with Launch(plans) as launch:
+        launch.wait(tick=0.2, timeout=180)
+    assert launch.exit_codes() == {p.name: 0 for p in plans}, [
+        (p.state_dir / "node.log").read_text()[-2000:] for p in plans]
+    for p in plans:
+        records = node_records(p)
+        assert [r["round"] for r in records] == [1, 2, 3, 4]
+        assert all(r["rejected"] == {} for r in records)
+        # both kinds (logits on a reference slice, the adapter) from both neighbours in some round
+        assert {"logits": 2, "params": 2} in [r["inbox"] for r in records]
