@@ -3,9 +3,10 @@
     python scripts/bench_codecs.py                                   # the default sweep, 50 rounds each
     python scripts/bench_codecs.py --variants int8 topk:3+int4+z@500 --fedavg fp32 --rounds 30
 
-A variant is CODEC, CODEC@ROWS (reference rows shared per round: a smaller slice is the simplest
-selection), and either with /delta (delta coding with error feedback, gossip.delta; fedavg runs
-take CODEC or CODEC/delta). For each: final personal/global means, encoded bytes per node per round (exact, from
+A variant is CODEC or CODEC@ROWS (reference rows per slice: a smaller slice is the simplest
+selection), then optional flags: /delta (delta coding with error feedback, gossip.delta) and
+/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), e.g.
+topk:3+int4+z@2000/confident:0.25. fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per node per round (exact, from
 the memory transport), cumulative bytes per node until the global mean first reaches --target
 (0.70), and the codec's encode+decode throughput on one quickstart knowledge array. `fedavg` runs
 (all CNN1D, the weights through the given codecs) give the reference the bar compares against.
@@ -46,13 +47,19 @@ def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
     return x.nbytes * repeats / (time.perf_counter() - start) / 1e6
 
 
-def split_variant(variant: str) -> tuple[str, int | None, bool]:
-    """'topk:3+int4+z@500/delta' -> ('topk:3+int4+z', 500, True)."""
-    body, _, flag = variant.partition("/")
-    if flag not in ("", "delta"):
-        raise SystemExit(f"variant {variant!r}: the only flag is /delta")
+def split_variant(variant: str) -> tuple[str, int | None, dict]:
+    """'topk:3+int4+z@500/delta/confident:0.5' -> ('topk:3+int4+z', 500, {gossip overrides})."""
+    body, *flags = variant.split("/")
+    gossip: dict = {"gossip.delta": False, "gossip.select": "all"}
+    for flag in flags:
+        if flag == "delta":
+            gossip["gossip.delta"] = True
+        elif flag.startswith(("confident:", "uncertain:")):
+            gossip["gossip.select"] = flag
+        else:
+            raise SystemExit(f"variant {variant!r}: unknown flag {flag!r}; flags are delta, confident:F, uncertain:F")
     name, _, rows = body.partition("@")
-    return name, int(rows) if rows else None, flag == "delta"
+    return name, int(rows) if rows else None, gossip
 
 
 def bytes_to_reach(curve: list[dict], target: float) -> float | None:
@@ -76,8 +83,8 @@ def main() -> int:
 
     runs = []
     for variant in args.variants:
-        name, rows, delta = split_variant(variant)
-        over = {"rounds": args.rounds, "gossip.codec": name, "gossip.delta": delta,
+        name, rows, gossip = split_variant(variant)
+        over = {"rounds": args.rounds, "gossip.codec": name, **gossip,
                 "name": f"codec-{variant}".replace(":", "-").replace("/", "-")}
         if rows:
             over["reference.slice_size"] = rows
@@ -85,9 +92,9 @@ def main() -> int:
                      **run_mode(args.scenario, over, args.runs)})
         print(json.dumps({k: runs[-1][k] for k in ("variant", "bytes_per_node_per_round", "wall_time_s")}), flush=True)
     for variant in args.fedavg:
-        name, _, delta = split_variant(variant)
-        over = {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name,
-                "gossip.delta": delta, "name": f"codec-fedavg-{variant}".replace("/", "-")}
+        name, _, gossip = split_variant(variant)
+        over = {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name, **gossip,
+                "name": f"codec-fedavg-{variant}".replace("/", "-")}
         runs.append({"mode": "fedavg", "variant": f"fedavg {variant}", "codec": name,
                      "mb_per_s": throughput(name, shape=(7500,)), **run_mode(args.scenario, over, args.runs)})
     for r in runs:
