@@ -203,6 +203,7 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
     for what in ("personal", "global"):
         table.add_column(f"{what}\nmean / worst / worst 10%", justify="center")
     rows = [("all", s)] + [(arch, v) for arch, v in s["per_arch"].items()]
+    rows += [(f"profile {name}", v) for name, v in s.get("per_profile", {}).items()]
     for name, v in rows:
         cells = [" / ".join(f"{v[w][k]:.3f}" for k in ("mean", "worst", "worst_decile")) for w in ("personal", "global")]
         table.add_row(name, str(v["nodes"]), *cells)

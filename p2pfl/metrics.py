@@ -60,24 +60,29 @@ def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) ->
     if not final:
         return {"nodes": 0}
     nodes = sorted(final)
-    by_arch: dict[str, list[dict]] = defaultdict(list)
-    for n in nodes:
-        by_arch[final[n]["arch"]].append(final[n])
     per_round = rounds_curve(records)
-    return {
+    out = {
         "nodes": len(nodes),
         "rounds": rounds,
         "global": spread([final[n]["global_acc"] for n in nodes]),
         "personal": spread([final[n]["personal_acc"] for n in nodes]),
-        "per_arch": {
-            a: {"nodes": len(rs), "global": spread([r["global_acc"] for r in rs]),
-                "personal": spread([r["personal_acc"] for r in rs])}
-            for a, rs in sorted(by_arch.items())
-        },
+        "per_arch": _groups([final[n] for n in nodes], "arch"),
         "bytes_per_node_per_round": wire_bytes / len(nodes) / rounds,
         "rejected": dict(sum((Counter(final[n].get("rejected", {})) for n in nodes), Counter())),
         "curve": per_round,
     }
+    profiles = _groups([final[n] for n in nodes if "profile" in final[n]], "profile")
+    if set(profiles) - set(out["per_arch"]):  # profiles say more than architectures (two widths of one)
+        out["per_profile"] = profiles
+    return out
+
+
+def _groups(finals: list[dict[str, Any]], key: str) -> dict[str, dict]:
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in finals:
+        by[r[key]].append(r)
+    return {g: {"nodes": len(rs), "global": spread([r["global_acc"] for r in rs]),
+                "personal": spread([r["personal_acc"] for r in rs])} for g, rs in sorted(by.items())}
 
 
 def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:

@@ -145,13 +145,15 @@ class Node:
                  neighbours: dict[str, float], reference: Reference | None, test: EvalData,
                  rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto", params_codec: str = "",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
-                 start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False):
+                 start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False,
+                 profile: str = ""):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
         # incarnation: new per process start, so neighbours notice a restart (random if None).
         # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
         # mixing weights turn uniform (real nodes: the transport decides who may connect at all).
         self.node_id = node_id
         self.arch = arch
+        self.profile = profile or arch  # the node profile's name, for metrics
         self.mode = mode
         self.learner = learner
         self.transport = transport
@@ -218,7 +220,7 @@ class Node:
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._share(r)
             record = {
-                "node": self.node_id, "arch": self.arch, "round": r, "time": trio.current_time(),
+                "node": self.node_id, "arch": self.arch, "profile": self.profile, "round": r, "time": trio.current_time(),
                 "train_loss": loss, "contributors": teaching.contributors,
                 "inbox": dict(Counter(k.kind for k in inbox)),  # usable knowledge this round, by kind
                 "staleness": float(np.mean(teaching.staleness)) if teaching.staleness else None,

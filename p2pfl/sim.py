@@ -233,7 +233,7 @@ class Simulation:
                         transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
                         test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,
                         params_codec=s.gossip.params_codec,
-                        on_record=on_record, eval_every=s.eval_every)
+                        on_record=on_record, eval_every=s.eval_every, profile=plan.profile.name)
             async with node:
                 await node.run()
 

@@ -48,7 +48,7 @@ def run_mode(path, overrides: dict, runs: str) -> dict:
     scenario = load_scenario(path, overrides)
     result = Simulation(scenario, run_dir=runs).run()
     s = result.summary
-    return {k: s[k] for k in ("mode", "global", "personal", "per_arch", "bytes_per_node_per_round",
+    return {k: s.get(k) for k in ("mode", "global", "personal", "per_arch", "per_profile", "bytes_per_node_per_round",
                               "fedavg_fp32_bytes_per_node_per_round", "wall_time_s", "curve", "rejected")}
 
 
@@ -148,7 +148,8 @@ def append_markdown(report: dict) -> None:
             return f"{m['personal']['mean']:.3f} / {m['global']['mean']:.3f}" if m else "–"
         def kb(mode):
             return f"{e[mode]['bytes_per_node_per_round'] / 1e3:.1f} KB" if mode in e else "–"
-        arch = ", ".join(f"{a} {v['global']['mean']:.3f}" for a, v in e.get("hybrid", {}).get("per_arch", {}).items())
+        hy = e.get("hybrid", {})
+        arch = ", ".join(f"{a} {v['global']['mean']:.3f}" for a, v in (hy.get("per_profile") or hy.get("per_arch", {})).items())
         walls = " / ".join(f"{e[m]['wall_time_s']:.0f} s" if m in e else "–" for m in ("adapter", "hybrid"))
         rows.append(f"| {report['date']} | `{report['command']}` seed {e['seed']} | {acc('adapter')} | {acc('hybrid')} | "
                     f"{arch or '–'} | {acc('logits')} | {acc('local')} | {acc('fedavg')} | {kb('adapter')} / "

@@ -327,5 +327,7 @@ def test_lora_nodes_of_two_ranks_train_together(cache, tmp_path):
     run = simulate(mode="adapter", profiles=[str(low), str(high)], **{"adapter.kind": "lora", "adapter.lora_rank": 4})
     assert all(r["rejected"] == {} for r in run.records)
     assert all(r["inbox"] == {"params": 2} for r in run.records if r["round"] == 2)
+    # one architecture, two profiles: the summary also groups by profile
+    assert set(run.summary["per_arch"]) == {"cnn1d"} and set(run.summary["per_profile"]) == {"cnn1d-r2", "cnn1d-r4"}
     with pytest.raises(ConfigError, match="lora_rank = 2 is above the shared adapter.lora_rank = 1"):
         simulate(mode="adapter", profiles=[str(low), str(high)], **{"adapter.kind": "lora", "adapter.lora_rank": 1})
