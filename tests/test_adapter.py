@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import trio
 
 from p2pfl.averaging import mix, push_sum
 from p2pfl.config import ConfigError, GossipConfig, TrainConfig, load_scenario
@@ -20,6 +19,7 @@ from p2pfl.node import EvalData, Node, SimulatedCompute
 from p2pfl.sim import Simulation
 from p2pfl.topology import metropolis_hastings_weights
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
+from tests.test_node import run_all
 
 C, L = 10, 40
 
@@ -227,14 +227,7 @@ async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_cl
                               transport=net.endpoint(name), neighbours={other: 0.5}, reference=None,
                               test=EvalData(data.x_test, data.y_test), rounds=2, gossip=GossipConfig(wait_timeout=1.0),
                               compute=SimulatedCompute(0.01)))
-
-        async def run(node):
-            async with node:
-                await node.run()
-
-        async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(run, node)
+        await run_all(nodes)
     for node in nodes:
         assert node.counters.rejected["mismatch"] >= 1
         assert all(p.latest == {} for p in node.peers.values())  # nothing of the other's was averaged in

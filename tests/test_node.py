@@ -39,6 +39,19 @@ def _reference(size=400, slice_size=200):
     return build_reference(ReferenceSpec(source="synthetic", size=size, slice_size=slice_size))
 
 
+async def run_all(nodes, during=None):
+    """Run nodes to their last round side by side (and `during()` beside them)."""
+    async def run_node(node):
+        async with node:
+            await node.run()
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            nursery.start_soon(run_node, node)
+        if during is not None:
+            nursery.start_soon(during)
+
+
 async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip: GossipConfig | None = None,
                    reference=None, extra: dict[str, dict[str, float]] | None = None, during=None,
                    codecs: dict[str, str] | None = None):
@@ -73,15 +86,7 @@ async def run_ring(mode: str, *, seed: int = SEED, rounds: int = ROUNDS, gossip:
                                   rounds=rounds, gossip=gossip, compute=SimulatedCompute(SECONDS_PER_STEP, seed=i),
                                   codec=(codecs or {}).get(name, gossip.codec), on_record=records.append))
 
-            async def run_node(node):
-                async with node:
-                    await node.run()
-
-            async with trio.open_nursery() as nursery:
-                for node in nodes:
-                    nursery.start_soon(run_node, node)
-                if during is not None:
-                    nursery.start_soon(during, net, nodes)
+            await run_all(nodes, during=None if during is None else lambda: during(net, nodes))
     return nodes, records, net
 
 
