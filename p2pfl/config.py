@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import codecs
-
-
-MODES = ("logits", "local", "fedavg", "adapter", "hybrid")
+from p2pfl.wire import MODES  # the protocol's list: a mode the wire does not know cannot be configured
 
 
 class ConfigError(ValueError):
