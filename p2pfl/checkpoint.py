@@ -2,7 +2,7 @@
 
 It holds what a restarted process needs to go on where it stopped: model and optimizer state,
 the learner's step (the learning-rate schedule) and random generator, the last completed round,
-and the newest round heard from each neighbour. `meta` names what the node is (architecture,
+the newest round heard from each neighbour, and the mode's own numbers (push-sum's mass). `meta` names what the node is (architecture,
 mode, data shard, reference digest); a checkpoint written by another kind of node is refused
 rather than loaded into the wrong model. Loading uses `torch.load(weights_only=True)`: tensors
 and plain containers only, so a tampered file cannot run code.
@@ -19,7 +19,7 @@ import torch
 from p2pfl.files import atomic_write_bytes
 from p2pfl.learner import Learner
 
-FORMAT = 1
+FORMAT = 2  # 2: the mode's state
 FILENAME = "checkpoint.pt"
 
 
@@ -27,11 +27,13 @@ FILENAME = "checkpoint.pt"
 class Resumed:
     round: int  # last completed round
     peers: dict[str, int]  # neighbour -> newest round it had shared with us
+    mode_state: dict[str, float]  # Mode.state() when it was saved
 
 
-def save(path: Path, learner: Learner, *, round: int, meta: dict[str, str | int], peers: dict[str, int]) -> None:
+def save(path: Path, learner: Learner, *, round: int, meta: dict[str, str | int], peers: dict[str, int],
+         mode_state: dict[str, float] | None = None) -> None:
     state = {
-        "format": FORMAT, "round": round, "meta": dict(meta), "peers": dict(peers),
+        "format": FORMAT, "round": round, "meta": dict(meta), "peers": dict(peers), "mode": dict(mode_state or {}),
         "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
         "step": learner.step, "rng": learner.gen.get_state(),
     }
@@ -62,4 +64,5 @@ def load(path: Path, learner: Learner, *, meta: dict[str, str | int]) -> Resumed
     learner.optimizer.load_state_dict(state["optimizer"])
     learner.step = int(state["step"])
     learner.gen.set_state(state["rng"])
-    return Resumed(int(state["round"]), {str(k): int(v) for k, v in state["peers"].items()})
+    return Resumed(int(state["round"]), {str(k): int(v) for k, v in state["peers"].items()},
+                   {str(k): float(v) for k, v in state["mode"].items()})

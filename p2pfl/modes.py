@@ -137,6 +137,13 @@ class Mode(ABC):
     def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
         return ctx.learner.train(steps, teaching.x, teaching.probs, teaching.kd_weight)
 
+    def state(self) -> dict[str, float]:
+        """Numbers a restarted node needs besides its model (saved in its checkpoint)."""
+        return {}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        pass
+
 
 class LocalMode(Mode):
     """Baseline: no sharing at all."""
@@ -241,6 +248,12 @@ class AdapterMode(Mode):
         self.mass *= ctx.self_weight  # the rest goes to the neighbours, a weight's share each
         return [out]
 
+    def state(self):
+        return {"mass": self.mass} if self.push_sum else {}
+
+    def load_state(self, state):
+        self.mass = state.get("mass", self.mass)
+
     def absorb(self, ctx, inbox, round_idx):
         inbox = [r for r in inbox if r.kind == "params"]
         if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
@@ -277,6 +290,12 @@ class HybridMode(LogitsMode):
 
     def share(self, ctx, round_idx):
         return super().share(ctx, round_idx) + self._adapter.share(ctx, round_idx)
+
+    def state(self):
+        return self._adapter.state()
+
+    def load_state(self, state):
+        self._adapter.load_state(state)
 
     def absorb(self, ctx, inbox, round_idx):
         # the teacher first: own logits were computed by share() with the model that was sent

@@ -74,7 +74,8 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
     learner = sim.learner(plan, dataset)
 
     meta = {"arch": profile.arch, "mode": s.mode, "shard": f"{cfg.shard}/{cfg.shards}", "data": s.data.source,
-            "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else ""}
+            "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else "",
+            "adapter": s.adapter.kind if s.mode in ("adapter", "hybrid") else ""}
     ckpt_path = Path(cfg.state_dir) / checkpoint.FILENAME
     resumed = checkpoint.load(ckpt_path, learner, meta=meta)
     start = resumed.round if resumed else 0
@@ -89,7 +90,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
         record = record | {"name": label, "shard": cfg.shard}
         metrics.write(record)
         peers = {pid: max(k.round for k in p.latest.values()) for pid, p in node.peers.items() if p.latest}
-        checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers)
+        checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers, mode_state=mode.state())
         on_record(record)
 
     try:
@@ -98,7 +99,10 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
             # uniform weights are not symmetric (neighbours differ in degree): push-sum keeps the plain mean
             averaging = "push-sum" if s.gossip.averaging == "auto" else s.gossip.averaging
-            node = Node(node_id=peer_id, arch=profile.arch, mode=make_mode(s.mode, s.adapter, averaging), learner=learner,
+            mode = make_mode(s.mode, s.adapter, averaging)
+            if resumed:
+                mode.load_state(resumed.mode_state)
+            node = Node(node_id=peer_id, arch=profile.arch, mode=mode, learner=learner,
                         transport=transport, neighbours=neighbours, reference=reference,
                         test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
                         compute=thread_compute, codec=profile.codec or s.gossip.codec,

@@ -324,3 +324,14 @@ def test_lora_nodes_of_two_ranks_train_together(cache, tmp_path):
     assert set(run.summary["per_arch"]) == {"cnn1d"} and set(run.summary["per_profile"]) == {"cnn1d-r2", "cnn1d-r4"}
     with pytest.raises(ConfigError, match="lora_rank = 2 is above the shared adapter.lora_rank = 1"):
         simulate(mode="adapter", profiles=[str(low), str(high)], **{"adapter.kind": "lora", "adapter.lora_rank": 1})
+
+
+def test_push_sum_mass_is_what_a_checkpoint_keeps():
+    mode = make_mode("hybrid", averaging="push-sum")
+    ctx = NodeContext(FlatLearner([0.0]), None, 0.25, GossipConfig())
+    mode._adapter.share(ctx, 0)
+    assert mode.state() == {"mass": 0.25}
+    again = make_mode("hybrid", averaging="push-sum")
+    again.load_state(mode.state())
+    assert again.state() == {"mass": 0.25}
+    assert make_mode("adapter").state() == {}  # metropolis mixing keeps no numbers

@@ -97,10 +97,10 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
     a.train(5)
     meta = {"arch": "mlp", "shard": "0/2"}
     path = tmp_path / checkpoint.FILENAME
-    checkpoint.save(path, a, round=7, meta=meta, peers={"p": 6})
+    checkpoint.save(path, a, round=7, meta=meta, peers={"p": 6}, mode_state={"mass": 0.75})
     b = learner(2)
     resumed = checkpoint.load(path, b, meta=meta)
-    assert resumed == checkpoint.Resumed(7, {"p": 6}) and b.step == a.step == 5
+    assert resumed == checkpoint.Resumed(7, {"p": 6}, {"mass": 0.75}) and b.step == a.step == 5
     assert np.array_equal(a.get_flat(), b.get_flat())
     a.train(3)
     b.train(3)  # same optimizer moments and random generator: the same next steps
