@@ -70,7 +70,7 @@ def bytes_to_reach(curve: list[dict], target: float) -> float | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default=str(ROOT / "sim" / "quickstart.toml"))
-    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="CODEC[@ROWS]")
+    ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, metavar="CODEC[@ROWS][/FLAG]")
     ap.add_argument("--fedavg", nargs="*", default=["fp32", "int8"], metavar="CODEC", help="fedavg runs (all CNN1D)")
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--target", type=float, default=0.70, help="global accuracy whose cost in bytes is compared")
