@@ -148,10 +148,10 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 _ALWAYS = ("version", "mode", "num_classes", "ref_digest")
 MUST_MATCH: dict[str, tuple[str, ...]] = {
     "logits": _ALWAYS,
+    "local": _ALWAYS,
+    "fedavg": _ALWAYS + ("arch", "param_count"),
     "adapter": _ALWAYS + ("param_count", "adapter_shape"),
     "hybrid": _ALWAYS + ("param_count", "adapter_shape"),
-    "fedavg": _ALWAYS + ("arch", "param_count"),
-    "local": _ALWAYS,
 }
 MODES = tuple(MUST_MATCH)
 
