@@ -15,7 +15,7 @@ import torch
 
 from p2pfl.averaging import mix, push_sum
 from p2pfl.config import AdapterConfig, GossipConfig
-from p2pfl.consensus import Contribution, teacher
+from p2pfl.consensus import Contribution, softmax, teacher
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 
@@ -105,13 +105,13 @@ def select_rows(logits: np.ndarray, select: str) -> np.ndarray | None:
 
     confident:F sends the F share of rows where this node's prediction has the lowest entropy
     (what it knows: its own classes, outlier exposure having flattened the rest); uncertain:F
-    the highest.
+    the highest. Measured on quickstart, both lose to a rotating slice of the same size
+    (BENCHMARKS.md, "Compression").
     """
     rule, fraction = parse_select(select)
     if rule == "all" or fraction >= 1.0:
         return None
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    p = softmax(logits.astype(np.float64))
     entropy = -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
     keep = max(1, math.ceil(fraction * len(logits)))
     order = np.argsort(entropy if rule == "confident" else -entropy, kind="stable")
