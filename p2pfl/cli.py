@@ -319,6 +319,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     rejected = st.get("rejected", {})
     console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else "none"))
+    if st.get("delta_behind"):
+        console.print(f"delta frames dropped while waiting for a key frame: {st['delta_behind']}")
     return 0
 
 
