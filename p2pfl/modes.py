@@ -141,6 +141,9 @@ class Mode(ABC):
         """Numbers a restarted node needs besides its model (saved in its checkpoint)."""
         return {}
 
+    def reclaim(self, mass: float) -> None:
+        """Push-sum: a share of mass that `share` gave out could not be sent; it stays with us."""
+
     def load_state(self, state: dict[str, float]) -> None:
         pass
 
@@ -251,6 +254,9 @@ class AdapterMode(Mode):
     def state(self):
         return {"mass": self.mass} if self.push_sum else {}
 
+    def reclaim(self, mass):
+        self.mass += mass
+
     def load_state(self, state):
         self.mass = state.get("mass", self.mass)
 
@@ -293,6 +299,9 @@ class HybridMode(LogitsMode):
 
     def state(self):
         return self._adapter.state()
+
+    def reclaim(self, mass):
+        self._adapter.reclaim(mass)
 
     def load_state(self, state):
         self._adapter.load_state(state)

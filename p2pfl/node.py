@@ -313,18 +313,19 @@ class Node:
         for peer_id, p in list(self.peers.items()):
             if not p.hello_sent:  # unreachable when we greeted: try again (the transport backs off)
                 p.hello_sent = await self._send(peer_id, p, self.hello)
-            if not (p.hello_sent and p.session.their_state is wire.State.READY
-                    and p.session.our_state is wire.State.READY):
-                continue  # only to peers that have our hello and we theirs
+            ready = (p.hello_sent and p.session.their_state is wire.State.READY
+                     and p.session.our_state is wire.State.READY)  # only to peers that have our hello and we theirs
             for i, out in enumerate(outgoing):
-                codec = self._codec_for(p, out.kind)
-                if codec is None:
+                codec = self._codec_for(p, out.kind) if ready else None
+                if ready and codec is None:
                     log.warning("%s: %s decodes none of our codecs %s", self.node_id, peer_id, self.hello.codecs)
-                    break
-                msg = knowledge(i, codec)
+                msg = knowledge(i, codec) if codec else None
                 if out.mass is not None:  # push-sum: this neighbour's share of our mass
-                    msg = replace(msg, mass=out.mass * p.weight)
-                await self._send(peer_id, p, msg)
+                    share = out.mass * p.weight
+                    if msg is None or not await self._send(peer_id, p, replace(msg, mass=share)):
+                        self.mode.reclaim(share)  # not sent: the share stays ours, so no mass is lost
+                elif msg is not None:
+                    await self._send(peer_id, p, msg)
 
     def _codec_for(self, p: PeerState, kind: str) -> str | None:
         """Ours for this kind if the peer decodes it, else the first common one (every node lists the

@@ -302,6 +302,9 @@ def test_push_sum_adds_a_neighbours_mass_once_however_long_its_frame_stays_newes
     assert mode.mass == 1.0 and ctx.learner.v[0] == 0.5
     mode.absorb(ctx, [frame], 2)  # the neighbour is slow: the same frame again adds nothing
     assert mode.mass == 1.0 and ctx.learner.v[0] == 0.5
+    mode.share(ctx, 2)
+    mode.reclaim(0.5)  # the neighbour was down: its share could not be sent and stays here
+    assert mode.mass == 1.0
 
 
 def test_adapter_mode_with_push_sum_runs_in_a_simulation(cache):
