@@ -273,7 +273,7 @@ class Node:
                     value = k.array()
                 elif held is not None and held[0] == k.round:
                     value = held[1]
-                else:  # a newer difference to that slice was dropped since: the held value is not this round's
+                else:  # the held value is of another round (frames out of order): not this frame's
                     continue
                 out.append(Received(peer_id, k.round, k.kind, value, k.ref_start, k.ref_count,
                                     self._label_counts(k), p.weight, k.mass, wire.row_indices(k)))
