@@ -125,6 +125,19 @@ def _check_shareable(s: Scenario, plans: list[NodePlan]) -> None:
                               f"adapter.lora_rank = {s.adapter.lora_rank}; lower it or raise adapter.lora_rank")
 
 
+def fresh_dir(root: Path, name: str) -> Path:
+    """root/name, or root/name-2, -3, ... when it exists: a rerun never overwrites an earlier run."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100_000):
+        path = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()  # atomic: two runs started at once cannot pick the same folder
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{root} holds 100,000 runs named {name!r}; clean it up")
+
+
 class Simulation:
     def __init__(self, scenario: Scenario, *, run_dir: str | Path | None = "runs",
                  on_record: Callable[[dict], None] | None = None):
@@ -196,9 +209,7 @@ class Simulation:
         records: list[dict] = []
         metrics = None
         if self.run_root is not None:
-            run_dir = self.run_root / s.name
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            run_dir = fresh_dir(self.run_root, s.name)
             metrics = MetricsLog(run_dir / "metrics.jsonl")
 
         def on_record(record: dict) -> None:

@@ -132,3 +132,12 @@ def test_no_run_dir_writes_nothing(cache, tmp_path, monkeypatch):
 def test_changing_the_topology_name_alone_works():
     sim = Simulation(load_scenario(None, {"topology.name": "ring", "topology.nodes": 4}), run_dir=None)
     assert sim.topology().n == 4
+
+
+def test_a_rerun_gets_its_own_folder(tmp_path):
+    from p2pfl.sim import fresh_dir
+
+    assert fresh_dir(tmp_path, "q") == tmp_path / "q"
+    assert fresh_dir(tmp_path, "q") == tmp_path / "q-2"
+    assert fresh_dir(tmp_path, "q") == tmp_path / "q-3"
+    assert fresh_dir(tmp_path, "other") == tmp_path / "other"
