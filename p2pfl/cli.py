@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "default: the scenario's profiles, round-robin by shard")
     node.add_argument("--shard", default="0/1", metavar="I/N", help="this node's part of the data: 3/8 = the 4th of 8 (default 0/1)")
     node.add_argument("--data", metavar="SOURCE", help="mnist1d | digits | synthetic | a .npz with x, y[, x_test, y_test] [data.source]")
-    node.add_argument("--partition", metavar="SPEC", help="iid | dirichlet:A | shards:K | quantity:S [data.partition]")
+    node.add_argument("--partition", metavar="SPEC", help="iid | dirichlet:A | dirichlet-node:A | shards:K | quantity:S [data.partition]")
     node.add_argument("--rounds", type=int, help="rounds to train [rounds]")
     node.add_argument("--listen", default="/ip4/0.0.0.0/tcp/0", metavar="MULTIADDR", help="default /ip4/0.0.0.0/tcp/0 (any free port)")
     node.add_argument("--peers", nargs="*", default=[], metavar="MULTIADDR", help="neighbours, each /ip4/.../tcp/PORT/p2p/ID")

@@ -39,7 +39,7 @@ class DataConfig:
     source: str = "mnist1d"  # mnist1d | digits | synthetic | path/to/data.npz
     samples: int = 10_000  # generated sources only; mnist1d keeps 80% for training
     data_seed: int = 42  # which dataset is generated (the split over nodes uses the scenario seed)
-    partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | shards:K | quantity:ALPHA
+    partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | dirichlet-node:ALPHA | shards:K | quantity:ALPHA
 
 
 @dataclass(frozen=True)

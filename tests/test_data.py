@@ -181,7 +181,7 @@ def test_npz_label_range_and_pickle(tmp_path):
 
 # ------------------------------------------------------------------------------------- partitioners
 
-SPECS = ["iid", "dirichlet:0.3", "dirichlet:5", "shards:2", "quantity:0.5"]
+SPECS = ["iid", "dirichlet:0.3", "dirichlet:5", "dirichlet-node:0.3", "shards:2", "quantity:0.5"]
 
 
 def _y(n=1000, c=10, seed=0):
@@ -211,12 +211,12 @@ def test_partition_invariants(n, c, n_nodes, spec, seed):
         parts = partition(y, n_nodes, spec, seed=seed, min_size=10)
     except ValueError as e:
         # few classes + many nodes + small alpha can leave a node short in every draw: that must be the clear error
-        assert spec.startswith("dirichlet") and "raise alpha, lower min_size" in str(e)
+        assert spec.startswith("dirichlet:") and "raise alpha, use fewer nodes, or use 'dirichlet-node" in str(e)
         return
     assert len(parts) == n_nodes
     _check_disjoint(parts, n)
     assert min(len(p) for p in parts) >= (1 if spec.startswith("shards") else 10)
-    if spec in ("iid", "quantity:0.5"):
+    if spec in ("iid", "quantity:0.5") or spec.startswith("dirichlet-node"):
         assert sum(len(p) for p in parts) == n  # these use every sample
     again = partition(y, n_nodes, spec, seed=seed, min_size=10)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again))
@@ -253,8 +253,19 @@ def test_dirichlet_infeasible_is_a_clear_error():
     y = _y(1000, 10)
     with pytest.raises(ValueError, match="lower min_size or n_nodes"):
         data.dirichlet(y, 50, alpha=0.5, seed=0, min_size=100)
-    with pytest.raises(ValueError, match="raise alpha, lower min_size, or use fewer nodes"):
+    with pytest.raises(ValueError, match="raise alpha, use fewer nodes, or use 'dirichlet-node:0.001'"):
         data.dirichlet(y, 40, alpha=0.001, seed=0, min_size=20)
+
+
+def test_dirichlet_node_works_for_many_nodes_and_still_skews():
+    y = _y(8000, 10)
+    parts = partition(y, 64, "dirichlet-node:0.05", seed=0)  # the per-class split cannot do this
+    _check_disjoint(parts, len(y))
+    assert sum(map(len, parts)) == len(y) and max(map(len, parts)) - min(map(len, parts)) <= 1
+    top_share = np.mean([label_counts(y, p, 10).max() / len(p) for p in parts])
+    assert top_share > 0.7  # most of a node's samples are one class
+    iid_h = _mean_entropy(y, partition(y, 16, "iid", seed=0), 10)
+    assert _mean_entropy(y, partition(y, 16, "dirichlet-node:100", seed=0), 10) > 0.95 * iid_h
 
 
 @pytest.mark.parametrize("n_nodes, k", [(5, 2), (10, 2), (7, 3), (3, 10), (20, 1)])

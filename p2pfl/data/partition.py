@@ -9,8 +9,8 @@ import numpy as np
 DIRICHLET_MAX_TRIES = 100
 
 SPEC_FORMS = (
-    "'iid', 'dirichlet:<alpha>' (e.g. dirichlet:0.5), 'shards:<classes per node>' (e.g. shards:2), "
-    "'quantity:<alpha>' (e.g. quantity:1.0)"
+    "'iid', 'dirichlet:<alpha>' (e.g. dirichlet:0.5), 'dirichlet-node:<alpha>' (e.g. dirichlet-node:0.1), "
+    "'shards:<classes per node>' (e.g. shards:2), 'quantity:<alpha>' (e.g. quantity:1.0)"
 )
 
 
@@ -78,8 +78,38 @@ def dirichlet(y: np.ndarray, n_nodes: int, alpha: float, seed: int, min_size: in
             return _as_parts([np.concatenate(p) for p in parts])
     raise ValueError(
         f"dirichlet(alpha={alpha}) left a node with {smallest} < min_size={min_size} samples in each of "
-        f"{DIRICHLET_MAX_TRIES} draws; raise alpha, lower min_size, or use fewer nodes"
+        f"{DIRICHLET_MAX_TRIES} draws; raise alpha, use fewer nodes, or use 'dirichlet-node:{alpha}' (each node "
+        f"draws its own label mix: works for any number of nodes)"
     )
+
+
+def dirichlet_node(y: np.ndarray, n_nodes: int, alpha: float, seed: int) -> list[np.ndarray]:
+    """Label skew per node (Hsu et al. 2019): node i's label mix q_i ~ Dirichlet(alpha · 1); equal sizes.
+
+    Unlike `dirichlet` (each class split over nodes), this works for any number of nodes: with many
+    nodes and small alpha, many nodes share a class instead of most getting nothing. Nodes draw in
+    turn without replacement; once a class runs out, a node's mix is renormalized over the classes
+    left, so the last nodes may hold a broader mix than their draw. Every sample is used once.
+    """
+    y = _check_skew(y, n_nodes, "dirichlet-node", alpha, 1)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    pools = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    left = np.array([len(p) for p in pools])
+    used = np.zeros(len(classes), dtype=np.int64)
+    parts = []
+    for size in (len(a) for a in np.array_split(np.arange(len(y)), n_nodes)):
+        q = rng.dirichlet(np.full(len(classes), alpha))
+        take = np.zeros(len(classes), dtype=np.int64)
+        while take.sum() < size:
+            avail = left - take > 0
+            p = q * avail
+            p = p / p.sum() if p.sum() > 0 else avail / avail.sum()
+            take += np.minimum(rng.multinomial(size - take.sum(), p), left - take)
+        parts.append(np.concatenate([pool[u:u + t] for pool, u, t in zip(pools, used, take)]))
+        used += take
+        left -= take
+    return _as_parts(parts)
 
 
 def shards(y: np.ndarray, n_nodes: int, classes_per_node: int, seed: int) -> list[np.ndarray]:
@@ -134,7 +164,7 @@ def partition(y: np.ndarray, n_nodes: int, spec: str, seed: int, min_size: int =
     name, _, arg = spec.strip().partition(":")
     if name == "iid" and not arg:
         return iid(y, n_nodes, seed)
-    kinds = {"dirichlet": float, "shards": int, "quantity": float}
+    kinds = {"dirichlet": float, "dirichlet-node": float, "shards": int, "quantity": float}
     if name not in kinds or not arg:
         raise ValueError(f"bad partition spec {spec!r}; accepted forms: {SPEC_FORMS}")
     try:
@@ -144,6 +174,8 @@ def partition(y: np.ndarray, n_nodes: int, spec: str, seed: int, min_size: int =
         raise ValueError(msg) from None
     if name == "dirichlet":
         return dirichlet(y, n_nodes, value, seed, min_size=min_size)
+    if name == "dirichlet-node":
+        return dirichlet_node(y, n_nodes, value, seed)
     if name == "shards":
         return shards(y, n_nodes, value, seed)
     return quantity_skew(y, n_nodes, value, seed, min_size=min_size)
