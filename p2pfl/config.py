@@ -80,7 +80,7 @@ class GossipConfig:
 class AdapterConfig:
     """The module `adapter` and `hybrid` modes gossip (see p2pfl/models/adapter.py)."""
 
-    kind: str = "bottleneck"  # bottleneck | head | whole (identical models: that is fedavg) | lora
+    kind: str = "bottleneck"  # bottleneck | residual | head | whole (identical models: that is fedavg) | lora
     bottleneck: int = 16  # hidden width of the bottleneck adapter
     lora_rank: int = 4  # lora: the shared rank; a node profile's lora_rank may be smaller (HetLoRA)
     lora_alpha: float = 8.0  # lora: updates are scaled by alpha / rank

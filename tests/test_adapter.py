@@ -31,7 +31,7 @@ def model(arch, embed_dim=32, seed=0, **options):
 
 # ------------------------------------------------------------------------------------ adapters
 
-@pytest.mark.parametrize("kind, shape", [("bottleneck", (32, 16, C)), ("head", (32, C))])
+@pytest.mark.parametrize("kind, shape", [("bottleneck", (32, 16, C)), ("residual", (32, 16)), ("head", (32, C))])
 def test_unlike_backbones_share_one_layout(kind, shape):
     # four architectures, one with a wider embedding (it gets a private projection): one shared vector
     models = [model("mlp"), model("cnn1d", channels=8), model("gru", embed_dim=48), model("transformer")]

@@ -8,6 +8,7 @@ Kinds (the scenario's [adapter] table):
 - "whole": the whole model (identical architectures only). `fedavg` is adapter mode with this kind.
 - "head": a linear classifier on `embed()`; the backbone stays private.
 - "bottleneck": a residual bottleneck adapter (Houlsby et al. 2019) then the classifier.
+- "residual": the same bottleneck adapter only; each node's classifier after it stays private.
 - "lora": low-rank factors on every linear layer of a frozen backbone shared by all nodes (same
   family and seed, as a common pretrained checkpoint would be), plus the classifier. Nodes may pick
   smaller ranks than the shared one: factors travel zero-padded to the shared rank and each node
@@ -30,22 +31,33 @@ import torch.nn.functional as F
 
 from p2pfl.models.zoo import Classifier
 
-ADAPTER_KINDS = ("bottleneck", "head", "whole", "lora")
+ADAPTER_KINDS = ("bottleneck", "residual", "head", "whole", "lora")
 
 
-class BottleneckAdapter(nn.Module):
-    """h + up(relu(down(h))), then a linear classifier. `up` starts at zero: the adapter starts as identity."""
+class ResidualAdapter(nn.Module):
+    """h + up(relu(down(h))). `up` starts at zero: the adapter starts as the identity."""
 
-    def __init__(self, d: int, bottleneck: int, num_classes: int):
+    def __init__(self, d: int, bottleneck: int):
         super().__init__()
         self.down = nn.Linear(d, bottleneck)
         self.up = nn.Linear(bottleneck, d)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(F.relu(self.down(h)))
+
+
+class BottleneckAdapter(nn.Module):
+    """A residual adapter, then a linear classifier."""
+
+    def __init__(self, d: int, bottleneck: int, num_classes: int):
+        super().__init__()
+        self.residual = ResidualAdapter(d, bottleneck)
         self.classifier = nn.Linear(d, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.classifier(h + self.up(F.relu(self.down(h))))
+        return self.classifier(self.residual(h))
 
 
 class ProjectedHead(nn.Module):
@@ -139,11 +151,16 @@ def attach(model: Classifier, kind: str, *, embed_dim: int, num_classes: int, se
             return _attach_lora(model, num_classes=num_classes, rank=rank, shared_rank=shared_rank, alpha=alpha)
         if kind == "head":
             shared, shape = nn.Linear(embed_dim, num_classes), (embed_dim, num_classes)
-        else:
+            on_top = shared
+        elif kind == "bottleneck":
             shared, shape = BottleneckAdapter(embed_dim, bottleneck, num_classes), (embed_dim, bottleneck, num_classes)
+            on_top = shared
+        else:  # residual: the classifier after it stays private
+            shared, shape = ResidualAdapter(embed_dim, bottleneck), (embed_dim, bottleneck)
+            on_top = nn.Sequential(shared, nn.Linear(embed_dim, num_classes))
         # seeded after the shared module, so a projection does not shift the shared init
         proj = nn.Identity() if model.embed_dim == embed_dim else nn.Sequential(nn.Linear(model.embed_dim, embed_dim), nn.ReLU())
-    model.head = ProjectedHead(proj, shared)
+    model.head = ProjectedHead(proj, on_top)
     return Adapter(shared, shape)
 
 
