@@ -80,7 +80,9 @@ class GossipConfig:
 class AdapterConfig:
     """The module `adapter` and `hybrid` modes gossip (see p2pfl/models/adapter.py)."""
 
-    kind: str = "bottleneck"  # bottleneck | residual | head | whole (identical models: that is fedavg) | lora
+    # auto | bottleneck | residual | head | whole (identical models: that is fedavg) | lora. "auto" is the
+    # measured best per mode (BENCHMARKS.md): bottleneck for adapter, residual for hybrid
+    kind: str = "auto"
     bottleneck: int = 16  # hidden width of the bottleneck adapter
     lora_rank: int = 4  # lora: the shared rank; a node profile's lora_rank may be smaller (HetLoRA)
     lora_alpha: float = 8.0  # lora: updates are scaled by alpha / rank
@@ -89,8 +91,8 @@ class AdapterConfig:
     def __post_init__(self):
         from p2pfl.models.adapter import ADAPTER_KINDS  # models import torch; config stays light to import
 
-        if self.kind not in ADAPTER_KINDS:
-            raise ConfigError(f"adapter.kind = {self.kind!r}; choose one of: {', '.join(ADAPTER_KINDS)}")
+        if self.kind != "auto" and self.kind not in ADAPTER_KINDS:
+            raise ConfigError(f"adapter.kind = {self.kind!r}; choose one of: auto, {', '.join(ADAPTER_KINDS)}")
         if self.bottleneck < 1 or self.lora_rank < 1:
             raise ConfigError(f"adapter.bottleneck = {self.bottleneck}, adapter.lora_rank = {self.lora_rank}: "
                               f"both must be at least 1")

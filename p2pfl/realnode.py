@@ -27,7 +27,7 @@ from p2pfl.data import partition
 from p2pfl.metrics import MetricsLog
 from p2pfl.modes import make_mode
 from p2pfl.node import EvalData, Node, thread_compute
-from p2pfl.sim import Simulation, node_plan, resolve_profile
+from p2pfl.sim import Simulation, adapter_kind, node_plan, resolve_profile
 from p2pfl.transport.libp2p import Libp2pTransport, Policy, load_identity, peer_id_of
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
 
     meta = {"arch": profile.arch, "mode": s.mode, "shard": f"{cfg.shard}/{cfg.shards}", "data": s.data.source,
             "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else "",
-            "adapter": s.adapter.kind if s.mode in ("adapter", "hybrid") else ""}
+            "adapter": adapter_kind(s) or ""}
     ckpt_path = Path(cfg.state_dir) / checkpoint.FILENAME
     resumed = checkpoint.load(ckpt_path, learner, meta=meta)
     start = resumed.round if resumed else 0

@@ -95,11 +95,18 @@ def node_plan(scenario: Scenario, index: int, node_id: str, profile: NodeProfile
     return NodePlan(index, node_id, profile, train, train_idx, neighbours)
 
 
+# adapter.kind = "auto", per mode: measured on quickstart (BENCHMARKS.md, "Adapter and hybrid modes"):
+# alone, sharing the classifier helps most; beside distillation, a shared classifier costs accuracy
+AUTO_ADAPTER = {"adapter": "bottleneck", "hybrid": "residual"}
+
+
 def adapter_kind(s: Scenario) -> str | None:
     """What a parameter mode averages: fedavg the whole model, adapter/hybrid the scenario's adapter."""
     if s.mode == "fedavg":
         return "whole"
-    return s.adapter.kind if s.mode in ("adapter", "hybrid") else None
+    if s.mode not in AUTO_ADAPTER:
+        return None
+    return AUTO_ADAPTER[s.mode] if s.adapter.kind == "auto" else s.adapter.kind
 
 
 def _averaging(s: Scenario, auto: str) -> str:
