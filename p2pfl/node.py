@@ -313,9 +313,11 @@ class Node:
         for peer_id, p in list(self.peers.items()):
             if not p.hello_sent:  # unreachable when we greeted: try again (the transport backs off)
                 p.hello_sent = await self._send(peer_id, p, self.hello)
-            ready = (p.hello_sent and p.session.their_state is wire.State.READY
-                     and p.session.our_state is wire.State.READY)  # only to peers that have our hello and we theirs
             for i, out in enumerate(outgoing):
+                # only to peers that have our hello and we theirs; checked before every send, since the
+                # peer may say bye while we await the previous one
+                ready = (p.hello_sent and p.session.their_state is wire.State.READY
+                         and p.session.our_state is wire.State.READY)
                 codec = self._codec_for(p, out.kind) if ready else None
                 if ready and codec is None:
                     log.warning("%s: %s decodes none of our codecs %s", self.node_id, peer_id, self.hello.codecs)

@@ -5,6 +5,7 @@ come from knowledge that crossed the network.
 """
 
 from collections import Counter
+from dataclasses import replace
 
 import msgpack
 import numpy as np
@@ -224,3 +225,37 @@ async def test_a_neighbour_going_down_does_not_stall_the_others(autojump_clock):
     assert nodes[0].counters.send_failures > 0 and nodes[3].counters.send_failures > 0
     assert not nodes[0].peers["n3"].up and not nodes[2].peers["n3"].up
     assert all(r["neighbours_up"] == 2 for r in records if r["node"] == "n1")  # far from the crash
+
+
+async def test_a_peer_that_says_bye_between_two_frames_of_a_round_gets_no_second_frame():
+    # hybrid-like: two frames per round. The peer's bye arrives while the first is on its way;
+    # the second must not be sent into the closed session (it once crashed the node).
+    from p2pfl.modes import AdapterMode, Outgoing
+
+    class TwoFrames(AdapterMode):
+        def share(self, ctx, round_idx):
+            return [Outgoing("params", ctx.learner.get_flat())] * 2
+
+    data = load_source("synthetic", num_samples=200, seed=42)
+    model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
+    learner = Learner(model, data.x_train, data.y_train, num_classes=data.num_classes, config=TRAIN,
+                      total_steps=10, seed=0)
+    sent = []
+
+    class ByeDuringSend:
+        async def send(self, peer, data, kind="knowledge"):
+            sent.append(kind)
+            if kind == "knowledge":  # the peer leaves while our first frame is in flight
+                node.peers["b"].session.receive(wire.encode(wire.Bye("b", "done")))
+
+        async def receive(self):
+            await trio.sleep_forever()
+
+    node = Node(node_id="a", arch="mlp", mode=TwoFrames(), learner=learner, transport=ByeDuringSend(),
+                neighbours={"b": 0.5}, reference=None, test=EvalData(data.x_test, data.y_test), rounds=1,
+                gossip=GossipConfig(), compute=SimulatedCompute(0.0))
+    p = node.peers["b"]
+    p.session.receive(wire.encode(replace(node.hello, node_id="b", incarnation=7)))
+    p.hello_sent = await node._send("b", p, node.hello)
+    await node._share(1)
+    assert sent == ["hello", "knowledge"]
