@@ -299,7 +299,9 @@ def test_restarted_node_resumes_from_its_checkpoint(ring_run):
     log = (victim.state_dir / "node.log").read_text()
     assert "resuming after round" in log
     resumed_after = int(log.split("resuming after round ")[1].split()[0])
-    assert resumed_after >= 2 and resumed_after >= killed[0] - 1  # at most the round in flight is redone
+    # at most the round in flight is redone: its metrics line is written just before its checkpoint,
+    # so a kill between the two (the kill waits for that line) resumes one round earlier
+    assert resumed_after >= 1 and resumed_after >= killed[0] - 1
     rounds = [r["round"] for r in node_records(victim)]
     assert rounds[0] == 1 and rounds[-1] == ROUNDS and 1 not in rounds[resumed_after:]  # no restart from 0
 
