@@ -150,7 +150,7 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
-        from p2pfl.modes import parse_select  # modes import torch; config stays light to import
+        from p2pfl.modes import AVERAGING, parse_select  # modes import torch; config stays light to import
 
         try:
             rule, _ = parse_select(self.gossip.select)
@@ -159,8 +159,8 @@ class Scenario:
         if rule != "all" and self.gossip.consensus not in ("mean", "class-weighted"):
             raise ConfigError(f"gossip.select = {self.gossip.select!r} needs gossip.consensus = 'class-weighted' or "
                               f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
-        if self.gossip.averaging not in ("auto", "metropolis", "push-sum"):
-            raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, metropolis, push-sum")
+        if self.gossip.averaging != "auto" and self.gossip.averaging not in AVERAGING:
+            raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
         for key in ("codec", "params_codec"):
             value = getattr(self.gossip, key)
             if value not in ("auto", ""):

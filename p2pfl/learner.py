@@ -33,7 +33,7 @@ class Learner:
                  total_steps: int, seed: int, adapter: Adapter | None = None):
         self.model = model
         # what the parameter modes gossip: an attached adapter, else the whole model
-        self.adapter = adapter or Adapter(model, (sum(p.numel() for p in model.parameters()),))
+        self.adapter = adapter or Adapter.whole(model)
         self.config = config
         self.num_classes = num_classes
         self.x = torch.as_tensor(x, dtype=torch.float32)

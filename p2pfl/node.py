@@ -248,7 +248,7 @@ class Node:
         start = trio.current_time()
         deadline = start + self.gossip.wait_timeout
         while True:
-            behind = [p for p in self.peers.values() if p.up and _round(p) < need]
+            behind = [p for p in self.peers.values() if p.up and newest_round(p) < need]
             if not behind:
                 break
             if trio.current_time() >= deadline:
@@ -432,7 +432,7 @@ class Node:
             "node": self.node_id, "arch": self.arch, "mode": self.mode.name, "round": self.round,
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
             "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
-            "neighbours": {pid: {"up": p.up, "round": _round(p)} for pid, p in self.peers.items()},
+            "neighbours": {pid: {"up": p.up, "round": newest_round(p)} for pid, p in self.peers.items()},
         }
 
 
@@ -441,6 +441,6 @@ def _stream(k: wire.Knowledge) -> tuple[str, int, int, bytes]:
     return k.kind, k.ref_start, k.ref_count, k.row_mask
 
 
-def _round(p: PeerState) -> int:
+def newest_round(p: PeerState) -> int:
     """The newest round a neighbour has shared, -1 before its first knowledge."""
     return max((k.round for k in p.latest.values()), default=-1)

@@ -26,8 +26,8 @@ from p2pfl.config import ConfigError, Scenario
 from p2pfl.data import partition
 from p2pfl.metrics import MetricsLog
 from p2pfl.modes import make_mode
-from p2pfl.node import EvalData, Node, thread_compute
-from p2pfl.sim import Simulation, adapter_kind, node_plan, resolve_profile
+from p2pfl.node import EvalData, Node, newest_round, thread_compute
+from p2pfl.sim import Simulation, adapter_kind, averaging_for, node_plan, resolve_profile
 from p2pfl.transport.libp2p import Libp2pTransport, Policy, load_identity, peer_id_of
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
     def record_round(record: dict) -> None:
         record = record | {"name": label, "shard": cfg.shard}
         metrics.write(record)
-        peers = {pid: max(k.round for k in p.latest.values()) for pid, p in node.peers.items() if p.latest}
+        peers = {pid: newest_round(p) for pid, p in node.peers.items() if p.latest}
         checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers, mode_state=mode.state())
         on_record(record)
 
@@ -98,8 +98,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
                                         psk=cfg.psk) as transport:
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
             # uniform weights are not symmetric (neighbours differ in degree): push-sum keeps the plain mean
-            averaging = "push-sum" if s.gossip.averaging == "auto" else s.gossip.averaging
-            mode = make_mode(s.mode, s.adapter, averaging)
+            mode = make_mode(s.mode, s.adapter, averaging_for(s, "push-sum"))
             if resumed:
                 mode.load_state(resumed.mode_state)
             node = Node(node_id=peer_id, arch=profile.arch, mode=mode, learner=learner,

@@ -32,7 +32,7 @@ from p2pfl.files import atomic_write_text
 from p2pfl.metrics import MetricsLog, summarize
 from p2pfl.models import MODELS, build_model, param_count
 from p2pfl.models.adapter import Adapter, attach
-from p2pfl.modes import make_mode
+from p2pfl.modes import MODES, make_mode
 from p2pfl.node import EvalData, FrozenTimePool, Node, SimulatedCompute
 from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
@@ -109,7 +109,8 @@ def adapter_kind(s: Scenario) -> str | None:
     return AUTO_ADAPTER[s.mode] if s.adapter.kind == "auto" else s.adapter.kind
 
 
-def _averaging(s: Scenario, auto: str) -> str:
+def averaging_for(s: Scenario, auto: str) -> str:
+    """gossip.averaging, with "auto" meaning `auto` (simulations: metropolis; real nodes: push-sum)."""
     return auto if s.gossip.averaging == "auto" else s.gossip.averaging
 
 
@@ -164,7 +165,7 @@ class Simulation:
         return resolve_topology(t.name, t.nodes, self.scenario.seed, **t.params)
 
     def reference(self) -> Reference | None:
-        if self.scenario.mode not in ("logits", "hybrid"):
+        if "logits" not in MODES[self.scenario.mode].kinds:  # only modes that send logits need one
             return None
         r = self.scenario.reference
         return build_reference(ReferenceSpec(source=r.source, seed=r.seed, size=r.size, slice_size=r.slice_size))
@@ -246,7 +247,7 @@ class Simulation:
         async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
             compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
                                        jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-            mode = make_mode(s.mode, s.adapter, _averaging(s, "metropolis"))
+            mode = make_mode(s.mode, s.adapter, averaging_for(s, "metropolis"))
             node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=mode, learner=learner,
                         transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
                         test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,

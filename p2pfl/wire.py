@@ -402,10 +402,9 @@ class Knowledge:
         return self._array
 
 
-def _selected_rows(mask: object, ref_count: int) -> int:
-    """How many slice rows a row mask selects (ref_count for b""), checking its length and padding."""
-    if not isinstance(mask, bytes):
-        raise LocalProtocolError("malformed", f"row_mask must be bytes; got {_tname(mask)}")
+def _selected_rows(mask: bytes, ref_count: int) -> int:
+    """How many slice rows a row mask (bytes, checked by the caller) selects (ref_count for b""),
+    checking its length and padding."""
     if not mask:
         return ref_count
     if len(mask) != -(-ref_count // 8):

@@ -98,9 +98,16 @@ class Adapter:
     shape: tuple[int, ...]  # announced in the hello; a peer announcing another shape is refused
     lora: tuple[tuple[LoRALinear, int], ...] = ()  # (layer, shared rank) for kind "lora"
 
+    @classmethod
+    def whole(cls, model: nn.Module) -> Adapter:
+        """Every parameter of `model` (fedavg; the default when nothing is attached)."""
+        return cls(model, (sum(p.numel() for p in model.parameters()),))
+
     @property
     def size(self) -> int:
-        return len(self.get_flat())
+        """Length of the flat vector, without building it (LoRA factors count at the shared rank)."""
+        lora = sum(shared_rank * (layer.A.shape[1] + layer.B.shape[0]) for layer, shared_rank in self.lora)
+        return lora + sum(p.numel() for p in self._plain())
 
     def get_flat(self) -> np.ndarray:
         parts = [t.reshape(-1) for t in self._tensors()]
@@ -142,7 +149,7 @@ def attach(model: Classifier, kind: str, *, embed_dim: int, num_classes: int, se
     """Put the shared module on `model` (in place) and return it. Shared modules start from `seed`,
     so every node's adapter starts equal, as gossip averaging expects."""
     if kind == "whole":
-        return Adapter(model, (sum(p.numel() for p in model.parameters()),))
+        return Adapter.whole(model)
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; choose one of: {', '.join(ADAPTER_KINDS)}")
     with torch.random.fork_rng():
@@ -170,7 +177,7 @@ def _attach_lora(model: Classifier, *, num_classes: int, rank: int, shared_rank:
     for p in model.parameters():
         p.requires_grad_(False)  # the backbone is the common checkpoint: frozen
     layers = []
-    for name, child in list(model.named_modules()):
+    for child in list(model.modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, nn.Linear) and sub is not model.head:
                 lora = LoRALinear(sub, rank, alpha)
