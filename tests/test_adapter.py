@@ -17,6 +17,7 @@ from p2pfl.models.adapter import LoRALinear, attach
 from p2pfl.modes import NodeContext, Received, make_mode
 from p2pfl.node import EvalData, Node, SimulatedCompute
 from p2pfl.sim import Simulation
+from tests.test_sim import TINY as SIM_TINY
 from p2pfl.topology import metropolis_hastings_weights
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
 from tests.test_node import run_all
@@ -158,13 +159,8 @@ def test_mix_keeps_a_silent_neighbours_weight_on_self_and_refuses_bad_input():
 
 # -------------------------------------------------------------------------------- simulations
 
-TINY = {
-    "rounds": 3, "seed": 0, "embed_dim": 16, "workers": 1,
-    "data.source": "synthetic", "data.samples": 800, "data.partition": "shards:2",
-    "reference.source": "synthetic", "reference.size": 400, "reference.slice_size": 200,
-    "topology.name": "ring", "topology.nodes": 4,
-    "train.warmup_steps": 20, "train.local_steps": 10, "train.batch_size": 32, "train.kd_batch_size": 100,
-}
+# test_sim's tiny scenario, 3 rounds, each knowledge kind in its default codec unless a test says
+TINY = {k: v for k, v in SIM_TINY.items() if k != "gossip.codec"} | {"rounds": 3}
 
 
 def simulate(**overrides):
