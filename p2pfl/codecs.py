@@ -12,7 +12,9 @@ Codecs (names: see CODEC_GRAMMAR; `CODECS` holds the ones the tests and benchmar
     fp16      prod(shape) x <f2             -                              2**-11 |x| + 2**-25
     int8      prod(shape) x int8            rows x <f4 (max|row| / 127)    scale_row / 2  (+ float32 slack)
     int4      ceil(prod/2) bytes, 2 nibbles rows x <f4 (max|row| / 7)      scale_row / 2
-    int4sr    as int4, stochastic rounding  as int4                        < scale_row
+    int3      ceil(3 prod/8) bytes          rows x <f4 (max|row| / 3)      scale_row / 2
+    int2      ceil(prod/4) bytes            rows x <f4 (max|row| / 1)      scale_row / 2
+    intBsr    as intB, stochastic rounding  as intB                        < scale_row
     sign      ceil(prod/8) bytes, 1 bit     rows x 2 <f4 (mean, mean dev)  |x - (mean +- dev)|
     topk:K+C  positions (rows x K indices,  C's scale                      kept: C's bound; dropped:
               or a bit mask if smaller) +                                  |x - mean of the dropped|
@@ -194,17 +196,28 @@ def _checked_scales(scale: bytes, name: str) -> np.ndarray:
     return scales
 
 
-# int4: int8's row layout and scales (max|row| / 7), two values per byte
+# intB (B = 2, 3, 4): int8's row layout with a scale max|row| / L, L = 2**(B-1) - 1 levels each side;
+# values -L..L stored as q + 2**(B-1) in B bits, packed little-endian (int4: low nibble first).
+# Code 0 is never written, so every level is symmetric and a crafted 0 is caught.
 
-def _int4_scales(x: np.ndarray) -> np.ndarray:
+LOW_BITS = (2, 3, 4)
+
+
+def _levels(bits: int) -> int:
+    return 2 ** (bits - 1) - 1  # int2: -1..1, int3: -3..3, int4: -7..7
+
+
+def _intb_scales(x: np.ndarray, bits: int) -> np.ndarray:
     if x.size == 0:
         return np.zeros(0, dtype=np.float32)
-    return (np.abs(_as_rows(x)).max(axis=1) / np.float32(7)).astype(np.float32)
+    return (np.abs(_as_rows(x)).max(axis=1) / np.float32(_levels(bits))).astype(np.float32)
 
 
-def _int4_encoder(stochastic: bool) -> Callable[[np.ndarray], tuple[bytes, bytes]]:
-    def encode_int4(x: np.ndarray) -> tuple[bytes, bytes]:
-        scales = _int4_scales(x)
+def _intb_encoder(bits: int, stochastic: bool) -> Callable[[np.ndarray], tuple[bytes, bytes]]:
+    levels = _levels(bits)
+
+    def encode_intb(x: np.ndarray) -> tuple[bytes, bytes]:
+        scales = _intb_scales(x, bits)
         if x.size == 0:
             return b"", b""
         y = _as_rows(x) / np.where(scales > 0, scales, np.float32(1))[:, None]
@@ -214,46 +227,61 @@ def _int4_encoder(stochastic: bool) -> Callable[[np.ndarray], tuple[bytes, bytes
             q = np.floor(y + u)
         else:
             q = np.rint(y)
-        return _pack4(np.clip(q, -7, 7).astype(np.int8).reshape(-1)[: x.size]), scales.astype(_F32).tobytes()
-    return encode_int4
+        q = np.clip(q, -levels, levels).astype(np.int8).reshape(-1)[: x.size]
+        return _pack_bits(q, bits), scales.astype(_F32).tobytes()
+    return encode_intb
 
 
-def _pack4(q: np.ndarray) -> bytes:
-    """Values -7..7 -> two per byte (low nibble first), stored +8 so they fit 1..15."""
-    u = (q.astype(np.int16) + 8).astype(np.uint8)
-    if u.size % 2:
-        u = np.concatenate([u, np.full(1, 8, dtype=np.uint8)])
-    return (u[0::2] | (u[1::2] << 4)).tobytes()
+def _pack_bits(q: np.ndarray, bits: int) -> bytes:
+    """Values -L..L -> `bits` bits each, stored + 2**(bits-1), least significant bit first."""
+    u = (q.astype(np.int16) + 2 ** (bits - 1)).astype(np.uint8)
+    planes = (u[:, None] >> np.arange(bits, dtype=np.uint8)) & 1  # (n, bits)
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
 
 
-def _unpack4(data: bytes, n: int) -> np.ndarray:
-    b = np.frombuffer(data, dtype=np.uint8)
-    u = np.empty(b.size * 2, dtype=np.uint8)
-    u[0::2], u[1::2] = b & 0x0F, b >> 4
-    q = u[:n].astype(np.int8) - 8
-    if (q < -7).any():  # nibble 0 (-8) is never written: a crafted payload
-        raise CodecError("int4 data holds the unused value -8")
-    return q
+def _unpack_bits(data: bytes, n: int, bits: int) -> np.ndarray:
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[: n * bits].reshape(n, bits)
+    u = (planes << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.int16)
+    if (u == 0).any():  # code 0 (-2**(bits-1)) is never written: a crafted payload
+        raise CodecError(f"int{bits} data holds the unused value {-(2 ** (bits - 1))}")
+    return (u - 2 ** (bits - 1)).astype(np.int8)
 
 
-def _int4_decode(shape: tuple[int, ...], data: bytes, scale: bytes) -> np.ndarray:
-    scales = _checked_scales(scale, "int4")
-    q = _unpack4(data, math.prod(shape)).astype(np.float32).reshape(shape)
-    with np.errstate(over="ignore"):
-        return q * _per_element(scales, shape)
+def _intb_decoder(bits: int) -> Callable[[tuple[int, ...], bytes, bytes], np.ndarray]:
+    def decode_intb(shape: tuple[int, ...], data: bytes, scale: bytes) -> np.ndarray:
+        scales = _checked_scales(scale, f"int{bits}")
+        q = _unpack_bits(data, math.prod(shape), bits).astype(np.float32).reshape(shape)
+        with np.errstate(over="ignore"):
+            return q * _per_element(scales, shape)
+    return decode_intb
 
 
-def _int4_sizes(shape: tuple[int, ...]) -> tuple[int, int]:
-    return -(-math.prod(shape) // 2), _rows(shape)[0] * _F32.itemsize
+def _intb_sizes(bits: int) -> Callable[[tuple[int, ...]], tuple[int, int]]:
+    return lambda shape: (-(-math.prod(shape) * bits // 8), _rows(shape)[0] * _F32.itemsize)
 
 
-def _int4_bound(stochastic: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _intb_bound(bits: int, stochastic: bool) -> Callable[[np.ndarray], np.ndarray]:
     steps = 1.0 if stochastic else 0.5  # stochastic rounding may land on either neighbouring level
 
     def bound(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        return _per_element(_int4_scales(x), x.shape) * steps * (1 + 4 * _EPS32) + 4 * _EPS32 * np.abs(x) + _FLUSH32
+        scales = _per_element(_intb_scales(x, bits), x.shape)
+        return scales * steps * (1 + 4 * _EPS32) + 4 * _EPS32 * np.abs(x) + _FLUSH32
     return bound
+
+
+def _intb_codecs(bits: int) -> tuple[Codec, Codec]:
+    """intB (nearest rounding) and intBsr (stochastic, unbiased)."""
+    levels, per_value = _levels(bits), f"~{bits / 8:g} byte per value"
+    return (
+        Codec(f"int{bits}", _intb_encoder(bits, False), _intb_decoder(bits), _intb_sizes(bits),
+              _intb_bound(bits, False),
+              f"int{bits} (-{levels}..{levels}), int8's rows and scales (max|row| / {levels}), nearest rounding, "
+              f"|error| <= scale/2; {per_value}"),
+        Codec(f"int{bits}sr", _intb_encoder(bits, True), _intb_decoder(bits), _intb_sizes(bits),
+              _intb_bound(bits, True),
+              f"int{bits} with stochastic (unbiased) rounding, |error| < scale; {per_value}"),
+    )
 
 
 # sign: one bit per value, each row sent as mean +- mean absolute deviation
@@ -311,11 +339,7 @@ BASE_CODECS: dict[str, Codec] = {
         Codec("int8", _int8_encode, _int8_decode, _int8_sizes, _int8_bound,
               f"int8 with a float32 scale per row (last axis; 1-D: chunks of {INT8_CHUNK}), "
               "nearest rounding, |error| <= scale/2; ~1 byte per value"),
-        Codec("int4", _int4_encoder(False), _int4_decode, _int4_sizes, _int4_bound(False),
-              "int4 (-7..7), int8's rows and scales (max|row| / 7), nearest rounding, |error| <= scale/2; "
-              "~0.5 byte per value"),
-        Codec("int4sr", _int4_encoder(True), _int4_decode, _int4_sizes, _int4_bound(True),
-              "int4 with stochastic (unbiased) rounding, |error| < scale; ~0.5 byte per value"),
+        *(c for bits in reversed(LOW_BITS) for c in _intb_codecs(bits)),
         Codec("sign", _sign_encode, _sign_decode, _sign_sizes, _sign_bound,
               "1 bit per value: the row's mean +- its mean absolute deviation; ~0.125 byte per value"),
     )

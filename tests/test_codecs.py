@@ -176,8 +176,8 @@ def test_fp16_overflow_says_what_to_use():
 
 
 def test_unknown_codec_lists_the_choices():
-    with pytest.raises(CodecError, match="unknown codec 'int3'; choose one of: fp32 | fp16 | int8 | int4 .*topk:K"):
-        codecs.encode(np.ones(3), "int3")
+    with pytest.raises(CodecError, match="unknown codec 'int5'; choose one of: fp32 | fp16 | int8 | int4 .*topk:K"):
+        codecs.encode(np.ones(3), "int5")
     with pytest.raises(CodecError, match="choose one of"):
         codecs.parse_codec("FP16")
     assert codecs.parse_codec("int8").name == "int8"
@@ -305,7 +305,21 @@ def test_int4_halves_int8_and_stochastic_rounding_is_unbiased():
     assert len(codecs.encode(x, "int4").data) == len(codecs.encode(x, "int8").data) // 2
 
 
+def test_low_bit_codecs_pack_exactly_their_bits():
+    x = np.array([[-7.0, 7.0, 0.0, 3.0]], dtype=np.float32)
+    # int4 keeps its nibble layout: -7 -> 1 in the low nibble, 7 -> 15 in the high one
+    assert codecs.encode(x, "int4").data == bytes([0xF1, 0xB8])
+    for bits in (2, 3):
+        e = codecs.encode(np.ones((1000, 10), np.float32), f"int{bits}")
+        assert len(e.data) == 10_000 * bits // 8
+    # int2 is ternary: -max, 0, +max
+    y = codecs.decode(codecs.encode(np.array([[-2.0, -0.4, 0.2, 2.0]], np.float32), "int2"), max_elements=BIG)
+    np.testing.assert_array_equal(y, [[-2.0, 0.0, 0.0, 2.0]])
+
+
 @pytest.mark.parametrize("e, match", [
+    (Encoded("int2", (4,), b"\x00", f32(1.0)), "unused value -2"),
+    (Encoded("int3", (2,), b"\x04", f32(1.0)), "unused value -4"),  # first value 0, second code 0
     # 300-value rows: positions as two uint16 indices; 5-value rows: a bit mask is smaller
     (Encoded("topk:2+fp32", (1, 300), np.array([3, 1], "<u2").tobytes() + f32(1, 2, 3)), "increasing"),
     (Encoded("topk:2+fp32", (1, 300), np.array([1, 300], "<u2").tobytes() + f32(1, 2, 3)), "below the row length 300"),

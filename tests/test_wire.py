@@ -575,7 +575,7 @@ def test_invalid_local_messages():
     local_error(lambda: hello(node_id="x" * 200), "oversized")
     local_error(lambda: StatusReply(1, {"x": object()}), "malformed")
     local_error(lambda: PeerSession(hello(mode="logit")), "mismatch")
-    local_error(lambda: PeerSession(hello(codecs=("int3",))), "codec")
+    local_error(lambda: PeerSession(hello(codecs=("int5",))), "codec")
     local_error(lambda: wire.encode("hello"), "kind")
 
 
