@@ -500,6 +500,29 @@ CODEC_GRAMMAR = (f"{' | '.join(BASE_CODECS)}, optionally as topk:K+NAME (K = 1..
                  f"followed by +z (zlib), e.g. int8, topk:3+int4+z")
 
 
+BIT_LADDER = (8, 4, 3, 2)  # the integer widths adaptive bit width steps through, most first
+
+
+def codec_bits(name: str) -> int | None:
+    """Bits per value of the integer codec inside `name` (topk:3+int4+z -> 4); None if it has none."""
+    for part in name.split("+"):
+        base = part.removesuffix("sr")
+        if base.startswith("int") and base[3:].isdigit():
+            return int(base[3:])
+    return None
+
+
+def with_bits(name: str, bits: int) -> str:
+    """`name` with its integer codec at `bits` (topk:3+int4+z, 2 -> topk:3+int2+z); unchanged if it has none.
+    int8 has no stochastic twin, so intBsr becomes int8 there."""
+    parts = name.split("+")
+    for i, part in enumerate(parts):
+        base = part.removesuffix("sr")
+        if base.startswith("int") and base[3:].isdigit():
+            parts[i] = f"int{bits}" + ("sr" if part.endswith("sr") and bits != 8 else "")
+    return "+".join(parts)
+
+
 def is_codec(name: object) -> bool:
     return isinstance(name, str) and len(name) <= 64 and _build(name) is not None
 

@@ -69,6 +69,12 @@ class GossipConfig:
     # "auto": metropolis in simulations, push-sum on real nodes (their uniform weights are not symmetric)
     averaging: str = "auto"
     select: str = "all"  # logits: which slice rows to send; confident:F / uncertain:F = the F share by entropy
+    # logits: adaptive bit width. 0 = off; T > 0: the codec's bits while the teacher of a slice moved by >= T
+    # (mean total variation) since that slice's last visit, one step fewer below T, another below T/2 (to int2)
+    adaptive_bits: float = 0.0
+    # logits are sent as log-probabilities relative to each row's top class, floored at -logit_range and
+    # centred (consensus.normalize_logits); 0 = raw logits
+    logit_range: float = 0.0
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
@@ -161,6 +167,9 @@ class Scenario:
                               f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
         if self.gossip.averaging != "auto" and self.gossip.averaging not in AVERAGING:
             raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
+        if not 0.0 <= self.gossip.adaptive_bits <= 1.0:
+            raise ConfigError(f"gossip.adaptive_bits = {self.gossip.adaptive_bits}: a total-variation threshold "
+                              f"between 0 (off) and 1, e.g. 0.1")
         for key in ("codec", "params_codec"):
             value = getattr(self.gossip, key)
             if value not in ("auto", ""):

@@ -17,6 +17,18 @@ class Contribution:
     rows: np.ndarray | None = None  # the slice rows these logits are about (None: all of them)
 
 
+def normalize_logits(z: np.ndarray, log_range: float) -> np.ndarray:
+    """(R, C) logits -> the same softmax, up to probabilities below e^-log_range, as values in
+    [-log_range/2, log_range/2]: log-probabilities relative to the row's top class, floored at
+    -log_range, then centred. Every consensus rule is invariant to a per-row shift, and a codec's
+    integer levels then cover one fixed, symmetric range instead of whatever the most confident row
+    of a scale group spans. log_range <= 0: unchanged."""
+    if log_range <= 0 or z.size == 0:
+        return z
+    rel = np.maximum(z - z.max(axis=-1, keepdims=True), -log_range)
+    return (rel + log_range / 2).astype(np.float32)
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from p2pfl.averaging import mix, push_sum
+from p2pfl.codecs import BIT_LADDER
 from p2pfl.config import AdapterConfig, GossipConfig
-from p2pfl.consensus import Contribution, softmax, teacher
+from p2pfl.consensus import Contribution, normalize_logits, softmax, teacher
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 
@@ -75,6 +76,17 @@ class NodeContext:
 DEFAULT_CODECS = {"logits": "topk:3+int4+z", "params": "fp32"}
 
 
+def adaptive_bits(max_bits: int, drift: float | None, threshold: float) -> int:
+    """Adaptive bit width: fewer bits while the consensus is stable. Full `max_bits` while the teacher's
+    drift is at least `threshold` (or unknown, or adaptation is off: threshold 0), one step down
+    codecs.BIT_LADDER below it, another below threshold / 2, and so on down to 2 bits."""
+    ladder = [b for b in BIT_LADDER if b <= max_bits] or [max_bits]
+    step, t = 0, threshold
+    while drift is not None and step < len(ladder) - 1 and drift < t:
+        step, t = step + 1, t / 2
+    return ladder[step]
+
+
 def resolve_codecs(kinds: tuple[str, ...], codec: str = "auto", params_codec: str = "") -> dict[str, str]:
     """The codec of each kind a mode sends: `codec` for all ("auto": DEFAULT_CODECS), except params
     payloads when `params_codec` is set (hybrid mode sends both kinds)."""
@@ -121,6 +133,10 @@ def select_rows(logits: np.ndarray, select: str) -> np.ndarray | None:
 class Mode(ABC):
     name: str
     kinds: tuple[str, ...]  # knowledge kinds it sends (none: shares nothing)
+    # logits: how far the consensus moved, as the mean total variation between this round's teacher and
+    # the previous teacher of the same reference rows (None until a slice comes round again); adaptive
+    # bit width reads it
+    drift: float | None = None
 
     @abstractmethod
     def share(self, ctx: NodeContext, round_idx: int) -> list[Outgoing]:
@@ -182,7 +198,7 @@ class LogitsMode(Mode):
 
     def share(self, ctx, round_idx):
         start, count = ctx.reference.slice_bounds(round_idx)
-        logits = self._own_logits(ctx, start, count)
+        logits = normalize_logits(self._own_logits(ctx, start, count), ctx.gossip.logit_range)
         rows = select_rows(logits, ctx.gossip.select)
         if rows is None:
             return [Outgoing("logits", logits, start, count)]
@@ -199,12 +215,15 @@ class LogitsMode(Mode):
         if self._table is None:
             self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
             self._taught = np.full(ctx.reference.size, -1, dtype=np.int64)
-        stale = []
+        stale, moves = [], []
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             theirs = [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
             rows = ctx.reference.rows(start, count)
-            self._table[rows] = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor)
+            new = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor)
+            again = self._taught[rows] >= 0
+            moves.append(0.5 * np.abs(new[again] - self._table[rows[again]]).sum(axis=1))
+            self._table[rows] = new
             spoken = np.zeros(count, dtype=bool)  # rows some neighbour spoke about: the others teach nothing new
             for r in received:
                 spoken[slice(None) if r.rows is None else r.rows] = True
@@ -213,6 +232,8 @@ class LogitsMode(Mode):
         self._own.clear()  # training is about to change the model
         if not groups:
             return Teaching()
+        moved = np.concatenate(moves)
+        self.drift = float(moved.mean()) if moved.size else None
         rows = np.flatnonzero(self._taught >= round_idx - ctx.gossip.teacher_memory)
         return Teaching(torch.from_numpy(ctx.reference.x[rows]), torch.from_numpy(self._table[rows]),
                         contributors=len(inbox), staleness=stale)

@@ -25,11 +25,11 @@ import trio
 import trio.testing
 
 from p2pfl import wire
-from p2pfl.codecs import CODECS, encode as encode_array
+from p2pfl.codecs import BIT_LADDER, CODECS, codec_bits, encode as encode_array, with_bits
 from p2pfl.config import GossipConfig
 from p2pfl.delta import DeltaEncoder, apply as apply_delta
 from p2pfl.learner import Learner
-from p2pfl.modes import Mode, NodeContext, Received, resolve_codecs
+from p2pfl.modes import Mode, NodeContext, Received, adaptive_bits, resolve_codecs
 from p2pfl.transport import PeerUnreachable, Transport
 from p2pfl.data.reference import Reference
 
@@ -171,7 +171,7 @@ class Node:
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
             num_classes=learner.num_classes, ref_digest=reference.digest if reference else "",
             # we decode any codec; the hello lists ours first, then the common ones a peer may fall back to
-            codecs=tuple(dict.fromkeys((*self.codecs.values(), *CODECS))),
+            codecs=tuple(dict.fromkeys((*self.codecs.values(), *self._fewer_bits(), *CODECS))),
             param_count=learner.adapter.size if "params" in mode.kinds else 0,
             adapter_shape=learner.adapter.shape if "params" in mode.kinds else (),
             incarnation=secrets.randbits(62) | 1 << 61 if incarnation is None else incarnation,
@@ -229,6 +229,7 @@ class Node:
                 "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
+                "drift": self.mode.drift,
             }
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
@@ -330,12 +331,26 @@ class Node:
                     await self._send(peer_id, p, msg)
 
     def _codec_for(self, p: PeerState, kind: str) -> str | None:
-        """Ours for this kind if the peer decodes it, else the first common one (every node lists the
-        plain codecs after its own, so fp32 is always there for a peer of this version)."""
+        """Ours for this kind (at this round's adaptive bit width) if the peer decodes it, else ours at full
+        width, else the first common one (every node lists the plain codecs after its own, so fp32 is
+        always there for a peer of this version)."""
         common = p.session.common_codecs
-        if self.codecs[kind] in common:
-            return self.codecs[kind]
+        ours = self.codecs[kind]
+        bits = codec_bits(ours)
+        if kind == "logits" and bits is not None:
+            adapted = with_bits(ours, adaptive_bits(bits, self.mode.drift, self.gossip.adaptive_bits))
+            if adapted in common:
+                return adapted
+        if ours in common:
+            return ours
         return "fp32" if "fp32" in common else (common[0] if common else None)
+
+    def _fewer_bits(self) -> list[str]:
+        """Our logits codec at the narrower widths adaptive bit width may send (listed in every hello, so
+        that two nodes with the same codec can adapt whatever their own settings)."""
+        ours = self.codecs.get("logits", "")
+        bits = codec_bits(ours) or 0
+        return [with_bits(ours, b) for b in BIT_LADDER if b < bits]
 
     # -- messaging --------------------------------------------------------------------------------
     async def _send(self, peer_id: str, p: PeerState, msg: wire.Message) -> bool:

@@ -5,8 +5,8 @@
 
 A variant is CODEC or CODEC@ROWS (reference rows per slice: a smaller slice is the simplest
 selection), then optional flags: /delta (delta coding with error feedback, gossip.delta) and
-/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), e.g.
-topk:3+int4+z@2000/confident:0.25. fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per node per round (exact, from
+/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), /adaptive:T
+(adaptive bit width with threshold T, gossip.adaptive_bits), e.g. topk:3+int4+z@2000/confident:0.25. fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per node per round (exact, from
 the memory transport), cumulative bytes per node until the global mean first reaches --target
 (0.70), and the codec's encode+decode throughput on one quickstart knowledge array. `fedavg` runs
 (all CNN1D, the weights through the given codecs) give the reference the bar compares against.
@@ -50,14 +50,17 @@ def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
 def split_variant(variant: str) -> tuple[str, int | None, dict]:
     """'topk:3+int4+z@500/delta/confident:0.5' -> ('topk:3+int4+z', 500, {gossip overrides})."""
     body, *flags = variant.split("/")
-    gossip: dict = {"gossip.delta": False, "gossip.select": "all"}
+    gossip: dict = {"gossip.delta": False, "gossip.select": "all", "gossip.adaptive_bits": 0.0}
     for flag in flags:
         if flag == "delta":
             gossip["gossip.delta"] = True
         elif flag.startswith(("confident:", "uncertain:")):
             gossip["gossip.select"] = flag
+        elif flag.startswith("adaptive:"):
+            gossip["gossip.adaptive_bits"] = float(flag.removeprefix("adaptive:"))
         else:
-            raise SystemExit(f"variant {variant!r}: unknown flag {flag!r}; flags are delta, confident:F, uncertain:F")
+            raise SystemExit(f"variant {variant!r}: unknown flag {flag!r}; "
+                             f"flags are delta, confident:F, uncertain:F, adaptive:T")
     name, _, rows = body.partition("@")
     return name, int(rows) if rows else None, gossip
 
