@@ -500,7 +500,9 @@ CODEC_GRAMMAR = (f"{' | '.join(BASE_CODECS)}, optionally as topk:K+NAME (K = 1..
                  f"followed by +z (zlib), e.g. int8, topk:3+int4+z")
 
 
-BIT_LADDER = (8, 4, 3, 2)  # the integer widths adaptive bit width steps through, most first
+# The integer widths adaptive bit width steps through, most first. Not int2: as logits (three levels)
+# it costs 0.12 global accuracy on quickstart even with normalized logits (BENCHMARKS.md).
+BIT_LADDER = (8, 4, 3)
 
 
 def codec_bits(name: str) -> int | None:

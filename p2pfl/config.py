@@ -61,7 +61,7 @@ class TopologyConfig:
 class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
-    codec: str = "auto"  # "auto": per kind, logits topk:3+int4+z, params fp32; see codecs.py
+    codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
     key_every: int = 10  # delta: every Nth frame of a stream is the full value, to resync receivers
@@ -70,11 +70,11 @@ class GossipConfig:
     averaging: str = "auto"
     select: str = "all"  # logits: which slice rows to send; confident:F / uncertain:F = the F share by entropy
     # logits: adaptive bit width. 0 = off; T > 0: the codec's bits while the teacher of a slice moved by >= T
-    # (mean total variation) since that slice's last visit, one step fewer below T, another below T/2 (to int2)
+    # (mean total variation) since that slice's last visit, one step fewer below T, another below T/2 (to int3)
     adaptive_bits: float = 0.0
     # logits are sent as log-probabilities relative to each row's top class, floored at -logit_range and
-    # centred (consensus.normalize_logits); 0 = raw logits
-    logit_range: float = 0.0
+    # centred (consensus.normalize_logits); 0 = raw logits. With 8, int3 is as accurate as int4 (BENCHMARKS.md)
+    logit_range: float = 8.0
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...

@@ -73,13 +73,13 @@ class NodeContext:
 
 # What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
 # bench_codecs): 16x fewer bytes than fp32 logits per round for -0.003 global accuracy on quickstart.
-DEFAULT_CODECS = {"logits": "topk:3+int4+z", "params": "fp32"}
+DEFAULT_CODECS = {"logits": "topk:3+int3+z", "params": "fp32"}
 
 
 def adaptive_bits(max_bits: int, drift: float | None, threshold: float) -> int:
     """Adaptive bit width: fewer bits while the consensus is stable. Full `max_bits` while the teacher's
     drift is at least `threshold` (or unknown, or adaptation is off: threshold 0), one step down
-    codecs.BIT_LADDER below it, another below threshold / 2, and so on down to 2 bits."""
+    codecs.BIT_LADDER below it, another below threshold / 2, and so on down to the ladder's 3 bits."""
     ladder = [b for b in BIT_LADDER if b <= max_bits] or [max_bits]
     step, t = 0, threshold
     while drift is not None and step < len(ladder) - 1 and drift < t:

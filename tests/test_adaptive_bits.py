@@ -9,17 +9,17 @@ from p2pfl.modes import adaptive_bits
 @pytest.mark.parametrize("drift, bits", [
     (None, 4),  # no teacher yet: full width
     (0.30, 4), (0.10, 4),  # at or above the threshold
-    (0.09, 3), (0.05, 3),  # below T, at or above T/2
-    (0.049, 2), (0.0, 2),  # below T/2: the floor
+    (0.09, 3), (0.05, 3),  # below T
+    (0.049, 3), (0.0, 3),  # the ladder ends at int3
 ])
 def test_fewer_bits_as_the_consensus_settles(drift, bits):
     assert adaptive_bits(4, drift, 0.1) == bits
 
 
 def test_the_ladder_starts_at_the_codecs_width_and_off_means_full_width():
-    assert [adaptive_bits(8, d, 0.1) for d in (0.2, 0.07, 0.03, 0.01)] == [8, 4, 3, 2]
+    assert [adaptive_bits(8, d, 0.1) for d in (0.2, 0.07, 0.03, 0.01)] == [8, 4, 3, 3]
     assert adaptive_bits(8, 0.0, 0.0) == 8  # threshold 0: off
-    assert adaptive_bits(2, 0.0, 0.5) == 2
+    assert adaptive_bits(2, 0.0, 0.5) == 2  # below the ladder: kept
 
 
 @pytest.mark.parametrize("name, bits, narrower", [

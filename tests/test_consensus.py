@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from p2pfl.consensus import Contribution, class_weights, softmax, teacher
+from p2pfl.consensus import Contribution, class_weights, normalize_logits, softmax, teacher
 
 RULES = ("mean", "class-weighted", "pairwise", "aligned")
 
@@ -124,3 +124,18 @@ def test_unknown_rule_names_the_choices():
 def test_no_contribution_is_an_error():
     with pytest.raises(ValueError, match="at least one"):
         teacher([], rule="mean")
+
+
+@settings(max_examples=50, deadline=None)
+@given(z=hnp.arrays(np.float32, st.tuples(st.integers(0, 20), st.integers(2, 12)),
+                    elements=st.floats(-30, 30, width=32)))
+def test_normalized_logits_keep_the_softmax_in_a_fixed_range(z):
+    y = normalize_logits(z, 8.0)
+    assert y.shape == z.shape
+    if z.size == 0:
+        return
+    assert (y >= -4.0).all() and (y <= 4.0).all() and np.allclose(y.max(axis=1), 4.0)
+    # the same distribution, except that probabilities below e^-8 (relative to the top) are raised to it
+    p, q = softmax(z.astype(np.float64)), softmax(y.astype(np.float64))
+    assert np.abs(p - q).max() <= z.shape[1] * np.exp(-8.0) + 1e-6
+    assert normalize_logits(z, 0.0) is z  # 0: off
