@@ -4,12 +4,14 @@
     python scripts/bench_codecs.py --variants int8 topk:3+int4+z@500 --fedavg fp32 --rounds 30
 
 A variant is CODEC or CODEC@ROWS (reference rows per slice: a smaller slice is the simplest
-selection), then optional flags: /delta (delta coding with error feedback, gossip.delta) and
-/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), /adaptive:T
-(adaptive bit width with threshold T, gossip.adaptive_bits), e.g. topk:3+int4+z@2000/confident:0.25. fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per node per round (exact, from
-the memory transport), cumulative bytes per node until the global mean first reaches --target
-(0.70), and the codec's encode+decode throughput on one quickstart knowledge array. `fedavg` runs
-(all CNN1D, the weights through the given codecs) give the reference the bar compares against.
+selection), then optional flags: /delta (delta coding with error feedback, gossip.delta),
+/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select) and /adaptive:T
+(adaptive bit width with threshold T, gossip.adaptive_bits), e.g. topk:3+int4+z@2000/confident:0.25.
+fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per
+node per round (exact, from the memory transport), cumulative bytes per node until the global mean
+first reaches --target (0.70), and the codec's encode+decode throughput on one quickstart knowledge
+array. `fedavg` runs (all CNN1D, the weights through the given codecs) give the reference the bar
+compares against.
 Writes scripts/results/bench_codecs.json, a table in BENCHMARKS.md and
 scripts/results/bench_codecs.png (global accuracy vs cumulative bytes, log x).
 """
@@ -33,8 +35,8 @@ from benchrows import add_rows, machine  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-DEFAULT_VARIANTS = ["fp32", "int8", "int4", "topk:2+int8+z", "topk:3+int4+z", "topk:3+int4+z@500",
-                    "topk:2+int4+z@200"]
+DEFAULT_VARIANTS = ["fp32", "int8", "topk:3+int4+z", "topk:3+int3+z", "topk:3+int3+z@500", "topk:2+int3+z@500",
+                    "topk:3+int4+z/adaptive:0.2"]
 
 
 def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
@@ -74,7 +76,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default=str(ROOT / "sim" / "quickstart.toml"))
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, metavar="CODEC[@ROWS][/FLAG]")
-    ap.add_argument("--fedavg", nargs="*", default=["fp32", "int8"], metavar="CODEC", help="fedavg runs (all CNN1D)")
+    ap.add_argument("--fedavg", nargs="*", default=["fp32"], metavar="CODEC", help="fedavg runs (all CNN1D)")
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--target", type=float, default=0.70, help="global accuracy whose cost in bytes is compared")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_codecs.json"))
