@@ -170,6 +170,9 @@ class Scenario:
         if not 0.0 <= self.gossip.adaptive_bits <= 1.0:
             raise ConfigError(f"gossip.adaptive_bits = {self.gossip.adaptive_bits}: a total-variation threshold "
                               f"between 0 (off) and 1, e.g. 0.1")
+        if self.gossip.logit_range < 0:
+            raise ConfigError(f"gossip.logit_range = {self.gossip.logit_range}: must be >= 0 (0 sends raw logits; "
+                              f"8 floors log-probabilities at -8)")
         for key in ("codec", "params_codec"):
             value = getattr(self.gossip, key)
             if value not in ("auto", ""):

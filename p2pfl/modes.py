@@ -72,7 +72,8 @@ class NodeContext:
 
 
 # What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
-# bench_codecs): 16x fewer bytes than fp32 logits per round for -0.003 global accuracy on quickstart.
+# bench_codecs): with normalized logits (gossip.logit_range), 17x fewer bytes than fp32 logits per round
+# at the same global accuracy on quickstart.
 DEFAULT_CODECS = {"logits": "topk:3+int3+z", "params": "fp32"}
 
 
