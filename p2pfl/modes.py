@@ -73,7 +73,7 @@ class NodeContext:
 
 # What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
 # bench_codecs): with normalized logits (gossip.logit_range), 17x fewer bytes than fp32 logits per round
-# at the same global accuracy on quickstart.
+# at the same global accuracy on quickstart (on two-widths, with stronger models, int3 costs 0.015: int4 there).
 DEFAULT_CODECS = {"logits": "topk:3+int3+z", "params": "fp32"}
 
 
