@@ -505,24 +505,23 @@ CODEC_GRAMMAR = (f"{' | '.join(BASE_CODECS)}, optionally as topk:K+NAME (K = 1..
 BIT_LADDER = (8, 4, 3)
 
 
+def _int_width(part: str) -> int | None:
+    """The bits of one '+'-separated part of a codec name if it is an integer codec (int4sr -> 4)."""
+    base = part.removesuffix("sr")
+    return int(base[3:]) if base.startswith("int") and base[3:].isdigit() else None
+
+
 def codec_bits(name: str) -> int | None:
     """Bits per value of the integer codec inside `name` (topk:3+int4+z -> 4); None if it has none."""
-    for part in name.split("+"):
-        base = part.removesuffix("sr")
-        if base.startswith("int") and base[3:].isdigit():
-            return int(base[3:])
-    return None
+    return next((b for b in map(_int_width, name.split("+")) if b is not None), None)
 
 
 def with_bits(name: str, bits: int) -> str:
     """`name` with its integer codec at `bits` (topk:3+int4+z, 2 -> topk:3+int2+z); unchanged if it has none.
     int8 has no stochastic twin, so intBsr becomes int8 there."""
-    parts = name.split("+")
-    for i, part in enumerate(parts):
-        base = part.removesuffix("sr")
-        if base.startswith("int") and base[3:].isdigit():
-            parts[i] = f"int{bits}" + ("sr" if part.endswith("sr") and bits != 8 else "")
-    return "+".join(parts)
+    stochastic = "sr" if bits != 8 else ""
+    return "+".join(part if _int_width(part) is None else f"int{bits}" + (stochastic if part.endswith("sr") else "")
+                    for part in name.split("+"))
 
 
 def is_codec(name: object) -> bool:
