@@ -64,11 +64,13 @@ class GossipConfig:
     codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
-    key_every: int = 10  # delta: every Nth frame of a stream is the full value, to resync receivers
+    key_every: int = 10  # delta, select = changed:T: every Nth frame of a stream is whole, to resync receivers
     # parameter modes: "metropolis" (symmetric weights from the topology), "push-sum" (any weights), or
     # "auto": metropolis in simulations, push-sum on real nodes (their uniform weights are not symmetric)
     averaging: str = "auto"
-    select: str = "all"  # logits: which slice rows to send; confident:F / uncertain:F = the F share by entropy
+    # logits: which slice rows to send. confident:F / uncertain:F = the F share by entropy; changed:T = the rows
+    # whose prediction moved by >= T (total variation) since last sent, the frame saying which earlier one holds the rest
+    select: str = "all"
     # logits: adaptive bit width. 0 = off; T > 0: the codec's bits while the teacher of a slice moved by >= T
     # (mean total variation) since that slice's last visit, one step fewer below T, another below T/2 (to int3)
     adaptive_bits: float = 0.0

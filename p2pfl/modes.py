@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class Outgoing:
     ref_count: int = 0
     mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
     rows: np.ndarray | None = None  # logits: the slice rows `array` holds (None: all of them)
+    keeps: int = -1  # logits: the earlier round whose frame about this slice holds the other rows (-1: none)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Received:
     weight: float  # this node's mixing weight for the sender
     mass: float = 1.0  # push-sum: the share of the sender's mass that came with it
     rows: np.ndarray | None = None  # logits: the slice rows `array` holds (None: all of them)
+    keeps: int = -1  # logits: the sender's earlier round whose frame about this slice holds the other rows
 
 
 @dataclass
@@ -98,7 +100,7 @@ def resolve_codecs(kinds: tuple[str, ...], codec: str = "auto", params_codec: st
     return out
 
 
-SELECT_RULES = ("all", "confident", "uncertain")
+SELECT_RULES = ("all", "confident", "uncertain", "changed")
 
 
 def parse_select(text: str) -> tuple[str, float]:
@@ -109,26 +111,46 @@ def parse_select(text: str) -> tuple[str, float]:
     except ValueError:
         f = -1.0
     if rule not in SELECT_RULES or not 0.0 < f <= 1.0 or (rule == "all") == bool(fraction):
-        raise ValueError(f"{text!r}: expected all, confident:F or uncertain:F with 0 < F <= 1, e.g. confident:0.25")
+        raise ValueError(f"{text!r}: expected all, confident:F, uncertain:F or changed:T with 0 < F, T <= 1, "
+                         f"e.g. confident:0.25 or changed:0.05")
     return rule, f
 
 
 def select_rows(logits: np.ndarray, select: str) -> np.ndarray | None:
-    """Which rows of a slice to send (sorted indices), None for all.
+    """Which rows of a slice to send by the node's own prediction (sorted indices), None for all.
 
     confident:F sends the F share of rows where this node's prediction has the lowest entropy
     (what it knows: its own classes, outlier exposure having flattened the rest); uncertain:F
     the highest. Measured on quickstart, both lose to a rotating slice of the same size
-    (BENCHMARKS.md, "Compression").
+    (BENCHMARKS.md, "Compression"). changed:T depends on what was sent before: `changed_rows`.
     """
     rule, fraction = parse_select(select)
-    if rule == "all" or fraction >= 1.0:
+    if rule in ("all", "changed") or fraction >= 1.0:
         return None
     p = softmax(logits.astype(np.float64))
     entropy = -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
     keep = max(1, math.ceil(fraction * len(logits)))
     order = np.argsort(entropy if rule == "confident" else -entropy, kind="stable")
     return np.sort(order[:keep])
+
+
+def changed_rows(new: np.ndarray, sent: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows whose predicted distribution moved by at least `threshold` in total variation since the
+    values `sent` (same rows), sorted; the one that moved most when none did, since a frame must hold
+    a row and neighbours wait for one frame per round."""
+    moved = 0.5 * np.abs(softmax(new.astype(np.float64)) - softmax(sent.astype(np.float64))).sum(axis=1)
+    rows = np.flatnonzero(moved >= threshold)
+    return rows if rows.size else np.array([int(np.argmax(moved))])
+
+
+@dataclass
+class _Heard:
+    """A neighbour's latest frame about one slice, with the rows earlier frames keep filled in."""
+
+    round: int
+    values: np.ndarray  # (slice rows, C)
+    known: np.ndarray  # (slice rows,) bool
+    resolved: Received  # the frame as consensus reads it: every known row
 
 
 class Mode(ABC):
@@ -186,6 +208,12 @@ class LogitsMode(Mode):
         self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training
         self._table: np.ndarray | None = None  # (reference size, C) latest teacher of every row
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
+        # select = changed:T. Sender: per slice, the round of our last frame, our frames so far, and the
+        # values the neighbours hold per row. Receiver: per neighbour and slice, what it last said.
+        self._sent_round: dict[tuple[int, int], int] = {}
+        self._frames: dict[tuple[int, int], int] = {}
+        self._sent: dict[tuple[int, int], np.ndarray] = {}
+        self._heard: dict[tuple[str, int, int], _Heard] = {}
 
     def warmup(self, ctx):
         # Outlier exposure: uniform targets on reference rows, most of which are classes this node
@@ -200,10 +228,49 @@ class LogitsMode(Mode):
     def share(self, ctx, round_idx):
         start, count = ctx.reference.slice_bounds(round_idx)
         logits = normalize_logits(self._own_logits(ctx, start, count), ctx.gossip.logit_range)
+        rule, threshold = parse_select(ctx.gossip.select)
+        if rule == "changed":
+            return [self._share_changed(ctx, logits, start, count, threshold, round_idx)]
         rows = select_rows(logits, ctx.gossip.select)
         if rows is None:
             return [Outgoing("logits", logits, start, count)]
         return [Outgoing("logits", logits[rows], start, count, rows=rows)]
+
+    def _share_changed(self, ctx, logits, start, count, threshold, round_idx) -> Outgoing:
+        """Only the rows that moved by >= threshold since we last sent them; the frame says which earlier
+        frame holds the rest. Every gossip.key_every-th frame about a slice sends every row, so a
+        neighbour that missed one (or restarted) is whole again."""
+        key = (start, count)
+        frames = self._frames[key] = self._frames.get(key, 0) + 1
+        previous = self._sent_round.get(key)
+        self._sent_round[key] = round_idx
+        if previous is None or (frames - 1) % ctx.gossip.key_every == 0:
+            self._sent[key] = logits.copy()
+            return Outgoing("logits", logits, start, count)
+        rows = changed_rows(logits, self._sent[key], threshold)
+        self._sent[key][rows] = logits[rows]
+        if len(rows) == count:
+            return Outgoing("logits", logits, start, count)
+        return Outgoing("logits", logits[rows], start, count, rows=rows, keeps=previous)
+
+    def _resolve(self, r: Received, num_classes: int) -> Received:
+        """A neighbour's logits frame as consensus reads it: the rows it sent, plus the rows it says are
+        unchanged since its frame of round `keeps` when we hold that frame (else only the rows sent)."""
+        key = (r.sender, r.ref_start, r.ref_count)
+        held = self._heard.get(key)
+        if held is not None and held.round == r.round:  # the same frame, newest for another round
+            return held.resolved
+        if r.keeps >= 0 and held is not None and held.round == r.keeps:
+            values, known = held.values, held.known
+        else:
+            values = np.zeros((r.ref_count, num_classes), dtype=np.float32)
+            known = np.zeros(r.ref_count, dtype=bool)
+        rows = slice(None) if r.rows is None else r.rows
+        values[rows], known[rows] = r.array, True
+        resolved = r if known.all() and r.rows is None else replace(
+            r, array=values[known], rows=None if known.all() else np.flatnonzero(known), keeps=-1)
+        self._heard[key] = _Heard(r.round, values, known, resolved)
+        return resolved
 
     def absorb(self, ctx, inbox, round_idx):
         # 1) group neighbours by the slice they spoke about (they may be a round ahead or behind),
@@ -212,7 +279,7 @@ class LogitsMode(Mode):
         # 3) every row taught within the last `teacher_memory` rounds is distilled on.
         groups: dict[tuple[int, int], list[Received]] = {}
         for r in inbox:
-            groups.setdefault((r.ref_start, r.ref_count), []).append(r)
+            groups.setdefault((r.ref_start, r.ref_count), []).append(self._resolve(r, ctx.learner.num_classes))
         if self._table is None:
             self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
             self._taught = np.full(ctx.reference.size, -1, dtype=np.int64)

@@ -277,7 +277,7 @@ class Node:
                 else:  # the held value is of another round (frames out of order): not this frame's
                     continue
                 out.append(Received(peer_id, k.round, k.kind, value, k.ref_start, k.ref_count,
-                                    self._label_counts(k), p.weight, k.mass, wire.row_indices(k)))
+                                    self._label_counts(k), p.weight, k.mass, wire.row_indices(k), k.keeps))
         return out
 
     def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
@@ -308,6 +308,7 @@ class Node:
                     ref_start=out.ref_start, ref_count=out.ref_count, payload=payload,
                     label_counts=tuple(int(c) for c in self.learner.label_counts),
                     samples=int(self.learner.label_counts.sum()), val_acc=0.0, base=base, row_mask=mask,
+                    keeps=out.keeps,
                 )
             return messages[i, codec]
 

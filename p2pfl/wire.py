@@ -9,7 +9,7 @@ transports (memory, libp2p) are thin adapters around `encode`/`decode`, `frame`/
   keeps running.
 - `LocalProtocolError`: we misused the API (built an invalid message, sent out of order). A bug here.
 
-Schema, protocol version 2 (this table is the contract: changing a key, type or meaning bumps
+Schema, protocol version 3 (this table is the contract: changing a key, type or meaning bumps
 PROTOCOL_VERSION). Every frame is one msgpack map with str keys; bytes are msgpack bin; a frame with
 a missing key, an extra key or a wrongly typed value is rejected ("malformed"); bool is never an int.
 
@@ -54,6 +54,10 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
                                     bit i (numpy packbits order) set = slice row i is in the payload,
                                     padding bits clear, at least one set; the payload then has one
                                     row per set bit. params: b""
+    kp    int       keeps           -1: rows outside row_mask are not sent; else an earlier round
+                                    (0..round-1) whose frame about the same slice holds them: they
+                                    have not changed since (gossip.select = "changed:T"). Needs a
+                                    row_mask; params: -1
 
     bye
     s     str       sender          node id
@@ -84,7 +88,8 @@ import numpy as np
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 
-PROTOCOL_VERSION = 2  # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection)
+# 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection); 3: "kp" (keeps)
+PROTOCOL_VERSION = 3
 
 # ------------------------------------------------------------------ hard limits, with the reason
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
@@ -340,6 +345,7 @@ class Knowledge:
     base: int = -1  # -1: payload is the value; else a difference to the sender's value of round `base`
     mass: float = 1.0  # push-sum mass share
     row_mask: bytes = b""  # logits: which rows of the slice the payload holds (b"": all), packbits order
+    keeps: int = -1  # logits: the earlier round whose frame about this slice still holds the unsent rows
     # decoded payload, filled by decode() (which must decode it to check finiteness) or by array()
     _array: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -364,6 +370,10 @@ class Knowledge:
             raise LocalProtocolError("malformed", f"mass must be > 0; got {self.mass}")
         if not isinstance(self.row_mask, bytes):
             raise LocalProtocolError("malformed", f"row_mask must be bytes; got {_tname(self.row_mask)}")
+        _set(self, "keeps", _int("keeps", self.keeps, -1))
+        if self.keeps >= self.round or (self.keeps >= 0 and not self.row_mask):
+            raise LocalProtocolError("malformed", f"keeps {self.keeps} must be -1, or an earlier round than "
+                                                  f"{self.round} with a row_mask (the rows it keeps are the others)")
         # what the payload must look like for this kind, whoever receives it
         shape = self.payload.shape
         if self.kind == "logits":
@@ -489,7 +499,7 @@ _SCHEMA: dict[str, tuple[type, tuple[tuple[str, str], ...]]] = {
     "knowledge": (Knowledge, (("s", "sender"), ("r", "round"), ("t", "time"), ("kn", "kind"),
                               ("rs", "ref_start"), ("rc", "ref_count"), ("p", "payload"),
                               ("lc", "label_counts"), ("n", "samples"), ("acc", "val_acc"), ("b", "base"),
-                              ("w", "mass"), ("rm", "row_mask"))),
+                              ("w", "mass"), ("rm", "row_mask"), ("kp", "keeps"))),
     "bye": (Bye, (("s", "sender"), ("why", "reason"))),
     "status_request": (StatusRequest, (("n", "nonce"),)),
     "status_reply": (StatusReply, (("n", "nonce"), ("st", "status"))),

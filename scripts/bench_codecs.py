@@ -5,7 +5,8 @@
 
 A variant is CODEC or CODEC@ROWS (reference rows per slice: a smaller slice is the simplest
 selection), then optional flags: /delta (delta coding with error feedback, gossip.delta),
-/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select) and /adaptive:T
+/confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), /changed:T (send
+only the rows whose prediction moved by T in total variation since last sent) and /adaptive:T
 (adaptive bit width with threshold T, gossip.adaptive_bits), e.g. topk:3+int4+z@2000/confident:0.25.
 fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per
 node per round (exact, from the memory transport), cumulative bytes per node until the global mean
@@ -56,13 +57,13 @@ def split_variant(variant: str) -> tuple[str, int | None, dict]:
     for flag in flags:
         if flag == "delta":
             gossip["gossip.delta"] = True
-        elif flag.startswith(("confident:", "uncertain:")):
+        elif flag.startswith(("confident:", "uncertain:", "changed:")):
             gossip["gossip.select"] = flag
         elif flag.startswith("adaptive:"):
             gossip["gossip.adaptive_bits"] = float(flag.removeprefix("adaptive:"))
         else:
             raise SystemExit(f"variant {variant!r}: unknown flag {flag!r}; "
-                             f"flags are delta, confident:F, uncertain:F, adaptive:T")
+                             f"flags are delta, confident:F, uncertain:F, changed:T, adaptive:T")
     name, _, rows = body.partition("@")
     return name, int(rows) if rows else None, gossip
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from p2pfl import codecs, wire
 from p2pfl.config import ConfigError, load_scenario
 from p2pfl.consensus import Contribution, softmax, teacher
-from p2pfl.modes import parse_select, select_rows
+from p2pfl.modes import LogitsMode, Received, changed_rows, parse_select, select_rows
 from p2pfl.wire import Knowledge, LocalProtocolError, RemoteProtocolError
 
 C = 5
@@ -36,9 +36,10 @@ def test_confident_rows_are_the_lowest_entropy_ones():
     assert len(select_rows(z, "confident:0.01")) == 1  # at least one row
 
 
-@pytest.mark.parametrize("text", ["some", "confident", "confident:0", "confident:1.5", "all:0.5", "uncertain:x"])
+@pytest.mark.parametrize("text", ["some", "confident", "confident:0", "confident:1.5", "all:0.5", "uncertain:x",
+                                  "changed", "changed:0", "changed:2"])
 def test_bad_selections_are_refused_with_the_grammar(text):
-    with pytest.raises(ValueError, match="expected all, confident:F or uncertain:F"):
+    with pytest.raises(ValueError, match="expected all, confident:F, uncertain:F or changed:T"):
         parse_select(text)
     with pytest.raises(ConfigError, match="gossip.select = "):
         load_scenario(None, {"gossip.select": text})
@@ -127,3 +128,104 @@ def test_a_simulation_sending_half_the_rows_sends_about_half_the_bytes(cache):
     assert all(r["inbox"] == {"logits": 2} for r in half.records if r["round"] == 2)
     ratio = half.summary["bytes_per_node_per_round"] / every.summary["bytes_per_node_per_round"]
     assert 0.45 < ratio < 0.6, ratio  # half the rows, plus a 25-byte mask per 200-row slice
+
+
+# ------------------------------------------------------------- changed:T, rows that moved since last sent
+
+def test_changed_rows_are_those_that_moved_by_the_threshold():
+    sent = np.zeros((4, C), np.float32)
+    new = sent.copy()
+    new[1, 0] = 9.0  # from uniform to sure: total variation 0.8
+    new[3, 2] = 0.2  # a small move: about 0.04
+    np.testing.assert_array_equal(changed_rows(new, sent, 0.1), [1])
+    np.testing.assert_array_equal(changed_rows(new, sent, 0.01), [1, 3])
+    np.testing.assert_array_equal(changed_rows(sent, sent, 0.1), [0])  # nothing moved: one row all the same
+    assert len(changed_rows(new + 5.0, new, 1e-6)) == 1  # a shift is no change: no row moved
+
+
+def heard(mode, rnd, array, rows=None, keeps=-1, ref_count=6):
+    r = Received("b", rnd, "logits", np.asarray(array, np.float32), 0, ref_count, np.ones(C), 0.5,
+                 rows=None if rows is None else np.asarray(rows), keeps=keeps)
+    return mode._resolve(r, C)
+
+
+def test_a_receiver_fills_unchanged_rows_from_the_frame_they_keep():
+    mode = LogitsMode()
+    first = np.arange(6 * C, dtype=np.float32).reshape(6, C)
+    assert heard(mode, 0, first).rows is None
+    # round 10 sends rows 1 and 4 and keeps the rest from round 0: every row is known again
+    got = heard(mode, 10, -first[[1, 4]], rows=[1, 4], keeps=0)
+    assert got.rows is None
+    want = first.copy()
+    want[[1, 4]] = -first[[1, 4]]
+    np.testing.assert_array_equal(got.array, want)
+    assert heard(mode, 10, -first[[1, 4]], rows=[1, 4], keeps=0) is got  # the same frame again: no change
+    # round 20 keeps from round 15, which we never got: only the rows it sent count
+    lost = heard(mode, 20, first[[2]], rows=[2], keeps=15)
+    np.testing.assert_array_equal(lost.rows, [2])
+    np.testing.assert_array_equal(lost.array, first[[2]])
+    # and round 30 builds on round 20's partial knowledge
+    more = heard(mode, 30, first[[5]], rows=[5], keeps=20)
+    np.testing.assert_array_equal(more.rows, [2, 5])
+    np.testing.assert_array_equal(more.array, first[[2, 5]])
+
+
+class _Ref:
+    size = 6
+
+    def slice_bounds(self, round_idx):
+        return 0, 6
+
+    def rows(self, start, count):
+        return np.arange(start, start + count)
+
+    x = np.zeros((6, 3), np.float32)
+
+
+def test_a_sender_sends_what_moved_and_says_which_frame_keeps_the_rest():
+    from types import SimpleNamespace
+
+    from p2pfl.config import GossipConfig
+
+    logits = np.zeros((6, C), np.float32)
+    ctx = SimpleNamespace(reference=_Ref(), gossip=GossipConfig(select="changed:0.1", logit_range=0.0, key_every=3),
+                          learner=SimpleNamespace(logits=lambda x: logits.copy()))
+    mode = LogitsMode()
+    sent = []
+    for rnd in range(5):
+        logits[rnd, 0] = 9.0  # one more row changes its mind each round
+        sent.append(mode.share(ctx, rnd)[0])
+        mode._own.clear()
+    assert sent[0].rows is None and sent[0].keeps == -1  # the first frame about a slice: every row
+    np.testing.assert_array_equal(sent[1].rows, [1])
+    assert sent[1].keeps == 0 and sent[2].keeps == 1
+    assert sent[3].rows is None and sent[3].keeps == -1  # every key_every-th frame is whole again
+    np.testing.assert_array_equal(sent[4].rows, [4])
+    # a receiver that got every frame holds what the sender holds
+    receiver = LogitsMode()
+    for rnd, out in enumerate(sent):
+        got = heard(receiver, rnd, out.array, rows=out.rows, keeps=out.keeps)
+    np.testing.assert_array_equal(got.array, logits)
+
+
+def test_wire_keeps_needs_a_row_mask_and_an_earlier_round():
+    k = logits_knowledge([0, 3], 12, keeps=1)
+    assert wire.decode(wire.encode(k)).keeps == 1
+    for bad, words in [(2, "keeps 2 must be -1, or an earlier round than 2"), (-2, "keeps must be >= -1")]:
+        with pytest.raises(RemoteProtocolError, match=words):
+            wire.decode(_tamper(k, kp=bad))
+    with pytest.raises(RemoteProtocolError, match="with a row_mask"):
+        wire.decode(_tamper(logits_knowledge(range(12), 12), kp=1))
+
+
+def test_a_simulation_sending_changed_rows_sends_fewer_bytes_and_rejects_nothing(cache):
+    from tests.test_adapter import simulate
+
+    every = simulate(mode="logits", profiles=["mlp"], rounds=4, **{"gossip.codec": "fp32"})
+    changed = simulate(mode="logits", profiles=["mlp"], rounds=4,
+                       **{"gossip.codec": "fp32", "gossip.select": "changed:0.05"})
+    assert all(r["rejected"] == {} and r["delta_behind"] == 0 for r in changed.records)
+    assert all(r["inbox"] == {"logits": 2} for r in changed.records if r["round"] == 3)
+    # round 2 revisits round 0's slice (2 slices), so from then on only moved rows travel
+    late = [sum(r["bytes_out"] for r in run.records if r["round"] >= 3) for run in (every, changed)]
+    assert late[1] < 0.9 * late[0], late

@@ -223,9 +223,9 @@ def test_unknown_kind():
     rejects(tamper(knowledge(), kn="gradients"), "kind", match="unknown knowledge kind 'gradients'")
 
 
-@pytest.mark.parametrize("v", [0, 1, 3, 99])  # 1: before knowledge had a base (delta coding)
+@pytest.mark.parametrize("v", [0, 1, 2, 4, 99])  # 1: before knowledge had a base; 2: before it had keeps
 def test_unknown_version(v):
-    rejects(tamper(hello(), v=v), "version", match=f"protocol version {v}; we speak 2")
+    rejects(tamper(hello(), v=v), "version", match=f"protocol version {v}; we speak 3")
 
 
 @pytest.mark.parametrize("v", [..., "1", True, 1.0])
@@ -502,7 +502,7 @@ def test_session_checks_expectations():
                                    "both nodes must use the same [reference] spec"),
     (dict(num_classes=100), "number of classes differs: ours 10, theirs 100"),
     (dict(mode="fedavg"), "mode differs: ours logits, theirs fedavg"),
-    (dict(version=3), "protocol version differs: ours 2, theirs 3"),
+    (dict(version=4), "protocol version differs: ours 3, theirs 4"),
     (dict(node_id="alice"), "peer uses our own node id 'alice'"),
 ])
 def test_hello_mismatch_names_the_field(change, words):
