@@ -61,6 +61,9 @@ class TopologyConfig:
 class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
+    # "agreement": scale each node's weight by the odds that its top class matches the others' consensus
+    # (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
+    reliability: str = "none"
     codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
@@ -167,6 +170,10 @@ class Scenario:
         if rule != "all" and self.gossip.consensus not in ("mean", "class-weighted"):
             raise ConfigError(f"gossip.select = {self.gossip.select!r} needs gossip.consensus = 'class-weighted' or "
                               f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
+        from p2pfl.consensus import RELIABILITY
+
+        if self.gossip.reliability not in RELIABILITY:
+            raise ConfigError(f"gossip.reliability = {self.gossip.reliability!r}; choose one of: {', '.join(RELIABILITY)}")
         if self.gossip.averaging != "auto" and self.gossip.averaging not in AVERAGING:
             raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
         if not 0.0 <= self.gossip.adaptive_bits <= 1.0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,15 +54,65 @@ def _evidence_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     return np.array([c.weight for c in contribs])[:, None] * evidence
 
 
-def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02) -> np.ndarray:
+RELIABILITY = ("none", "agreement")
+
+
+def _stack(contribs: list[Contribution]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, R, C) probabilities and (K, R) presence: 1 where node k spoke about row r (zeros elsewhere)."""
+    full = [c for c in contribs if c.rows is None]
+    if not full:
+        raise ValueError("masked consensus needs one contribution about every row (the node's own)")
+    r, c = full[0].logits.shape
+    probs = np.zeros((len(contribs), r, c))
+    present = np.zeros((len(contribs), r))
+    for k, contrib in enumerate(contribs):
+        rows = slice(None) if contrib.rows is None else contrib.rows
+        probs[k, rows] = softmax(contrib.logits.astype(np.float64))
+        present[k, rows] = 1.0
+    return probs, present
+
+
+def agreement(contribs: list[Contribution], floor: float) -> np.ndarray:
+    """(K,) for each node, the share of the rows it spoke about where its top class is the top class
+    of the others' class-weighted pool (NaN where no other node spoke about its rows)."""
+    probs, present = _stack(contribs)
+    w = _evidence_weights(contribs, floor)[:, None, :] * present[:, :, None]  # (K, R, C)
+    num, den = (probs * w).sum(axis=0), w.sum(axis=0)  # (R, C)
+    out = np.full(len(contribs), np.nan)
+    for k in range(len(contribs)):
+        others_num, others_den = num - probs[k] * w[k], den - w[k]
+        rows = (present[k] > 0) & (others_den.sum(axis=1) > 0)
+        if rows.any():
+            others = others_num[rows] / np.maximum(others_den[rows], 1e-300)
+            out[k] = float((probs[k, rows].argmax(axis=1) == others.argmax(axis=1)).mean())
+    return out
+
+
+def reliability_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
+    """(K,) the odds a / (1 - a) of each node's agreement a with the others (clipped to [0.05, 0.95];
+    0.5 where unknown). Multiplied into the mixing weights, a weaker model's opinion counts for less
+    than a stronger one's with the same label evidence, measured without labels (BENCHMARKS.md)."""
+    if len(contribs) < 2:
+        return np.ones(len(contribs))
+    a = np.clip(np.nan_to_num(agreement(contribs, floor), nan=0.5), 0.05, 0.95)
+    return a / (1.0 - a)
+
+
+def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02,
+            reliability: str = "none") -> np.ndarray:
     """(R, C) teacher probabilities.
 
     rule "mean": weighted mean of probabilities. "class-weighted": per-class weights from
     `class_weights`, applied to probabilities, rows renormalized. "pairwise": `pairwise_coupling`.
-    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them.
+    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them. reliability "agreement" first scales
+    every node's weight by `reliability_weights`.
     """
     if not contribs:
         raise ValueError("consensus needs at least one contribution (the node's own)")
+    if reliability == "agreement":
+        contribs = [replace(c, weight=c.weight * m) for c, m in zip(contribs, reliability_weights(contribs, floor))]
+    elif reliability != "none":
+        raise ValueError(f"unknown reliability {reliability!r}; choose one of: {', '.join(RELIABILITY)}")
     if any(c.rows is not None for c in contribs):
         return _masked_teacher(contribs, rule, floor)
     probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
@@ -87,19 +137,11 @@ def _masked_teacher(contribs: list[Contribution], rule: str, floor: float) -> np
 
     Same weights as "mean" / "class-weighted", renormalized per row over the nodes present there.
     """
-    full = [c for c in contribs if c.rows is None]
-    if not full:
-        raise ValueError("masked consensus needs one contribution about every row (the node's own)")
     if rule not in ("mean", "class-weighted"):
         raise ValueError(f"consensus rule {rule!r} needs every node's opinion on every row; use 'mean' or "
                          f"'class-weighted' with row selection")
-    r, c = full[0].logits.shape
-    probs = np.zeros((len(contribs), r, c))
-    present = np.zeros((len(contribs), r))
-    for k, contrib in enumerate(contribs):
-        rows = slice(None) if contrib.rows is None else contrib.rows
-        probs[k, rows] = softmax(contrib.logits.astype(np.float64))
-        present[k, rows] = 1.0
+    probs, present = _stack(contribs)
+    c = probs.shape[2]
     if rule == "mean":
         w = np.array([x.weight for x in contribs])[:, None, None] * np.ones((1, 1, c))  # (K, 1, C)
     else:

@@ -288,7 +288,8 @@ class LogitsMode(Mode):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             theirs = [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
             rows = ctx.reference.rows(start, count)
-            new = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor)
+            new = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
+                          reliability=ctx.gossip.reliability)
             again = self._taught[rows] >= 0
             moves.append(0.5 * np.abs(new[again] - self._table[rows[again]]).sum(axis=1))
             self._table[rows] = new

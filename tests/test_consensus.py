@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from p2pfl.consensus import Contribution, class_weights, normalize_logits, softmax, teacher
+from p2pfl.consensus import (Contribution, agreement, class_weights, normalize_logits, reliability_weights, softmax,
+                             teacher)
 
 RULES = ("mean", "class-weighted", "pairwise", "aligned")
 
@@ -139,3 +140,51 @@ def test_normalized_logits_keep_the_softmax_in_a_fixed_range(z):
     p, q = softmax(z.astype(np.float64)), softmax(y.astype(np.float64))
     assert np.abs(p - q).max() <= z.shape[1] * np.exp(-8.0) + 1e-6
     assert normalize_logits(z, 0.0) is z  # 0: off
+
+
+# ------------------------------------------------------------------ reliability: agreement odds
+
+def _onehot(labels, c=4, sure=6.0):
+    z = np.zeros((len(labels), c))
+    z[np.arange(len(labels)), labels] = sure
+    return z
+
+
+def test_agreement_is_the_share_of_rows_where_a_node_names_the_others_top_class():
+    truth = np.arange(20) % 4
+    wrong = truth.copy()
+    wrong[:5] = (wrong[:5] + 1) % 4  # a quarter of its rows differ
+    counts = np.full(4, 10)
+    contribs = [Contribution(_onehot(truth), counts) for _ in range(3)] + [Contribution(_onehot(wrong), counts)]
+    a = agreement(contribs, floor=0.02)
+    np.testing.assert_allclose(a, [1.0, 1.0, 1.0, 0.75])  # two of the three others always outvote the fourth
+    np.testing.assert_allclose(reliability_weights(contribs, 0.02), [19.0, 19.0, 19.0, 3.0])  # odds, clipped at 0.95
+    assert np.isnan(agreement([contribs[0]], 0.02)[0])  # nobody to agree with
+    np.testing.assert_array_equal(reliability_weights([contribs[0]], 0.02), [1.0])
+
+
+def test_agreement_only_counts_rows_a_node_spoke_about():
+    truth = np.arange(8) % 4
+    own = Contribution(_onehot(truth), np.full(4, 10))
+    rows = np.array([0, 1, 2])
+    part = Contribution(_onehot((truth[rows] + 1) % 4), np.full(4, 10), rows=rows)  # wrong on all it sent
+    np.testing.assert_allclose(agreement([own, part], 0.02), [0.0, 0.0])
+    assert teacher([own, part], reliability="agreement").shape == (8, 4)
+
+
+def test_reliability_moves_the_teacher_toward_the_consistent_nodes():
+    # (with only three nodes the one with the most evidence would dominate every leave-one-out pool, and
+    # every node would agree with the others equally often: agreement needs a neighbourhood to vote)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 200)
+    noisy = np.where(rng.random(200) < 0.6, rng.integers(0, 4, 200), truth)
+    contribs = [Contribution(_onehot(truth, sure=2.0), np.full(4, 10)) for _ in range(4)]
+    contribs.append(Contribution(_onehot(noisy, sure=2.0), np.full(4, 25)))  # more evidence than any, erratic
+    plain = teacher(contribs)
+    weighted = teacher(contribs, reliability="agreement")
+    on_truth = [t[np.arange(200), truth].mean() for t in (plain, weighted)]
+    assert on_truth[1] > on_truth[0] + 0.05, on_truth
+    np.testing.assert_allclose(agreement(contribs, 0.02)[:4], 1.0)  # the others outvote it on every row
+    np.testing.assert_allclose(weighted.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown reliability 'votes'; choose one of: none, agreement"):
+        teacher(contribs, reliability="votes")
