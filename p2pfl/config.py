@@ -61,8 +61,8 @@ class TopologyConfig:
 class GossipConfig:
     consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
-    # "agreement": scale each node's weight by the odds that its top class matches the others' consensus
-    # (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
+    # "agreement:P": scale each node's weight by the odds, to the power P, that its top class matches the
+    # others' consensus (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
     reliability: str = "none"
     codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
@@ -170,10 +170,12 @@ class Scenario:
         if rule != "all" and self.gossip.consensus not in ("mean", "class-weighted"):
             raise ConfigError(f"gossip.select = {self.gossip.select!r} needs gossip.consensus = 'class-weighted' or "
                               f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
-        from p2pfl.consensus import RELIABILITY
+        from p2pfl.consensus import parse_reliability
 
-        if self.gossip.reliability not in RELIABILITY:
-            raise ConfigError(f"gossip.reliability = {self.gossip.reliability!r}; choose one of: {', '.join(RELIABILITY)}")
+        try:
+            parse_reliability(self.gossip.reliability)
+        except ValueError as e:
+            raise ConfigError(f"gossip.reliability = {e}") from None
         if self.gossip.averaging != "auto" and self.gossip.averaging not in AVERAGING:
             raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
         if not 0.0 <= self.gossip.adaptive_bits <= 1.0:

@@ -54,7 +54,20 @@ def _evidence_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     return np.array([c.weight for c in contribs])[:, None] * evidence
 
 
-RELIABILITY = ("none", "agreement")
+def parse_reliability(text: str) -> float:
+    """'none' -> 0; 'agreement' -> 1; 'agreement:P' -> P, the power of the agreement odds. ValueError
+    names the grammar."""
+    rule, _, power = text.partition(":")
+    try:
+        p = float(power) if power else 1.0
+    except ValueError:
+        p = -1.0
+    if text == "none":
+        return 0.0
+    if rule != "agreement" or not 0.0 < p <= 8.0:
+        raise ValueError(f"{text!r}: expected none, agreement or agreement:P with 0 < P <= 8 (the power of "
+                         f"the agreement odds), e.g. agreement:2")
+    return p
 
 
 def _stack(contribs: list[Contribution]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,14 +101,15 @@ def agreement(contribs: list[Contribution], floor: float) -> np.ndarray:
     return out
 
 
-def reliability_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
+def reliability_weights(contribs: list[Contribution], floor: float, power: float = 1.0) -> np.ndarray:
     """(K,) the odds a / (1 - a) of each node's agreement a with the others (clipped to [0.05, 0.95];
-    0.5 where unknown). Multiplied into the mixing weights, a weaker model's opinion counts for less
-    than a stronger one's with the same label evidence, measured without labels (BENCHMARKS.md)."""
+    0.5 where unknown), to the power `power`. Multiplied into the mixing weights, a weaker model's
+    opinion counts for less than a stronger one's with the same label evidence, measured without
+    labels (BENCHMARKS.md)."""
     if len(contribs) < 2:
         return np.ones(len(contribs))
     a = np.clip(np.nan_to_num(agreement(contribs, floor), nan=0.5), 0.05, 0.95)
-    return a / (1.0 - a)
+    return (a / (1.0 - a)) ** power
 
 
 def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor: float = 0.02,
@@ -104,15 +118,15 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
 
     rule "mean": weighted mean of probabilities. "class-weighted": per-class weights from
     `class_weights`, applied to probabilities, rows renormalized. "pairwise": `pairwise_coupling`.
-    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them. reliability "agreement" first scales
-    every node's weight by `reliability_weights`.
+    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them. reliability "agreement:P" first scales
+    every node's weight by `reliability_weights` with power P (`parse_reliability`).
     """
     if not contribs:
         raise ValueError("consensus needs at least one contribution (the node's own)")
-    if reliability == "agreement":
-        contribs = [replace(c, weight=c.weight * m) for c, m in zip(contribs, reliability_weights(contribs, floor))]
-    elif reliability != "none":
-        raise ValueError(f"unknown reliability {reliability!r}; choose one of: {', '.join(RELIABILITY)}")
+    power = parse_reliability(reliability)
+    if power:
+        scale = reliability_weights(contribs, floor, power)
+        contribs = [replace(c, weight=c.weight * m) for c, m in zip(contribs, scale)]
     if any(c.rows is not None for c in contribs):
         return _masked_teacher(contribs, rule, floor)
     probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)

@@ -177,7 +177,7 @@ def _error_line(capsys) -> str:
     (["sim", "--gossip.codec", "int5"], ["gossip.codec", "'int5'", "topk:K"]),
     (["sim", "--gossip.adaptive_bits", "2"], ["gossip.adaptive_bits", "between 0 (off) and 1"]),
     (["sim", "--gossip.logit_range", "-1"], ["gossip.logit_range", ">= 0"]),
-    (["sim", "--gossip.reliability", "votes"], ["gossip.reliability", "'votes'", "none, agreement"]),
+    (["sim", "--gossip.reliability", "votes"], ["gossip.reliability", "'votes'", "agreement:P"]),
     (["sim", "--gossip.select", "changed:0"], ["gossip.select", "changed:T"]),
     (["node", "--psk-file", "no/such.key", "--state-dir", "unused"], ["--psk-file", "no/such.key", "cannot read"]),
     (["node", "--allow", "no/such.txt", "--state-dir", "unused"], ["--allow", "no/such.txt"]),

@@ -159,6 +159,7 @@ def test_agreement_is_the_share_of_rows_where_a_node_names_the_others_top_class(
     a = agreement(contribs, floor=0.02)
     np.testing.assert_allclose(a, [1.0, 1.0, 1.0, 0.75])  # two of the three others always outvote the fourth
     np.testing.assert_allclose(reliability_weights(contribs, 0.02), [19.0, 19.0, 19.0, 3.0])  # odds, clipped at 0.95
+    np.testing.assert_allclose(reliability_weights(contribs, 0.02, power=2), [361.0, 361.0, 361.0, 9.0])
     assert np.isnan(agreement([contribs[0]], 0.02)[0])  # nobody to agree with
     np.testing.assert_array_equal(reliability_weights([contribs[0]], 0.02), [1.0])
 
@@ -186,5 +187,8 @@ def test_reliability_moves_the_teacher_toward_the_consistent_nodes():
     assert on_truth[1] > on_truth[0] + 0.05, on_truth
     np.testing.assert_allclose(agreement(contribs, 0.02)[:4], 1.0)  # the others outvote it on every row
     np.testing.assert_allclose(weighted.sum(axis=1), 1.0, atol=1e-5)
-    with pytest.raises(ValueError, match="unknown reliability 'votes'; choose one of: none, agreement"):
-        teacher(contribs, reliability="votes")
+    sharper = teacher(contribs, reliability="agreement:2")
+    assert sharper[np.arange(200), truth].mean() > on_truth[1]
+    for bad in ("votes", "agreement:0", "agreement:x", "none:1"):
+        with pytest.raises(ValueError, match="expected none, agreement or agreement:P"):
+            teacher(contribs, reliability=bad)
