@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 3e-3  # Adam; tiny models on 40-sample signals tolerate a high rate
-    min_lr_ratio: float = 0.05  # cosine decay ends at lr * this
+    # cosine decay ends at lr * this; 1 = constant, the default: knowledge keeps arriving until the last round,
+    # and decay to 0.05 cost 0.016 / 0.008 global on two seeds (BENCHMARKS.md)
+    min_lr_ratio: float = 1.0
     batch_size: int = 100
     kd_batch_size: int = 200  # reference rows per distillation step
     warmup_steps: int = 200  # label-only steps before the first round, so round-0 knowledge is worth sending
@@ -63,7 +65,7 @@ class GossipConfig:
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     # "agreement:P": scale each node's weight by the odds, to the power P, that its top class matches the
     # others' consensus (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
-    reliability: str = "none"
+    reliability: str = "agreement:4"  # +0.028 / +0.030 global on quickstart, two seeds (BENCHMARKS.md)
     codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)

@@ -223,9 +223,9 @@ def test_a_simulation_sending_changed_rows_sends_fewer_bytes_and_rejects_nothing
 
     every = simulate(mode="logits", profiles=["mlp"], rounds=4, **{"gossip.codec": "fp32"})
     changed = simulate(mode="logits", profiles=["mlp"], rounds=4,
-                       **{"gossip.codec": "fp32", "gossip.select": "changed:0.05"})
+                       **{"gossip.codec": "fp32", "gossip.select": "changed:0.3"})
     assert all(r["rejected"] == {} and r["delta_behind"] == 0 for r in changed.records)
     assert all(r["inbox"] == {"logits": 2} for r in changed.records if r["round"] == 3)
     # round 2 revisits round 0's slice (2 slices), so from then on only moved rows travel
     late = [sum(r["bytes_out"] for r in run.records if r["round"] >= 3) for run in (every, changed)]
-    assert late[1] < 0.9 * late[0], late
+    assert late[1] < 0.5 * late[0], late
