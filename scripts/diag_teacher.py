@@ -1,0 +1,95 @@
+"""Where does logits mode stop? Run a scenario, then score each node's last teacher and its model on the
+reference rows it was last taught (reference labels are regenerated for this, never used in training),
+and its per-class test recall by how far the nearest holder of that class's labels is in the graph.
+
+    python scripts/diag_teacher.py                              # quickstart as configured
+    python scripts/diag_teacher.py --set gossip.reliability=none
+    python scripts/diag_teacher.py --scale-arch mlp=0.25        # MLP senders' consensus weight x 0.25
+
+--scale-arch multiplies the mixing weight of every sender of that architecture in its neighbours'
+consensus. It is a diagnostic (it needs to know the architectures, which the product never does):
+it measures how much weaker models' opinions cost, which `gossip.reliability` estimates without labels.
+A diagnostic, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+import p2pfl.node
+import p2pfl.sim
+from p2pfl.config import load_scenario, parse_value
+from p2pfl.data.reference import ReferenceSpec
+from p2pfl.data.sources import mnist1d
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLDER_MIN = 10  # a node "holds" a class with at least this many training samples of it
+
+
+def reference_labels(spec: ReferenceSpec) -> np.ndarray:
+    """The labels of an MNIST-1D reference set, regenerated the way build_reference makes its inputs."""
+    if spec.source != "mnist1d":
+        raise SystemExit(f"reference.source = {spec.source!r}: only an mnist1d reference set has labels to regenerate")
+    d = mnist1d(num_samples=-(-spec.size // 10) * 10, seed=spec.seed)
+    return np.concatenate([d.y_train, d.y_test])[: spec.size]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", nargs="?", default=str(ROOT / "sim" / "quickstart.toml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--scale-arch", action="append", default=[], metavar="ARCH=F")
+    args = ap.parse_args()
+    over = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)} | {"mode": "logits"}
+    scale = {a: float(f) for a, f in (item.split("=", 1) for item in args.scale_arch)}
+
+    learners, modes, arch_of, archs = [], [], {}, []
+    make_learner, make_mode, usable = p2pfl.sim.Simulation.learner, p2pfl.sim.make_mode, p2pfl.node.Node._usable_inbox
+
+    def learner(self, plan, dataset):
+        arch_of[plan.node_id] = plan.profile.arch
+        archs.append(plan.profile.arch)
+        learners.append(make_learner(self, plan, dataset))
+        return learners[-1]
+
+    def mode(*a, **k):
+        modes.append(make_mode(*a, **k))
+        return modes[-1]
+
+    def scaled_inbox(self, r):
+        return [dataclasses.replace(x, weight=x.weight * scale.get(arch_of[x.sender], 1.0))
+                for x in usable(self, r)]
+
+    p2pfl.sim.Simulation.learner, p2pfl.sim.make_mode, p2pfl.node.Node._usable_inbox = learner, mode, scaled_inbox
+    sim = p2pfl.sim.Simulation(load_scenario(args.scenario, over), run_dir=None)
+    result = sim.run()
+    dataset, graph, reference = sim.dataset(), sim.topology().graph, sim.reference()
+    y_ref = reference_labels(reference.spec)
+    hops = dict(nx.all_pairs_shortest_path_length(graph))
+    counts = np.stack([lr.label_counts for lr in learners])
+    by_hop: dict[int, list[float]] = {}
+    print(f"{'node':>5} {'arch':>6} {'global':>7} {'teacher':>8} {'student':>8}   (last taught reference rows)")
+    for i, (lr, m) in enumerate(zip(learners, modes)):
+        recall = lr.evaluate(dataset.x_test, dataset.y_test)
+        rows = np.flatnonzero(m._taught == m._taught.max())
+        t_acc = (m._table[rows].argmax(1) == y_ref[rows]).mean()
+        s_acc = (lr.logits(reference.x[rows]).argmax(1) == y_ref[rows]).mean()
+        print(f"{i:>5} {archs[i]:>6} {recall.global_acc:>7.3f} "
+              f"{t_acc:>8.3f} {s_acc:>8.3f}")
+        for c in range(dataset.num_classes):
+            hop = min((hops[i][j] for j in range(len(learners)) if counts[j, c] >= HOLDER_MIN), default=-1)
+            by_hop.setdefault(hop, []).append(float(recall.per_class[c]))
+    for hop, recalls in sorted(by_hop.items()):
+        print(f"classes whose nearest holder is {hop} hop(s) away: {len(recalls)} (node, class) pairs, "
+              f"mean test recall {np.mean(recalls):.3f}")
+    print(f"personal {result.personal_mean:.3f} global {result.global_mean:.3f}",
+          {a: round(v["global"]["mean"], 3) for a, v in result.summary["per_arch"].items()})
+
+
+if __name__ == "__main__":
+    main()
