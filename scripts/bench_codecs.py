@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench_accuracy import run_mode  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from bench_accuracy import FEDAVG_SCHEDULE, run_mode  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from benchrows import add_rows, machine  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -99,8 +99,8 @@ def main() -> int:
         print(json.dumps({k: runs[-1][k] for k in ("variant", "bytes_per_node_per_round", "wall_time_s")}), flush=True)
     for variant in args.fedavg:
         name, _, gossip = split_variant(variant)
-        over = {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name, **gossip,
-                "name": f"codec-fedavg-{variant}".replace("/", "-")}
+        over = FEDAVG_SCHEDULE | {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name,
+                                  **gossip, "name": f"codec-fedavg-{variant}".replace("/", "-")}
         runs.append({"mode": "fedavg", "variant": f"fedavg {variant}", "codec": name,
                      "mb_per_s": throughput(name, shape=(7500,)), **run_mode(args.scenario, over, args.runs)})
     for r in runs:
