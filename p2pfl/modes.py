@@ -150,6 +150,7 @@ class _Heard:
     round: int
     values: np.ndarray  # (slice rows, C)
     known: np.ndarray  # (slice rows,) bool
+    sent: np.ndarray  # the frame's own decoded rows (the same object while that frame stays the newest)
     resolved: Received  # the frame as consensus reads it: every known row
 
 
@@ -258,7 +259,7 @@ class LogitsMode(Mode):
         unchanged since its frame of round `keeps` when we hold that frame (else only the rows sent)."""
         key = (r.sender, r.ref_start, r.ref_count)
         held = self._heard.get(key)
-        if held is not None and held.round == r.round:  # the same frame, newest for another round
+        if held is not None and held.sent is r.array:  # the same frame, still the newest a round later
             return held.resolved
         if r.keeps >= 0 and held is not None and held.round == r.keeps:
             values, known = held.values, held.known
@@ -269,7 +270,7 @@ class LogitsMode(Mode):
         values[rows], known[rows] = r.array, True
         resolved = r if known.all() and r.rows is None else replace(
             r, array=values[known], rows=None if known.all() else np.flatnonzero(known), keeps=-1)
-        self._heard[key] = _Heard(r.round, values, known, resolved)
+        self._heard[key] = _Heard(r.round, values, known, r.array, resolved)
         return resolved
 
     def absorb(self, ctx, inbox, round_idx):

@@ -143,10 +143,13 @@ def test_changed_rows_are_those_that_moved_by_the_threshold():
     assert len(changed_rows(new + 5.0, new, 1e-6)) == 1  # a shift is no change: no row moved
 
 
-def heard(mode, rnd, array, rows=None, keeps=-1, ref_count=6):
-    r = Received("b", rnd, "logits", np.asarray(array, np.float32), 0, ref_count, np.ones(C), 0.5,
-                 rows=None if rows is None else np.asarray(rows), keeps=keeps)
-    return mode._resolve(r, C)
+def frame(rnd, array, rows=None, keeps=-1, ref_count=6):
+    return Received("b", rnd, "logits", np.asarray(array, np.float32), 0, ref_count, np.ones(C), 0.5,
+                    rows=None if rows is None else np.asarray(rows), keeps=keeps)
+
+
+def heard(mode, *args, **kw):
+    return mode._resolve(frame(*args, **kw), C)
 
 
 def test_a_receiver_fills_unchanged_rows_from_the_frame_they_keep():
@@ -154,12 +157,13 @@ def test_a_receiver_fills_unchanged_rows_from_the_frame_they_keep():
     first = np.arange(6 * C, dtype=np.float32).reshape(6, C)
     assert heard(mode, 0, first).rows is None
     # round 10 sends rows 1 and 4 and keeps the rest from round 0: every row is known again
-    got = heard(mode, 10, -first[[1, 4]], rows=[1, 4], keeps=0)
+    tenth = frame(10, -first[[1, 4]], rows=[1, 4], keeps=0)
+    got = mode._resolve(tenth, C)
     assert got.rows is None
     want = first.copy()
     want[[1, 4]] = -first[[1, 4]]
     np.testing.assert_array_equal(got.array, want)
-    assert heard(mode, 10, -first[[1, 4]], rows=[1, 4], keeps=0) is got  # the same frame again: no change
+    assert mode._resolve(tenth, C) is got  # the same frame, still the newest next round: no change
     # round 20 keeps from round 15, which we never got: only the rows it sent count
     lost = heard(mode, 20, first[[2]], rows=[2], keeps=15)
     np.testing.assert_array_equal(lost.rows, [2])
