@@ -35,6 +35,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(R,) half the L1 distance between the distributions in each row of p and q (R, C)."""
+    return 0.5 * np.abs(p - q).sum(axis=-1)
+
+
 def class_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     """(K, C) weight of node k's opinion on class c, normalized over k for each c.
 

@@ -16,7 +16,7 @@ import torch
 from p2pfl.averaging import mix, push_sum
 from p2pfl.codecs import BIT_LADDER
 from p2pfl.config import AdapterConfig, GossipConfig
-from p2pfl.consensus import Contribution, normalize_logits, softmax, teacher
+from p2pfl.consensus import Contribution, normalize_logits, softmax, teacher, total_variation
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 
@@ -138,9 +138,18 @@ def changed_rows(new: np.ndarray, sent: np.ndarray, threshold: float) -> np.ndar
     """Rows whose predicted distribution moved by at least `threshold` in total variation since the
     values `sent` (same rows), sorted; the one that moved most when none did, since a frame must hold
     a row and neighbours wait for one frame per round."""
-    moved = 0.5 * np.abs(softmax(new.astype(np.float64)) - softmax(sent.astype(np.float64))).sum(axis=1)
+    moved = total_variation(softmax(new.astype(np.float64)), softmax(sent.astype(np.float64)))
     rows = np.flatnonzero(moved >= threshold)
     return rows if rows.size else np.array([int(np.argmax(moved))])
+
+
+@dataclass
+class _Sent:
+    """Our frames about one slice so far: how many, the round of the last, and each row as neighbours hold it."""
+
+    frames: int
+    round: int
+    values: np.ndarray  # (slice rows, C)
 
 
 @dataclass
@@ -209,11 +218,8 @@ class LogitsMode(Mode):
         self._own: dict[tuple[int, int], np.ndarray] = {}  # slice -> own logits since the last training
         self._table: np.ndarray | None = None  # (reference size, C) latest teacher of every row
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
-        # select = changed:T. Sender: per slice, the round of our last frame, our frames so far, and the
-        # values the neighbours hold per row. Receiver: per neighbour and slice, what it last said.
-        self._sent_round: dict[tuple[int, int], int] = {}
-        self._frames: dict[tuple[int, int], int] = {}
-        self._sent: dict[tuple[int, int], np.ndarray] = {}
+        # select = changed:T. Sender: per slice, what we sent. Receiver: per neighbour and slice, what it last said.
+        self._sent: dict[tuple[int, int], _Sent] = {}
         self._heard: dict[tuple[str, int, int], _Heard] = {}
 
     def warmup(self, ctx):
@@ -241,15 +247,13 @@ class LogitsMode(Mode):
         """Only the rows that moved by >= threshold since we last sent them; the frame says which earlier
         frame holds the rest. Every gossip.key_every-th frame about a slice sends every row, so a
         neighbour that missed one (or restarted) is whole again."""
-        key = (start, count)
-        frames = self._frames[key] = self._frames.get(key, 0) + 1
-        previous = self._sent_round.get(key)
-        self._sent_round[key] = round_idx
-        if previous is None or (frames - 1) % ctx.gossip.key_every == 0:
-            self._sent[key] = logits.copy()
+        sent = self._sent.get((start, count))
+        if sent is None or sent.frames % ctx.gossip.key_every == 0:
+            self._sent[start, count] = _Sent((sent.frames if sent else 0) + 1, round_idx, logits.copy())
             return Outgoing("logits", logits, start, count)
-        rows = changed_rows(logits, self._sent[key], threshold)
-        self._sent[key][rows] = logits[rows]
+        previous, sent.frames, sent.round = sent.round, sent.frames + 1, round_idx
+        rows = changed_rows(logits, sent.values, threshold)
+        sent.values[rows] = logits[rows]
         if len(rows) == count:
             return Outgoing("logits", logits, start, count)
         return Outgoing("logits", logits[rows], start, count, rows=rows, keeps=previous)
@@ -292,7 +296,7 @@ class LogitsMode(Mode):
             new = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
                           reliability=ctx.gossip.reliability)
             again = self._taught[rows] >= 0
-            moves.append(0.5 * np.abs(new[again] - self._table[rows[again]]).sum(axis=1))
+            moves.append(total_variation(new[again], self._table[rows[again]]))
             self._table[rows] = new
             spoken = np.zeros(count, dtype=bool)  # rows some neighbour spoke about: the others teach nothing new
             for r in received:

@@ -24,19 +24,10 @@ import numpy as np
 import p2pfl.node
 import p2pfl.sim
 from p2pfl.config import load_scenario, parse_value
-from p2pfl.data.reference import ReferenceSpec
-from p2pfl.data.sources import mnist1d
+from p2pfl.data.reference import reference_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDER_MIN = 10  # a node "holds" a class with at least this many training samples of it
-
-
-def reference_labels(spec: ReferenceSpec) -> np.ndarray:
-    """The labels of an MNIST-1D reference set, regenerated the way build_reference makes its inputs."""
-    if spec.source != "mnist1d":
-        raise SystemExit(f"reference.source = {spec.source!r}: only an mnist1d reference set has labels to regenerate")
-    d = mnist1d(num_samples=-(-spec.size // 10) * 10, seed=spec.seed)
-    return np.concatenate([d.y_train, d.y_test])[: spec.size]
 
 
 def main() -> None:
@@ -48,12 +39,11 @@ def main() -> None:
     over = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)} | {"mode": "logits"}
     scale = {a: float(f) for a, f in (item.split("=", 1) for item in args.scale_arch)}
 
-    learners, modes, arch_of, archs = [], [], {}, []
+    learners, modes, arch_of = [], [], {}  # arch_of: node id -> architecture, in node order
     make_learner, make_mode, usable = p2pfl.sim.Simulation.learner, p2pfl.sim.make_mode, p2pfl.node.Node._usable_inbox
 
     def learner(self, plan, dataset):
         arch_of[plan.node_id] = plan.profile.arch
-        archs.append(plan.profile.arch)
         learners.append(make_learner(self, plan, dataset))
         return learners[-1]
 
@@ -69,7 +59,11 @@ def main() -> None:
     sim = p2pfl.sim.Simulation(load_scenario(args.scenario, over), run_dir=None)
     result = sim.run()
     dataset, graph, reference = sim.dataset(), sim.topology().graph, sim.reference()
-    y_ref = reference_labels(reference.spec)
+    try:
+        y_ref = reference_labels(reference.spec)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    archs = list(arch_of.values())
     hops = dict(nx.all_pairs_shortest_path_length(graph))
     counts = np.stack([lr.label_counts for lr in learners])
     by_hop: dict[int, list[float]] = {}

@@ -5,6 +5,8 @@ import random
 import sys
 
 import numpy as np
+
+from p2pfl.data.reference import reference_labels
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -389,6 +391,19 @@ def test_reference_from_npy(tmp_path):
     assert ref.x.shape == (40, 6) and np.allclose(ref.x, x[:40])
     with pytest.raises(ValueError, match="set size <= 50"):
         build_reference(ReferenceSpec(source=str(tmp_path / "ref.npy"), size=60, slice_size=10))
+    with pytest.raises(ValueError, match="has no labels"):
+        reference_labels(ReferenceSpec(source=str(tmp_path / "ref.npy"), size=40, slice_size=10))
+
+
+def test_reference_labels_are_those_of_the_generated_rows():
+    from p2pfl.data.sources import synthetic
+
+    spec = ReferenceSpec(source="synthetic", seed=5, size=30, slice_size=10)
+    d = synthetic(num_samples=30, seed=5)
+    ref, y = build_reference(spec), reference_labels(spec)
+    rows = np.concatenate([d.x_train, d.x_test])
+    assert y.shape == (30,) and np.array_equal(ref.x, rows[:30])
+    np.testing.assert_array_equal(y, np.concatenate([d.y_train, d.y_test])[:30])
 
 
 @pytest.mark.parametrize(

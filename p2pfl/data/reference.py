@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p2pfl.data.sources import check_inputs, mnist1d, synthetic
+from p2pfl.data.sources import Dataset, check_inputs, mnist1d, synthetic
 
 # Generating MNIST-1D costs ~0.13 s per 1000 rows and a row of 40 float32 is 160 B: 1M rows is ~2 min
 # and 160 MB per node, past anything a knowledge exchange needs.
@@ -114,15 +114,27 @@ def build_reference(spec: ReferenceSpec, *, train_seed: int | None = None) -> Re
         raise ValueError(
             f"reference seed {spec.seed} equals the training seed; pick another so the reference holds fresh inputs"
         )
+    if spec.source.endswith(".npy"):
+        return Reference(spec, _load_npy(spec.source, spec.size))
+    d = _generated(spec)
+    return Reference(spec, np.concatenate([d.x_train, d.x_test])[: spec.size])
+
+
+def reference_labels(spec: ReferenceSpec) -> np.ndarray:
+    """(size,) the labels of a generated reference set, for diagnostics (nodes never use them); a user's
+    .npy has none."""
+    if spec.source.endswith(".npy"):
+        raise ValueError(f"reference source {spec.source}: a user's .npy reference set has no labels")
+    d = _generated(spec)
+    return np.concatenate([d.y_train, d.y_test])[: spec.size]
+
+
+def _generated(spec: ReferenceSpec) -> Dataset:
+    """The dataset a generated reference set (mnist1d or synthetic) is cut from: train then test rows."""
     if spec.source == "mnist1d":
         # mnist1d makes num_samples // 10 rows per class: round up so there are >= size rows.
-        d = mnist1d(num_samples=-(-spec.size // 10) * 10, seed=spec.seed)
-    elif spec.source == "synthetic":
-        d = synthetic(num_samples=max(spec.size, 2), seed=spec.seed)
-    else:
-        return Reference(spec, _load_npy(spec.source, spec.size))
-    x = np.concatenate([d.x_train, d.x_test])[: spec.size]
-    return Reference(spec, x)
+        return mnist1d(num_samples=-(-spec.size // 10) * 10, seed=spec.seed)
+    return synthetic(num_samples=max(spec.size, 2), seed=spec.seed)
 
 
 def spec_digest(spec: ReferenceSpec) -> str:
