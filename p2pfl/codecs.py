@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+import constriction
 import numpy as np
 
 INT8_CHUNK = 256  # values per int8 scale for 1-D arrays: 1.6% scale overhead, local enough for outliers
@@ -162,10 +164,7 @@ def _int8_encode(x: np.ndarray) -> tuple[bytes, bytes]:
 
 
 def _int8_decode(shape: tuple[int, ...], data: bytes, scale: bytes) -> np.ndarray:
-    scales = _checked_scales(scale, "int8")
-    q = np.frombuffer(data, dtype=_I8).astype(np.float32).reshape(shape)
-    with np.errstate(over="ignore"):  # a huge scale overflows to Inf: caught by the finite check in decode()
-        return q * _per_element(scales, shape)
+    return _dequantize(np.frombuffer(data, dtype=_I8).reshape(shape), scale, "int8")
 
 
 def _dense_sizes(itemsize: int) -> Callable[[tuple[int, ...]], tuple[int, int]]:
@@ -213,22 +212,25 @@ def _intb_scales(x: np.ndarray, bits: int) -> np.ndarray:
     return (np.abs(_as_rows(x)).max(axis=1) / np.float32(_levels(bits))).astype(np.float32)
 
 
-def _intb_encoder(bits: int, stochastic: bool) -> Callable[[np.ndarray], tuple[bytes, bytes]]:
-    levels = _levels(bits)
+def _intb_quantize(x: np.ndarray, bits: int, stochastic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Levels -L..L (int8, x's shape) and the per-row scales they multiply (x non-empty)."""
+    levels, scales = _levels(bits), _intb_scales(x, bits)
+    y = _as_rows(x) / np.where(scales > 0, scales, np.float32(1))[:, None]
+    if stochastic:
+        # unbiased rounding (E[q] = x / s), seeded by the data so encoding stays deterministic
+        u = np.random.default_rng(zlib.crc32(x.tobytes())).random(y.shape, dtype=np.float32)
+        q = np.floor(y + u)
+    else:
+        q = np.rint(y)
+    return np.clip(q, -levels, levels).astype(np.int8).reshape(-1)[: x.size].reshape(x.shape), scales
 
+
+def _intb_encoder(bits: int, stochastic: bool) -> Callable[[np.ndarray], tuple[bytes, bytes]]:
     def encode_intb(x: np.ndarray) -> tuple[bytes, bytes]:
-        scales = _intb_scales(x, bits)
         if x.size == 0:
             return b"", b""
-        y = _as_rows(x) / np.where(scales > 0, scales, np.float32(1))[:, None]
-        if stochastic:
-            # unbiased rounding (E[q] = x / s), seeded by the data so encoding stays deterministic
-            u = np.random.default_rng(zlib.crc32(x.tobytes())).random(y.shape, dtype=np.float32)
-            q = np.floor(y + u)
-        else:
-            q = np.rint(y)
-        q = np.clip(q, -levels, levels).astype(np.int8).reshape(-1)[: x.size]
-        return _pack_bits(q, bits), scales.astype(_F32).tobytes()
+        q, scales = _intb_quantize(x, bits, stochastic)
+        return _pack_bits(q.reshape(-1), bits), scales.astype(_F32).tobytes()
     return encode_intb
 
 
@@ -249,11 +251,15 @@ def _unpack_bits(data: bytes, n: int, bits: int) -> np.ndarray:
 
 def _intb_decoder(bits: int) -> Callable[[tuple[int, ...], bytes, bytes], np.ndarray]:
     def decode_intb(shape: tuple[int, ...], data: bytes, scale: bytes) -> np.ndarray:
-        scales = _checked_scales(scale, f"int{bits}")
-        q = _unpack_bits(data, math.prod(shape), bits).astype(np.float32).reshape(shape)
-        with np.errstate(over="ignore"):
-            return q * _per_element(scales, shape)
+        return _dequantize(_unpack_bits(data, math.prod(shape), bits).reshape(shape), scale, f"int{bits}")
     return decode_intb
+
+
+def _dequantize(q: np.ndarray, scale: bytes, name: str) -> np.ndarray:
+    """Levels (any int dtype, the array's shape) times their checked per-row scales, as float32."""
+    scales = _checked_scales(scale, name)
+    with np.errstate(over="ignore"):  # a huge scale overflows to Inf: caught by the finite check in decode()
+        return q.astype(np.float32) * _per_element(scales, q.shape)
 
 
 def _intb_sizes(bits: int) -> Callable[[tuple[int, ...]], tuple[int, int]]:
@@ -472,9 +478,145 @@ def _z_codec(inner: Codec) -> Codec:
                  inner.description + "; data bytes zlib-compressed", compressed=True)
 
 
+# ANS: the integer levels (and top-k positions) as symbols, each stream under its own static model.
+# zlib finds repeats but codes each byte with one Huffman table: bit-packed 3-bit levels of different
+# kinds interleave in every byte, and a level that is almost always the same still costs a bit or
+# more. Here every column of levels (one class of a logit row; the top value, the rest's mean) gets
+# its own frequency table and rANS codes each symbol in about -log2 p bits (constriction's coder).
+# Data = the tables (one byte per alphabet symbol, counts scaled so the largest is 255) + the coder's
+# 32-bit words; scales as the integer codec's.
+
+ANS_MAX_COLUMNS = 64  # arrays with at most this many columns (ndim >= 2) get one model per column
+MAX_COMBOS = 1024  # top-k position sets travel as one symbol (their rank) when there are at most this many
+_ANS_PRECISION = 24  # constriction's Categorical: no symbol costs more than 24 bits
+
+
+def _ans_columns(shape: tuple[int, ...]) -> int:
+    """How many interleaved columns an array's levels are modelled as (1: one stream)."""
+    return shape[-1] if len(shape) >= 2 and 1 <= shape[-1] <= ANS_MAX_COLUMNS else 1
+
+
+@functools.lru_cache(maxsize=64)
+def _combos(rowlen: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """All increasing kk-subsets of range(rowlen) in colex order (rank -> indices), and the binomial
+    table C(n, j) that ranks them: rank = sum_j C(idx_j, j + 1)."""
+    binom = np.array([[math.comb(n, j) for j in range(kk + 1)] for n in range(rowlen)], dtype=np.int64)
+    table = np.array(list(itertools.combinations(range(rowlen), kk)), dtype=np.int64).reshape(-1, kk)
+    ranks = binom[table, np.arange(1, kk + 1)].sum(axis=1)
+    table[ranks] = table.copy()
+    return table, binom
+
+
+def _ans_streams(shape: tuple[int, ...], bits: int, k: int | None) -> tuple[list[tuple[int, int]], ...]:
+    """(symbols, alphabet size) of each stream of a non-empty `shape`, in coding order: the top-k
+    positions' streams (none without top-k), then the levels' streams."""
+    if k is None:
+        cols = _ans_columns(shape)
+        return [], [(math.prod(shape) // cols, 2 ** bits)] * cols
+    rows, rowlen, kk, _ = _topk_layout(shape, k)
+    if math.comb(rowlen, kk) <= MAX_COMBOS:  # at least 2 symbols: the coder's smallest alphabet
+        return [(rows, max(2, math.comb(rowlen, kk)))], [(rows, 2 ** bits)] * (kk + 1)
+    return [(rows, rowlen)] * kk, [(rows, 2 ** bits)] * (kk + 1)  # each increasing index on its own
+
+
+def _ans_model(table: np.ndarray):
+    return constriction.stream.model.Categorical(table.astype(np.float64) / table.sum(), perfect=False)
+
+
+def _ans_codec(inner: Codec, bits: int, k: int | None, stochastic: bool) -> Codec:
+    """`inner` (intB or topk:K+intB) with its levels entropy-coded by rANS; the same values decoded."""
+    offset = 2 ** (bits - 1)  # level q travels as symbol q + offset; symbol 0 is never written
+
+    def sizes(shape):
+        if math.prod(shape) == 0:
+            return 0, 0
+        positions, levels = _ans_streams(shape, bits, k)
+        words = -(-sum(n for n, _ in positions + levels) * _ANS_PRECISION // 32) + 2
+        quantized = shape if k is None else (levels[0][0], len(levels))  # top-k: (rows, kk + 1)
+        return sum(a for _, a in positions + levels) + 4 * words, _rows(quantized)[0] * _F32.itemsize
+
+    def encode_ans(x):
+        if x.size == 0:
+            return b"", b""
+        positions, levels = _ans_streams(x.shape, bits, k)
+        streams: list[np.ndarray] = []
+        if k is not None:
+            _, rowlen, kk, _ = _topk_layout(x.shape, k)
+            idx, x = _topk_split(x, k)  # x: the kept values, then the rest's mean
+            if len(positions) == 1:  # the position set's colex rank
+                streams.append(_combos(rowlen, kk)[1][idx, np.arange(1, kk + 1)].sum(axis=1))
+            else:
+                streams.extend(idx.T)
+        q, scales = _intb_quantize(x, bits, stochastic)
+        streams.extend(q.reshape(-1, len(levels)).T.astype(np.int64) + offset)
+        tables = []
+        for stream, (_, alphabet) in zip(streams, positions + levels):
+            counts = np.bincount(stream, minlength=alphabet)
+            tables.append(np.ceil(counts * 255 / counts.max()).astype(np.uint8))
+        coder = constriction.stream.stack.AnsCoder()
+        for stream, table in zip(reversed(streams), reversed(tables)):
+            coder.encode_reverse(stream.astype(np.int32), _ans_model(table))
+        words = coder.get_compressed().astype("<u4")
+        return b"".join(t.tobytes() for t in tables) + words.tobytes(), scales.astype(_F32).tobytes()
+
+    def decode_ans(shape, data, scale):
+        if math.prod(shape) == 0:
+            return np.zeros(shape, dtype=np.float32)  # sizes() allowed exactly 0 bytes here
+        positions, levels = _ans_streams(shape, bits, k)
+        streams = positions + levels
+        cut = sum(a for _, a in streams)
+        if len(data) < cut or (len(data) - cut) % 4:
+            raise CodecError(f"{name}: data must be {cut} table bytes then whole 32-bit words; got {len(data)} bytes")
+        try:
+            coder = constriction.stream.stack.AnsCoder(np.frombuffer(data[cut:], dtype="<u4").astype(np.uint32))
+        except ValueError as e:
+            raise CodecError(f"{name}: not an ANS stream ({e})") from None
+        out, at = [], 0
+        for i, (n, alphabet) in enumerate(streams):
+            table = np.frombuffer(data[at:at + alphabet], dtype=np.uint8)
+            at += alphabet
+            if not table.any() or (i >= len(positions) and table[0]):
+                raise CodecError(f"{name}: stream {i}'s model is empty or gives the unused symbol 0 a count")
+            symbols = coder.decode(_ans_model(table), n).astype(np.int64)
+            if (table[symbols] == 0).any():
+                raise CodecError(f"{name}: stream {i} decodes to a symbol its model gives no count")
+            out.append(symbols)
+        if not coder.is_empty():
+            raise CodecError(f"{name}: words left over after the last symbol")
+        q = np.stack(out[len(positions):], axis=1) - offset
+        if k is None:
+            return _dequantize(q.reshape(shape), scale, name)
+        _, rowlen, kk, _ = _topk_layout(shape, k)
+        if len(positions) == 1:
+            idx = _combos(rowlen, kk)[0][out[0]]
+        else:
+            idx = np.stack(out[:kk], axis=1)
+            if (np.diff(idx, axis=1) <= 0).any():
+                raise CodecError(f"{name}: top-{k} indices must be increasing")
+        return _topk_join(shape, idx, _dequantize(q, scale, name))
+
+    name = f"{inner.name}+ans"
+    return Codec(name, encode_ans, decode_ans, sizes, inner.error_bound,
+                 inner.description + "; levels rANS-coded, one static model per column", compressed=True)
+
+
+def _int_width(part: str) -> int | None:
+    """The bits of one '+'-separated part of a codec name if it is an integer codec (int4sr -> 4)."""
+    base = part.removesuffix("sr")
+    return int(base[3:]) if base.startswith("int") and base[3:].isdigit() else None
+
+
 @functools.lru_cache(maxsize=256)
 def _build(name: str) -> Codec | None:
-    """`BASE`, `topk:K+BASE` (`topk:K` = `topk:K+fp16`), either followed by `+z`; None if malformed."""
+    """`BASE`, `topk:K+BASE` (`topk:K` = `topk:K+fp16`), either followed by `+z`; or `intB+ans`,
+    `topk:K+intB+ans` (B = 2, 3, 4, 8; intBsr too); None if malformed."""
+    if name.endswith("+ans"):
+        inner = _build(name[:-4])
+        bits = _int_width(inner.name.split("+")[-1]) if inner is not None and not inner.compressed else None
+        if bits is None:
+            return None
+        k = int(name[len("topk:"):].partition("+")[0]) if name.startswith("topk:") else None
+        return _ans_codec(inner, bits, k, stochastic=inner.name.endswith("sr"))
     body, zipped = (name[:-2], True) if name.endswith("+z") else (name, False)
     if body.startswith("topk:"):
         k_text, plus, inner_name = body[len("topk:"):].partition("+")
@@ -494,21 +636,17 @@ def _build(name: str) -> Codec | None:
 # The names the tests and benchmarks sweep; every name `parse_codec` accepts is valid on the wire.
 CODECS: dict[str, Codec] = {
     name: _build(name)
-    for name in (*BASE_CODECS, "int8+z", "int4+z", "topk:3", "topk:2+int8", "topk:3+int4", "topk:3+int4+z")
+    for name in (*BASE_CODECS, "int8+z", "int4+z", "topk:3", "topk:2+int8", "topk:3+int4", "topk:3+int4+z",
+                 "int3+ans", "int8+ans", "topk:3+int3+ans", "topk:1+int4sr+ans")
 }
 CODEC_GRAMMAR = (f"{' | '.join(BASE_CODECS)}, optionally as topk:K+NAME (K = 1..{MAX_TOPK}), optionally "
-                 f"followed by +z (zlib), e.g. int8, topk:3+int4+z")
+                 f"followed by +z (zlib) or, where NAME ends in an integer codec, +ans (rANS); e.g. int8, "
+                 f"topk:3+int4+z, topk:3+int3+ans")
 
 
 # The integer widths adaptive bit width steps through, most first. Not int2: as logits (three levels)
 # it costs 0.12 global accuracy on quickstart even with normalized logits (BENCHMARKS.md).
 BIT_LADDER = (8, 4, 3)
-
-
-def _int_width(part: str) -> int | None:
-    """The bits of one '+'-separated part of a codec name if it is an integer codec (int4sr -> 4)."""
-    base = part.removesuffix("sr")
-    return int(base[3:]) if base.startswith("int") and base[3:].isdigit() else None
 
 
 def codec_bits(name: str) -> int | None:

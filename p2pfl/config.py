@@ -66,7 +66,7 @@ class GossipConfig:
     # "agreement:P": scale each node's weight by the odds, to the power P, that its top class matches the
     # others' consensus (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
     reliability: str = "agreement:4"  # +0.028 / +0.030 global on quickstart, two seeds (BENCHMARKS.md)
-    codec: str = "auto"  # "auto": per kind, logits topk:3+int3+z, params fp32; see codecs.py
+    codec: str = "auto"  # "auto": per kind, logits topk:3+int3+ans, params fp32; see codecs.py
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
     delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
     key_every: int = 10  # delta, select = changed:T: every Nth frame of a stream is whole, to resync receivers

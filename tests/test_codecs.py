@@ -344,3 +344,84 @@ def test_a_zlib_bomb_inflates_no_further_than_the_shape_needs():
     bomb = zlib.compress(b"\0" * 50_000_000)  # 50 MB of zeros in ~49 KB: within the size bound below
     e = Encoded("int8+z", (60_000,), bomb, f32(*[1.0] * 235))
     assert rejected_peak_bytes(e, 100_000, "inflate to exactly 60000 bytes") < 1_000_000
+
+
+# ------------------------------------------------------------------------------- ANS entropy stage
+
+
+def peaked_logits(rows: int, seed: int = 0) -> np.ndarray:
+    """Normalized-logit-like rows: one class at the top (4), a few near it, the rest at the floor."""
+    rng = np.random.default_rng(seed)
+    x = np.full((rows, 10), -4.0, dtype=np.float32)
+    top = rng.integers(0, 3, rows)  # a node's classes: a skewed top-class mix
+    x[:, 3:6] = rng.uniform(-4, 2, (rows, 3)).astype(np.float32)
+    x[np.arange(rows), top] = 4.0
+    return x
+
+
+@pytest.mark.parametrize("inner", ["int3", "int8", "topk:3+int3", "topk:1+int4sr", "topk:2+int2", "topk:3+int3sr"])
+def test_ans_decodes_exactly_what_its_integer_codec_decodes(inner):
+    x = peaked_logits(700)
+    plain = codecs.decode(codecs.encode(x, inner), max_elements=BIG)
+    coded = codecs.decode(codecs.encode(x, inner + "+ans"), max_elements=BIG)
+    np.testing.assert_array_equal(coded, plain)  # lossless on top of the same levels
+
+
+def test_ans_is_smaller_than_zlib_on_peaked_logits():
+    x = peaked_logits(2000)
+    ans, z = codecs.encode(x, "topk:3+int3+ans").nbytes, codecs.encode(x, "topk:3+int3+z").nbytes
+    assert ans < 0.8 * z, (ans, z)
+
+
+def test_ans_ranks_position_sets_or_lists_indices_when_they_are_too_many():
+    x = np.random.default_rng(1).standard_normal((40, 300)).astype(np.float32)  # C(300, 2) > MAX_COMBOS
+    for name in ("topk:2+int4+ans", "topk:1+int4+ans"):  # listed indices / one rank per row (300 sets)
+        y = codecs.decode(codecs.encode(x, name), max_elements=BIG)
+        np.testing.assert_array_equal(y, codecs.decode(codecs.encode(x, name[:-4]), max_elements=BIG))
+
+
+def test_ans_needs_an_integer_codec_underneath():
+    for name in ("fp16+ans", "sign+ans", "topk:3+ans", "int4+z+ans", "int4+ans+z", "topk:3+fp32+ans"):
+        assert not codecs.is_codec(name), name
+
+
+def ans_payload(tables: list[list[int]], words: list[int]) -> bytes:
+    return bytes(b for t in tables for b in t) + np.array(words, "<u4").tobytes()
+
+
+def int3_table(*counts: int) -> list[int]:
+    return list(counts) + [0] * (8 - len(counts))
+
+
+@pytest.mark.parametrize("e, match", [
+    (Encoded("int3+ans", (4,), b"\x01" * 7, f32(1.0)), "8 table bytes then whole 32-bit words"),
+    (Encoded("int3+ans", (4,), ans_payload([int3_table(0, 0, 0, 255)], [1]) + b"\x00", f32(1.0)), "whole 32-bit"),
+    (Encoded("int3+ans", (4,), ans_payload([int3_table()], [1]), f32(1.0)), "model is empty"),
+    (Encoded("int3+ans", (4,), ans_payload([int3_table(9, 0, 0, 255)], [1]), f32(1.0)), "unused symbol 0"),
+    (Encoded("int3+ans", (4,), ans_payload([int3_table(0, 0, 0, 255)], [0]), f32(1.0)), "not an ANS stream"),
+    # a model that gives only level 0 (symbol 3) a count, and words that decode to something else
+    (Encoded("int3+ans", (4,), ans_payload([int3_table(0, 0, 0, 255)], [0x12345678, 0x9abcdef0]), f32(1.0)),
+     "no count|left over"),
+])
+def test_crafted_ans_payloads_are_rejected(e, match):
+    with pytest.raises(CodecError, match=match):
+        codecs.decode(e, max_elements=1000)
+
+
+def test_ans_words_beyond_the_symbols_are_rejected():
+    e = codecs.encode(peaked_logits(50), "topk:3+int3+ans")
+    longer = Encoded(e.codec, e.shape, e.data + np.array([7], "<u4").tobytes(), e.scale)
+    with pytest.raises(CodecError, match="left over|no count"):
+        codecs.decode(longer, max_elements=BIG)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from([n for n in NAMES if CODECS[n].compressed]), data=st.binary(max_size=600),
+       rows=st.integers(1, 40))
+def test_hostile_entropy_coded_bytes_raise_the_codec_error(name, data, rows):
+    scale = codecs.encode(peaked_logits(rows), name).scale  # valid scales: the data is what is hostile
+    try:
+        y = codecs.decode(Encoded(name, (rows, 10), data, scale), max_elements=rows * 10)
+    except CodecError:
+        return
+    assert y.shape == (rows, 10) and np.isfinite(y).all()  # the rare byte string that is a valid payload
