@@ -36,8 +36,8 @@ from benchrows import add_rows, machine  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-DEFAULT_VARIANTS = ["fp32", "int8", "topk:3+int4+z", "topk:3+int3+z", "topk:3+int3+z@500", "topk:2+int3+z@500",
-                    "topk:3+int4+z/adaptive:0.2"]
+DEFAULT_VARIANTS = ["fp32", "int8", "topk:3+int3+z", "topk:3+int3+ans", "topk:3+int3+ans/changed:0.1",
+                    "topk:2+int3+ans@500", "topk:1+int3+ans@500"]
 
 
 def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
