@@ -61,6 +61,18 @@ def tiny(tmp_path) -> Path:
 
 # --------------------------------------------------------------------------------------- config
 
+
+@pytest.mark.parametrize("path", sorted((REPO / "sim").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_loads_and_is_named_after_its_file(path):
+    # loading validates every key and codec; the name is what run directories and benchmark rows use
+    assert load_scenario(path).name == path.stem
+
+
+def test_low_bandwidth_differs_from_quickstart_only_where_it_says():
+    lean, quick = load_scenario(REPO / "sim" / "low-bandwidth.toml"), load_scenario(QUICKSTART)
+    assert lean.reference.slice_size == 500 and lean.gossip.codec == "topk:1+int3+ans"
+    assert dataclasses.replace(lean, name=quick.name, reference=quick.reference, gossip=quick.gossip) == quick
+
 def test_quickstart_is_the_embedded_default():
     loaded = load_scenario(QUICKSTART)
     if loaded != Scenario():
