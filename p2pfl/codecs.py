@@ -588,7 +588,10 @@ def _ans_codec(inner: Codec, bits: int, k: int | None, stochastic: bool) -> Code
             return _dequantize(q.reshape(shape), scale, name)
         _, rowlen, kk, _ = _topk_layout(shape, k)
         if len(positions) == 1:
-            idx = _combos(rowlen, kk)[0][out[0]]
+            combos = _combos(rowlen, kk)[0]
+            if (out[0] >= len(combos)).any():  # a 1-set alphabet is padded to 2 symbols
+                raise CodecError(f"{name}: a top-{k} position rank is beyond the {len(combos)} sets")
+            idx = combos[out[0]]
         else:
             idx = np.stack(out[:kk], axis=1)
             if (np.diff(idx, axis=1) <= 0).any():

@@ -4,6 +4,7 @@ import math
 import tracemalloc
 import zlib
 
+import constriction
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -406,6 +407,17 @@ def int3_table(*counts: int) -> list[int]:
 def test_crafted_ans_payloads_are_rejected(e, match):
     with pytest.raises(CodecError, match=match):
         codecs.decode(e, max_elements=1000)
+
+
+def test_a_position_rank_beyond_the_sets_is_rejected():
+    # one value per row: one position set, its alphabet padded to two symbols; rank 1 names no set
+    tables = [np.array([0, 255], np.uint8), np.array(int3_table(0, 0, 0, 255), np.uint8)]
+    coder = constriction.stream.stack.AnsCoder()
+    for symbol, table in reversed(list(zip([1, 3, 3], [tables[0], tables[1], tables[1]]))):
+        coder.encode_reverse(np.array([symbol], np.int32), codecs._ans_model(table))
+    data = tables[0].tobytes() + tables[1].tobytes() * 2 + coder.get_compressed().astype("<u4").tobytes()
+    with pytest.raises(CodecError, match="beyond the 1 sets"):
+        codecs.decode(Encoded("topk:1+int3+ans", (1, 1), data, f32(1.0)), max_elements=1)
 
 
 def test_ans_words_beyond_the_symbols_are_rejected():
