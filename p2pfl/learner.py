@@ -74,7 +74,10 @@ class Learner:
                 # One forward over labelled and reference rows together: the models have no batch
                 # statistics, so this is the same loss as two passes at a fraction of the per-call cost.
                 kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
-                z = self.model(torch.cat([x, teacher_x[kd_idx]]))
+                kd_x = teacher_x[kd_idx]
+                if c.augment_reference:
+                    kd_x = shift_augment(kd_x, c.augment_reference, self.gen)
+                z = self.model(torch.cat([x, kd_x]))
                 loss = (balanced_cross_entropy(z[:len(idx)], self.y[idx], self.log_p)
                         + kd_weight * distill_loss(z[len(idx):], teacher_p[kd_idx], c.temperature))
             self.optimizer.zero_grad(set_to_none=True)

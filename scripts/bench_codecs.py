@@ -7,7 +7,8 @@ A variant is CODEC or CODEC@ROWS (reference rows per slice: a smaller slice is t
 selection), then optional flags: /delta (delta coding with error feedback, gossip.delta),
 /confident:F or /uncertain:F (send that share of each slice's rows, gossip.select), /changed:T (send
 only the rows whose prediction moved by T in total variation since last sent) and /adaptive:T
-(adaptive bit width with threshold T, gossip.adaptive_bits), e.g. topk:3+int4+z@2000/confident:0.25.
+(adaptive bit width with threshold T, gossip.adaptive_bits) and /augref:N (reference rows shifted by
+up to N steps when distilled, train.augment_reference), e.g. topk:3+int4+z@2000/confident:0.25.
 fedavg runs take CODEC or CODEC/delta. For each: final personal/global means, encoded bytes per
 node per round (exact, from the memory transport), cumulative bytes per node until the global mean
 first reaches --target (0.70), and the codec's encode+decode throughput on one quickstart knowledge
@@ -36,8 +37,8 @@ from benchrows import add_rows, machine  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-DEFAULT_VARIANTS = ["fp32", "int8", "topk:3+int3+z", "topk:3+int3+ans", "topk:3+int3+ans/changed:0.1",
-                    "topk:2+int3+ans@500", "topk:1+int3+ans@500"]
+DEFAULT_VARIANTS = ["fp32@2000/augref:0", "int8@2000/augref:0", "topk:3+int3+z@2000/augref:0",
+                    "topk:3+int3+ans@2000/augref:0", "topk:2+int3+ans", "topk:1+int3+ans", "topk:2+int3+ans/changed:0.1"]
 
 
 def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
@@ -51,21 +52,23 @@ def throughput(name: str, shape=(2000, 10), repeats: int = 30) -> float:
 
 
 def split_variant(variant: str) -> tuple[str, int | None, dict]:
-    """'topk:3+int4+z@500/delta/confident:0.5' -> ('topk:3+int4+z', 500, {gossip overrides})."""
+    """'topk:3+int4+z@500/delta/confident:0.5' -> ('topk:3+int4+z', 500, {overrides})."""
     body, *flags = variant.split("/")
-    gossip: dict = {"gossip.delta": False, "gossip.select": "all", "gossip.adaptive_bits": 0.0}
+    overrides: dict = {"gossip.delta": False, "gossip.select": "all", "gossip.adaptive_bits": 0.0}
     for flag in flags:
         if flag == "delta":
-            gossip["gossip.delta"] = True
+            overrides["gossip.delta"] = True
         elif flag.startswith(("confident:", "uncertain:", "changed:")):
-            gossip["gossip.select"] = flag
+            overrides["gossip.select"] = flag
         elif flag.startswith("adaptive:"):
-            gossip["gossip.adaptive_bits"] = float(flag.removeprefix("adaptive:"))
+            overrides["gossip.adaptive_bits"] = float(flag.removeprefix("adaptive:"))
+        elif flag.startswith("augref:"):
+            overrides["train.augment_reference"] = int(flag.removeprefix("augref:"))
         else:
             raise SystemExit(f"variant {variant!r}: unknown flag {flag!r}; "
-                             f"flags are delta, confident:F, uncertain:F, changed:T, adaptive:T")
+                             f"flags are delta, confident:F, uncertain:F, changed:T, adaptive:T, augref:N")
     name, _, rows = body.partition("@")
-    return name, int(rows) if rows else None, gossip
+    return name, int(rows) if rows else None, overrides
 
 
 def bytes_to_reach(curve: list[dict], target: float) -> float | None:
@@ -77,7 +80,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default=str(ROOT / "sim" / "quickstart.toml"))
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, metavar="CODEC[@ROWS][/FLAG]")
-    ap.add_argument("--fedavg", nargs="*", default=["fp32"], metavar="CODEC", help="fedavg runs (all CNN1D)")
+    ap.add_argument("--fedavg", nargs="*", default=["fp32", "int8"], metavar="CODEC", help="fedavg runs (all CNN1D)")
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--target", type=float, default=0.70, help="global accuracy whose cost in bytes is compared")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_codecs.json"))
@@ -89,8 +92,8 @@ def main() -> int:
 
     runs = []
     for variant in args.variants:
-        name, rows, gossip = split_variant(variant)
-        over = {"rounds": args.rounds, "gossip.codec": name, **gossip,
+        name, rows, flags = split_variant(variant)
+        over = {"rounds": args.rounds, "gossip.codec": name, **flags,
                 "name": f"codec-{variant}".replace(":", "-").replace("/", "-")}
         if rows:
             over["reference.slice_size"] = rows
@@ -98,9 +101,9 @@ def main() -> int:
                      **run_mode(args.scenario, over, args.runs)})
         print(json.dumps({k: runs[-1][k] for k in ("variant", "bytes_per_node_per_round", "wall_time_s")}), flush=True)
     for variant in args.fedavg:
-        name, _, gossip = split_variant(variant)
+        name, _, flags = split_variant(variant)
         over = FEDAVG_SCHEDULE | {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name,
-                                  **gossip, "name": f"codec-fedavg-{variant}".replace("/", "-")}
+                                  **flags, "name": f"codec-fedavg-{variant}".replace("/", "-")}
         runs.append({"mode": "fedavg", "variant": f"fedavg {variant}", "codec": name,
                      "mb_per_s": throughput(name, shape=(7500,)), **run_mode(args.scenario, over, args.runs)})
     for r in runs:

@@ -70,8 +70,8 @@ def test_every_shipped_scenario_loads_and_is_named_after_its_file(path):
 
 def test_low_bandwidth_differs_from_quickstart_only_where_it_says():
     lean, quick = load_scenario(REPO / "sim" / "low-bandwidth.toml"), load_scenario(QUICKSTART)
-    assert lean.reference.slice_size == 500 and lean.gossip.codec == "topk:1+int3+ans"
-    assert dataclasses.replace(lean, name=quick.name, reference=quick.reference, gossip=quick.gossip) == quick
+    assert lean.gossip.codec == "topk:1+int3+ans"
+    assert dataclasses.replace(lean, name=quick.name, gossip=quick.gossip) == quick
 
 def test_quickstart_is_the_embedded_default():
     loaded = load_scenario(QUICKSTART)
@@ -125,6 +125,9 @@ def test_invalid_values_name_the_choices():
         load_scenario(None, {"mode": "turbo"})
     with pytest.raises(ConfigError, match="rounds = 0"):
         load_scenario(None, {"rounds": 0})
+    for key in ("train.augment_shift", "train.augment_reference"):
+        with pytest.raises(ConfigError, match=f"{key} = -1: a shift in steps, >= 0"):
+            load_scenario(None, {key: -1})
 
 
 def test_set_dotted_builds_nested_tables():

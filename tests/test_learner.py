@@ -163,6 +163,36 @@ def test_training_on_a_teacher_moves_predictions_towards_it():
     assert (after == 3).mean() > 0.9 > (before == 3).mean()
 
 
+class _Recorder(nn.Module):
+    """A linear model that keeps every batch it is shown."""
+
+    def __init__(self, length: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(length, classes)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+def test_reference_rows_are_shifted_only_when_asked(shift):
+    x = np.zeros((20, 40), np.float32)
+    ramps = torch.arange(40, dtype=torch.float32).repeat(8, 1) * 100 + torch.arange(8)[:, None]  # distinct rows
+    model = _Recorder(40, 4)
+    learner = Learner(model, x, np.zeros(20, np.int64), num_classes=4, seed=0, total_steps=5,
+                      config=TrainConfig(batch_size=4, kd_batch_size=8, augment_shift=0, augment_reference=shift))
+    learner.train(5, ramps, torch.full((8, 4), 0.25))
+    kd_rows = torch.cat([batch[4:] for batch in model.seen])  # after the 4 labelled rows of each step
+    row = kd_rows[:, 20].long() % 100  # which ramp: the middle is never clamped
+    offset = (kd_rows[:, 20] - ramps[row, 20]) / 100
+    assert offset.abs().max() <= shift
+    assert (offset != 0).any() == (shift > 0)  # 40 draws of 7 shifts: some move unless shifting is off
+    for r, o, got in zip(row, offset.long(), kd_rows):
+        torch.testing.assert_close(got[5:35], ramps[r, 5 + o:35 + o])
+
+
 def test_shift_augment_moves_each_signal_by_at_most_max_shift():
     from p2pfl.learner import shift_augment
     x = torch.arange(3 * 10, dtype=torch.float32).view(3, 10)  # rows are ramps, so a shift is visible
