@@ -497,14 +497,23 @@ def _ans_columns(shape: tuple[int, ...]) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _combos(rowlen: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """All increasing kk-subsets of range(rowlen) in colex order (rank -> indices), and the binomial
-    table C(n, j) that ranks them: rank = sum_j C(idx_j, j + 1)."""
-    binom = np.array([[math.comb(n, j) for j in range(kk + 1)] for n in range(rowlen)], dtype=np.int64)
+def _binomials(rowlen: int, kk: int) -> np.ndarray:
+    """(rowlen, kk + 1) table of C(n, j)."""
+    return np.array([[math.comb(n, j) for j in range(kk + 1)] for n in range(rowlen)], dtype=np.int64)
+
+
+def _colex_rank(idx: np.ndarray, rowlen: int) -> np.ndarray:
+    """(rows,) the colex rank of each row's increasing indices (rows, kk): sum_j C(idx_j, j + 1)."""
+    kk = idx.shape[1]
+    return _binomials(rowlen, kk)[idx, np.arange(1, kk + 1)].sum(axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _combos(rowlen: int, kk: int) -> np.ndarray:
+    """All increasing kk-subsets of range(rowlen), row r the subset of colex rank r."""
     table = np.array(list(itertools.combinations(range(rowlen), kk)), dtype=np.int64).reshape(-1, kk)
-    ranks = binom[table, np.arange(1, kk + 1)].sum(axis=1)
-    table[ranks] = table.copy()
-    return table, binom
+    table[_colex_rank(table, rowlen)] = table.copy()
+    return table
 
 
 def _ans_streams(shape: tuple[int, ...], bits: int, k: int | None) -> tuple[list[tuple[int, int]], ...]:
@@ -541,10 +550,10 @@ def _ans_codec(inner: Codec, bits: int, k: int | None, stochastic: bool) -> Code
         positions, levels = _ans_streams(x.shape, bits, k)
         streams: list[np.ndarray] = []
         if k is not None:
-            _, rowlen, kk, _ = _topk_layout(x.shape, k)
+            rowlen = _topk_layout(x.shape, k)[1]
             idx, x = _topk_split(x, k)  # x: the kept values, then the rest's mean
             if len(positions) == 1:  # the position set's colex rank
-                streams.append(_combos(rowlen, kk)[1][idx, np.arange(1, kk + 1)].sum(axis=1))
+                streams.append(_colex_rank(idx, rowlen))
             else:
                 streams.extend(idx.T)
         q, scales = _intb_quantize(x, bits, stochastic)
@@ -588,7 +597,7 @@ def _ans_codec(inner: Codec, bits: int, k: int | None, stochastic: bool) -> Code
             return _dequantize(q.reshape(shape), scale, name)
         _, rowlen, kk, _ = _topk_layout(shape, k)
         if len(positions) == 1:
-            combos = _combos(rowlen, kk)[0]
+            combos = _combos(rowlen, kk)
             if (out[0] >= len(combos)).any():  # a 1-set alphabet is padded to 2 symbols
                 raise CodecError(f"{name}: a top-{k} position rank is beyond the {len(combos)} sets")
             idx = combos[out[0]]
