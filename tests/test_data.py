@@ -5,8 +5,6 @@ import random
 import sys
 
 import numpy as np
-
-from p2pfl.data.reference import reference_labels
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +23,7 @@ from p2pfl.data import (
     split_train_val,
     synthetic,
 )
+from p2pfl.data.reference import reference_labels
 
 
 @pytest.fixture(autouse=True)
@@ -396,8 +395,6 @@ def test_reference_from_npy(tmp_path):
 
 
 def test_reference_labels_are_those_of_the_generated_rows():
-    from p2pfl.data.sources import synthetic
-
     spec = ReferenceSpec(source="synthetic", seed=5, size=30, slice_size=10)
     d = synthetic(num_samples=30, seed=5)
     ref, y = build_reference(spec), reference_labels(spec)
