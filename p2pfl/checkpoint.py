@@ -13,14 +13,23 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from p2pfl.files import atomic_write_bytes
-from p2pfl.learner import Learner
 
 FORMAT = 2  # 2: the mode's state
 FILENAME = "checkpoint.pt"
+
+
+class Trainable(Protocol):
+    """What a checkpoint holds of a learner (`learner.Learner` is one); a leaf names nothing above it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int  # the learning-rate schedule's position
+    gen: torch.Generator  # batches and augmentation
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,7 @@ class Resumed:
     mode_state: dict[str, float]  # Mode.state() when it was saved
 
 
-def save(path: Path, learner: Learner, *, round: int, meta: dict[str, str | int], peers: dict[str, int],
+def save(path: Path, learner: Trainable, *, round: int, meta: dict[str, str | int], peers: dict[str, int],
          mode_state: dict[str, float] | None = None) -> None:
     state = {
         "format": FORMAT, "round": round, "meta": dict(meta), "peers": dict(peers), "mode": dict(mode_state or {}),
@@ -42,7 +51,7 @@ def save(path: Path, learner: Learner, *, round: int, meta: dict[str, str | int]
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load(path: Path, learner: Learner, *, meta: dict[str, str | int]) -> Resumed | None:
+def load(path: Path, learner: Trainable, *, meta: dict[str, str | int]) -> Resumed | None:
     """Restore `learner` from `path` if it exists; None for a fresh start."""
     path = Path(path)
     if not path.exists():

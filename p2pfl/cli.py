@@ -237,7 +237,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
-    from p2pfl.sim import resolve_profile
+    from p2pfl.assemble import resolve_profile
     from p2pfl.transport.libp2p import Policy, read_allowlist, read_psk
 
     overrides = scenario_overrides(args)

@@ -1,4 +1,9 @@
-"""Settings as frozen dataclasses; TOML loading and command-line overrides with errors that name the key."""
+"""Settings as frozen dataclasses; TOML loading and command-line overrides with errors that name the key.
+
+A leaf: it imports no runtime module. It owns the grammars of its own strings (selection, reliability,
+averaging, adapter kinds, consensus rules); every table validates itself, so a `GossipConfig` built in
+Python is checked as one read from TOML. Mode names come from `mode_facts`, codec names from `codecs`.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,72 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import codecs
-from p2pfl.wire import MODES  # the protocol's list: a mode the wire does not know cannot be configured
+from p2pfl.mode_facts import MODES  # the one table: a mode the wire does not know cannot be configured
 
 
 class ConfigError(ValueError):
     """A bad setting: the message names the key, the bad value and what is allowed."""
+
+
+# -- the grammars of this module's strings ------------------------------------------------------------
+
+CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned")  # consensus.teacher; BENCHMARKS.md compares them
+ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node may speak about some rows only
+SELECT_RULES = ("all", "confident", "uncertain", "changed")
+AVERAGING = ("metropolis", "push-sum")
+ADAPTER_KINDS = ("bottleneck", "residual", "head", "whole", "lora")  # p2pfl/models/adapter.py builds each
+
+
+def parse_select(text: str) -> tuple[str, float]:
+    """'confident:0.25' -> ("confident", 0.25); 'all' -> ("all", 1.0). ValueError names the grammar."""
+    rule, _, fraction = text.partition(":")
+    try:
+        f = float(fraction) if fraction else 1.0
+    except ValueError:
+        f = -1.0
+    if rule not in SELECT_RULES or not 0.0 < f <= 1.0 or (rule == "all") == bool(fraction):
+        raise ValueError(f"{text!r}: expected all, confident:F, uncertain:F or changed:T with 0 < F, T <= 1, "
+                         f"e.g. confident:0.25 or changed:0.05")
+    return rule, f
+
+
+def parse_reliability(text: str) -> float:
+    """'none' -> 0; 'agreement' -> 1; 'agreement:P' -> P, the power of the agreement odds. ValueError
+    names the grammar."""
+    rule, _, power = text.partition(":")
+    try:
+        p = float(power) if power else 1.0
+    except ValueError:
+        p = -1.0
+    if text == "none":
+        return 0.0
+    if rule != "agreement" or not 0.0 < p <= 8.0:
+        raise ValueError(f"{text!r}: expected none, agreement or agreement:P with 0 < P <= 8 (the power of "
+                         f"the agreement odds), e.g. agreement:2")
+    return p
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _at_least(table: object, prefix: str, low: float, *keys: str, example: str = "") -> None:
+    for key in keys:
+        value = getattr(table, key)
+        _check(value >= low, f"{prefix}{key} = {value}: must be at least {low}{example}")
+
+
+def _positive(table: object, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(table, key)
+        _check(value > 0, f"{prefix}{key} = {value}: must be greater than 0")
+
+
+def _share(table: object, prefix: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(table, key)
+        _check(0.0 <= value <= 1.0, f"{prefix}{key} = {value}: a probability or share, between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -38,6 +104,15 @@ class TrainConfig:
     # times a round, and shifted copies keep the student from memorising it (+0.028 global; BENCHMARKS.md)
     augment_reference: int = 4
 
+    def __post_init__(self):
+        _positive(self, "train.", "lr", "temperature")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio = {self.min_lr_ratio}: the cosine schedule's "
+                                                f"end as a share of train.lr, between 0 and 1 (1 = constant)")
+        _at_least(self, "train.", 1, "batch_size", "kd_batch_size")
+        _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay")
+        for key in ("augment_shift", "augment_reference"):
+            _check(getattr(self, key) >= 0, f"train.{key} = {getattr(self, key)}: a shift in steps, >= 0 (0: off), e.g. 4")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -56,12 +131,18 @@ class ReferenceConfig:
     # shifts below and top-2 logits: as accurate as 2,000 rows with top-3 and 4x fewer bytes (BENCHMARKS.md)
     slice_size: int = 500
 
+    def __post_init__(self):
+        _at_least(self, "reference.", 1, "size", "slice_size")
+
 
 @dataclass(frozen=True)
 class TopologyConfig:
     name: str = "small-world"  # a generator name or a topology file
     nodes: int = 16
     params: dict[str, Any] = field(default_factory=lambda: {"k": 4, "p": 0.2})
+
+    def __post_init__(self):
+        _at_least(self, "topology.", 1, "nodes", example=" (e.g. --nodes 16)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +174,35 @@ class GossipConfig:
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
 
+    def __post_init__(self):
+        _check(self.consensus in CONSENSUS_RULES,
+               f"gossip.consensus = {self.consensus!r}; choose one of: {', '.join(CONSENSUS_RULES)}")
+        try:
+            rule, _ = parse_select(self.select)
+        except ValueError as e:
+            raise ConfigError(f"gossip.select = {e}") from None
+        _check(rule == "all" or self.consensus in ROW_RULES,
+               f"gossip.select = {self.select!r} needs gossip.consensus = 'class-weighted' or 'mean' "
+               f"(rule {self.consensus!r} needs every node's opinion on every row)")
+        try:
+            parse_reliability(self.reliability)
+        except ValueError as e:
+            raise ConfigError(f"gossip.reliability = {e}") from None
+        _check(self.averaging == "auto" or self.averaging in AVERAGING,
+               f"gossip.averaging = {self.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
+        _check(0.0 <= self.adaptive_bits <= 1.0, f"gossip.adaptive_bits = {self.adaptive_bits}: a total-variation "
+                                                 f"threshold between 0 (off) and 1, e.g. 0.1")
+        _check(self.logit_range >= 0, f"gossip.logit_range = {self.logit_range}: must be >= 0 (0 sends raw logits; "
+                                      f"8 floors log-probabilities at -8)")
+        for key in ("codec", "params_codec"):
+            value = getattr(self, key)
+            if value not in ("auto", ""):
+                _check_codec(f"gossip.{key}", value)
+        _share(self, "gossip.", "floor")
+        _at_least(self, "gossip.", 1, "key_every")
+        _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness")
+        _positive(self, "gossip.", "wait_timeout")
+
 
 @dataclass(frozen=True)
 class AdapterConfig:
@@ -107,8 +217,6 @@ class AdapterConfig:
     kd_decay: float = 0.0  # hybrid: the KD weight falls linearly by this fraction of train.kd_weight by the last round
 
     def __post_init__(self):
-        from p2pfl.models.adapter import ADAPTER_KINDS  # models import torch; config stays light to import
-
         if self.kind != "auto" and self.kind not in ADAPTER_KINDS:
             raise ConfigError(f"adapter.kind = {self.kind!r}; choose one of: auto, {', '.join(ADAPTER_KINDS)}")
         if self.bottleneck < 1 or self.lora_rank < 1:
@@ -129,6 +237,13 @@ class NetworkConfig:
     round_time: float = 1.0  # simulated seconds of compute per round for speed 1.0
     round_jitter: float = 0.1  # relative spread of compute time per round, so nodes drift as real ones do
 
+    def __post_init__(self):
+        _at_least(self, "network.", 0, "latency", "jitter", "bandwidth")
+        _share(self, "network.", "loss")
+        _positive(self, "network.", "round_time")
+        _check(0.0 <= self.round_jitter < 1.0, f"network.round_jitter = {self.round_jitter}: a relative spread, "
+                                               f"at least 0 and below 1")
+
 
 @dataclass(frozen=True)
 class NodeProfile:
@@ -141,6 +256,12 @@ class NodeProfile:
     codec: str = ""  # how this node encodes its knowledge ("" = the scenario's gossip.codec)
     lora_rank: int = 0  # adapter.kind = "lora": this node's rank, at most adapter.lora_rank (0 = that)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of [train] for this node
+
+    def __post_init__(self):
+        _check(self.speed > 0, f"speed = {self.speed}: a relative compute speed, greater than 0 (0.5 = twice as slow)")
+        _check(self.lora_rank >= 0, f"lora_rank = {self.lora_rank}: at least 0 (0 = adapter.lora_rank)")
+        if self.codec:
+            _check_codec("codec", self.codec)
 
 
 @dataclass(frozen=True)
@@ -168,36 +289,8 @@ class Scenario:
             raise ConfigError(f"rounds = {self.rounds}: must be at least 1")
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
-        from p2pfl.modes import AVERAGING, parse_select  # modes import torch; config stays light to import
-
-        try:
-            rule, _ = parse_select(self.gossip.select)
-        except ValueError as e:
-            raise ConfigError(f"gossip.select = {e}") from None
-        if rule != "all" and self.gossip.consensus not in ("mean", "class-weighted"):
-            raise ConfigError(f"gossip.select = {self.gossip.select!r} needs gossip.consensus = 'class-weighted' or "
-                              f"'mean' (rule {self.gossip.consensus!r} needs every node's opinion on every row)")
-        from p2pfl.consensus import parse_reliability
-
-        try:
-            parse_reliability(self.gossip.reliability)
-        except ValueError as e:
-            raise ConfigError(f"gossip.reliability = {e}") from None
-        if self.gossip.averaging != "auto" and self.gossip.averaging not in AVERAGING:
-            raise ConfigError(f"gossip.averaging = {self.gossip.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
-        if not 0.0 <= self.gossip.adaptive_bits <= 1.0:
-            raise ConfigError(f"gossip.adaptive_bits = {self.gossip.adaptive_bits}: a total-variation threshold "
-                              f"between 0 (off) and 1, e.g. 0.1")
-        for key in ("augment_shift", "augment_reference"):
-            if getattr(self.train, key) < 0:
-                raise ConfigError(f"train.{key} = {getattr(self.train, key)}: a shift in steps, >= 0 (0: off), e.g. 4")
-        if self.gossip.logit_range < 0:
-            raise ConfigError(f"gossip.logit_range = {self.gossip.logit_range}: must be >= 0 (0 sends raw logits; "
-                              f"8 floors log-probabilities at -8)")
-        for key in ("codec", "params_codec"):
-            value = getattr(self.gossip, key)
-            if value not in ("auto", ""):
-                _check_codec(f"gossip.{key}", value)
+        _at_least(self, "", 1, "embed_dim", "eval_every")
+        _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
 
 
 def _check_codec(key: str, name: str) -> None:
@@ -237,8 +330,6 @@ def load_profile(path: str | Path) -> NodeProfile:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     raw.setdefault("name", path.stem)
     profile = build(NodeProfile, raw, str(path))
-    if profile.codec:
-        _check_codec(f"{path}: codec", profile.codec)
     build(TrainConfig, dict(profile.train), f"{path} [train]")  # check the overrides' keys and types now
     return profile
 

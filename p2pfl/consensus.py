@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from p2pfl.config import CONSENSUS_RULES, ROW_RULES, parse_reliability
+
 
 @dataclass(frozen=True)
 class Contribution:
@@ -57,22 +59,6 @@ def _evidence_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
     counts = np.stack([c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
     evidence = counts + floor * counts.sum(axis=1, keepdims=True)
     return np.array([c.weight for c in contribs])[:, None] * evidence
-
-
-def parse_reliability(text: str) -> float:
-    """'none' -> 0; 'agreement' -> 1; 'agreement:P' -> P, the power of the agreement odds. ValueError
-    names the grammar."""
-    rule, _, power = text.partition(":")
-    try:
-        p = float(power) if power else 1.0
-    except ValueError:
-        p = -1.0
-    if text == "none":
-        return 0.0
-    if rule != "agreement" or not 0.0 < p <= 8.0:
-        raise ValueError(f"{text!r}: expected none, agreement or agreement:P with 0 < P <= 8 (the power of "
-                         f"the agreement odds), e.g. agreement:2")
-    return p
 
 
 def _stack(contribs: list[Contribution]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +133,7 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
     elif rule == "aligned":
         return aligned_log_pool(contribs, floor)
     else:
-        raise ValueError(f"unknown consensus rule {rule!r}; choose one of: mean, class-weighted, pairwise, aligned")
+        raise ValueError(f"unknown consensus rule {rule!r}; choose one of: {', '.join(CONSENSUS_RULES)}")
     return out.astype(np.float32)
 
 
@@ -156,7 +142,7 @@ def _masked_teacher(contribs: list[Contribution], rule: str, floor: float) -> np
 
     Same weights as "mean" / "class-weighted", renormalized per row over the nodes present there.
     """
-    if rule not in ("mean", "class-weighted"):
+    if rule not in ROW_RULES:
         raise ValueError(f"consensus rule {rule!r} needs every node's opinion on every row; use 'mean' or "
                          f"'class-weighted' with row selection")
     probs, present = _stack(contribs)

@@ -16,18 +16,16 @@ the simulation's format). A restart with the same state dir resumes after the la
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pfl import checkpoint
+from p2pfl import assemble, checkpoint
 from p2pfl.config import ConfigError, Scenario
-from p2pfl.data import partition
 from p2pfl.metrics import MetricsLog
-from p2pfl.modes import make_mode
-from p2pfl.node import EvalData, Node, newest_round, thread_compute
-from p2pfl.sim import Simulation, adapter_kind, averaging_for, node_plan, resolve_profile
+from p2pfl.node import EvalData, Node, thread_compute
 from p2pfl.transport.libp2p import Libp2pTransport, Policy, load_identity, peer_id_of
 
 log = logging.getLogger(__name__)
@@ -63,19 +61,17 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
                         on_record: Callable[[dict], None] = lambda record: None) -> list[dict]:
     """Run the node to the scenario's last round; returns this process's per-round records."""
     s = cfg.scenario
-    sim = Simulation(s, run_dir=None)
-    dataset = sim.dataset()
-    reference = sim.reference()
-    parts = partition(dataset.y_train, cfg.shards, s.data.partition, s.seed)
-    profile = resolve_profile(cfg.profile or s.profiles[cfg.shard % len(s.profiles)])
+    dataset = assemble.dataset(s)
+    reference = assemble.reference(s)
     key = load_identity(cfg.state_dir)
     peer_id = peer_id_of(key)
-    plan = node_plan(s, cfg.shard, peer_id, profile, parts[cfg.shard], {})
-    learner = sim.learner(plan, dataset)
+    plan = assemble.shard_plan(s, dataset, cfg.shard, cfg.shards, peer_id, cfg.profile)
+    profile = plan.profile
+    learner = assemble.learner(s, plan, dataset)
 
     meta = {"arch": profile.arch, "mode": s.mode, "shard": f"{cfg.shard}/{cfg.shards}", "data": s.data.source,
             "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else "",
-            "adapter": adapter_kind(s) or ""}
+            "adapter": assemble.adapter_kind(s) or ""}
     ckpt_path = Path(cfg.state_dir) / checkpoint.FILENAME
     resumed = checkpoint.load(ckpt_path, learner, meta=meta)
     start = resumed.round if resumed else 0
@@ -89,7 +85,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
     def record_round(record: dict) -> None:
         record = record | {"name": label, "shard": cfg.shard}
         metrics.write(record)
-        peers = {pid: newest_round(p) for pid, p in node.peers.items() if p.latest}
+        peers = {pid: p.inbox.newest_round for pid, p in node.peers.items() if p.inbox.latest}
         checkpoint.save(ckpt_path, learner, round=record["round"], meta=meta, peers=peers, mode_state=mode.state())
         on_record(record)
 
@@ -98,17 +94,16 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
                                         psk=cfg.psk) as transport:
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
             # uniform weights are not symmetric (neighbours differ in degree): push-sum keeps the plain mean
-            mode = make_mode(s.mode, s.adapter, averaging_for(s, "push-sum"))
+            mode = assemble.mode(s, "push-sum")
             if resumed:
                 mode.load_state(resumed.mode_state)
-            node = Node(node_id=peer_id, arch=profile.arch, mode=mode, learner=learner,
-                        transport=transport, neighbours=neighbours, reference=reference,
-                        test=EvalData(dataset.x_test, dataset.y_test), rounds=s.rounds, gossip=s.gossip,
-                        compute=thread_compute, codec=profile.codec or s.gossip.codec,
-                        params_codec=s.gossip.params_codec, on_record=record_round,
-                        eval_every=s.eval_every, start_round=start, accept_new_peers=True)
-            transport.status = lambda: node.status() | {
-                "name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs, "resumed_from": start}
+            node = assemble.make_node(
+                s, dataclasses.replace(plan, neighbours=neighbours), learner=learner, mode=mode, transport=transport,
+                reference=reference, test=EvalData(dataset.x_test, dataset.y_test), compute=thread_compute,
+                on_record=record_round, start_round=start, accept_new_peers=True,
+                status_extra={"name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs,
+                              "resumed_from": start})
+            transport.status = node.status
             on_start(transport.addrs, start)
             async with node:
                 return await node.run()

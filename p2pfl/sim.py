@@ -10,36 +10,114 @@ deterministic for a scenario and seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import outcome
 import torch
 import trio
 import trio.testing
 
-from p2pfl.config import ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
-from p2pfl.data import build_reference, load_source, partition
-from p2pfl.data.reference import Reference, ReferenceSpec
+from p2pfl import assemble
+from p2pfl.assemble import NodePlan
+from p2pfl.config import Scenario
+from p2pfl.data.reference import Reference
 from p2pfl.data.sources import Dataset
-from p2pfl.learner import Learner
 from p2pfl.files import atomic_write_text
+from p2pfl.learner import Learner
 from p2pfl.metrics import MetricsLog, summarize
-from p2pfl.models import MODELS, build_model, param_count
-from p2pfl.models.adapter import Adapter, attach
-from p2pfl.modes import MODES, make_mode
-from p2pfl.node import EvalData, FrozenTimePool, Node, SimulatedCompute
-from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
+from p2pfl.models import param_count
+from p2pfl.modes import Mode
+from p2pfl.node import EvalData, Node
+from p2pfl.topology import Topology
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
 
 log = logging.getLogger(__name__)
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "node"  # the repo's node/ folder of profiles
+
+# -- how compute is run in simulated time -------------------------------------------------------------
+
+class FrozenTimePool:
+    """Worker threads for simulations that keep simulated time independent of real time.
+
+    Work that a node starts at simulated instant t runs in a thread and its result is handed
+    back at t + its modelled duration. Meanwhile the mock clock runs on, so nodes whose work
+    overlaps in simulated time really compute side by side on the cores; the clock stops only
+    while some node has reached its finishing instant before its thread has. A run is therefore
+    the same for a seed however the threads are scheduled. (Stopping the clock for every busy
+    thread, the first version, left one core idle: with jittered durations two nodes rarely
+    start at the same instant.)
+    """
+
+    def __init__(self, clock: trio.testing.MockClock, workers: int):
+        self.clock = clock
+        self.limiter = trio.CapacityLimiter(workers)
+        self._waiting = 0  # nodes at their finishing instant whose thread is still running
+
+    async def run(self, fn: Callable[..., Any], *args: Any, duration: float) -> Any:
+        done = trio.Event()
+        result: list[outcome.Outcome] = []
+
+        async def work() -> None:
+            result.append(await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self.limiter))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work)
+            await trio.sleep(duration)
+            if not done.is_set():
+                self._waiting += 1
+                self.clock.autojump_threshold = math.inf
+                try:
+                    await done.wait()
+                finally:
+                    self._waiting -= 1
+                    if self._waiting == 0:
+                        self.clock.autojump_threshold = 0
+        return result[0].unwrap()
+
+
+class SimulatedCompute:
+    """Simulations: the work's result arrives after its modelled duration of simulated time.
+
+    The modelled duration (seconds per step / speed, with per-call jitter) is what makes nodes
+    drift apart as real ones do. Without a pool the work runs inline, then the node sleeps.
+    """
+
+    def __init__(self, seconds_per_step: float, *, jitter: float = 0.1, seed: int = 0,
+                 pool: FrozenTimePool | None = None):
+        self.seconds_per_step = seconds_per_step
+        self.jitter = jitter
+        self.pool = pool
+        self._rng = random.Random(seed)
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
+        duration = steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter))
+        if self.pool:
+            return await self.pool.run(fn, *args, duration=duration)
+        out = fn(*args)
+        await trio.sleep(duration)
+        return out
+
+
+@dataclass
+class Built:
+    """What a simulation is made of, before it runs (kept: the result exposes it)."""
+
+    dataset: Dataset
+    topology: Topology
+    reference: Reference | None
+    plans: list[NodePlan]
+    learners: list[Learner]
 
 
 @dataclass
@@ -48,6 +126,13 @@ class SimulationResult:
     summary: dict[str, Any]
     records: list[dict[str, Any]]
     run_dir: Path | None
+    built: Built | None = None  # data, graph, reference, plans and trained learners
+    modes: list[Mode] = field(default_factory=list)  # in node order, as they ended the run
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def learners(self) -> list[Learner]:
+        return self.built.learners if self.built else []
 
     @property
     def global_mean(self) -> float:
@@ -56,81 +141,6 @@ class SimulationResult:
     @property
     def personal_mean(self) -> float:
         return self.summary["personal"]["mean"]
-
-
-def resolve_profile(name: str) -> NodeProfile:
-    """A profile file path, a profile name in node/, or a bare architecture name."""
-    path = Path(name)
-    if path.suffix == ".toml":
-        if not path.exists() and (PROFILE_DIR.parent / path).exists():
-            path = PROFILE_DIR.parent / path  # a repository path such as node/cnn1d.toml, from elsewhere
-        if not path.exists():
-            raise ConfigError(f"node profile {name} not found; pass a path to a profile file, or a name from "
-                              f"{PROFILE_DIR}: {', '.join(sorted(p.stem for p in PROFILE_DIR.glob('*.toml')))}")
-        return load_profile(path)
-    if (PROFILE_DIR / f"{name}.toml").exists():
-        return load_profile(PROFILE_DIR / f"{name}.toml")
-    if name in MODELS:
-        return NodeProfile(name=name, arch=name)
-    raise ConfigError(f"profiles: {name!r} is neither a profile in node/ nor an architecture; "
-                      f"architectures: {', '.join(MODELS)}")
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """Everything that defines one simulated node, derived from the scenario and seed."""
-
-    index: int
-    node_id: str
-    profile: NodeProfile
-    train: TrainConfig
-    train_idx: np.ndarray
-    neighbours: dict[str, float]
-
-
-def node_plan(scenario: Scenario, index: int, node_id: str, profile: NodeProfile, train_idx: np.ndarray,
-              neighbours: dict[str, float]) -> NodePlan:
-    """One node's plan; real nodes build theirs the same way, so a shard trains as in the simulation."""
-    train = build(TrainConfig, dataclasses.asdict(scenario.train) | profile.train, f"profile {profile.name} [train]")
-    return NodePlan(index, node_id, profile, train, train_idx, neighbours)
-
-
-# adapter.kind = "auto", per mode: measured on quickstart (BENCHMARKS.md, "Adapter and hybrid modes"):
-# alone, sharing the classifier helps most; beside distillation, a shared classifier costs accuracy
-AUTO_ADAPTER = {"adapter": "bottleneck", "hybrid": "residual"}
-
-
-def adapter_kind(s: Scenario) -> str | None:
-    """What a parameter mode averages: fedavg the whole model, adapter/hybrid the scenario's adapter."""
-    if s.mode == "fedavg":
-        return "whole"
-    if s.mode not in AUTO_ADAPTER:
-        return None
-    return AUTO_ADAPTER[s.mode] if s.adapter.kind == "auto" else s.adapter.kind
-
-
-def averaging_for(s: Scenario, auto: str) -> str:
-    """gossip.averaging, with "auto" meaning `auto` (simulations: metropolis; real nodes: push-sum)."""
-    return auto if s.gossip.averaging == "auto" else s.gossip.averaging
-
-
-def _check_shareable(s: Scenario, plans: list[NodePlan]) -> None:
-    """Averaging whole models or LoRA factors needs one backbone everywhere; say so before building."""
-    kind = adapter_kind(s)
-    if kind not in ("whole", "lora"):
-        return
-    backbones = sorted({f"{p.profile.arch}{p.profile.arch_options or ''}" for p in plans})
-    what = f"mode = {s.mode!r}" + (f" with adapter.kind = {kind!r}" if s.mode != "fedavg" else "")
-    if len(backbones) > 1:
-        fix = ("use adapter.kind = 'bottleneck' for unlike models" if s.mode != "fedavg"
-               else "or use mode = 'logits' / 'adapter' for unlike models")
-        raise ConfigError(f"{what} averages {'whole models' if kind == 'whole' else 'LoRA factors of one backbone'}, "
-                          f"so every node needs the same architecture and options; nodes use {', '.join(backbones)}. "
-                          f"Set profiles = [\"cnn1d\"] ({fix})")
-    for p in plans:
-        if kind == "lora" and p.profile.lora_rank > s.adapter.lora_rank:
-            raise ConfigError(f"profile {p.profile.name}: lora_rank = {p.profile.lora_rank} is above the shared "
-                              f"adapter.lora_rank = {s.adapter.lora_rank}; lower it or raise adapter.lora_rank")
 
 
 def fresh_dir(root: Path, name: str) -> Path:
@@ -147,72 +157,30 @@ def fresh_dir(root: Path, name: str) -> Path:
 
 
 class Simulation:
+    """`Simulation(scenario).run()`; `make_mode(plan)` may build each node's mode (a `Mode` subclass of
+    one's own, say); by default the scenario's."""
+
     def __init__(self, scenario: Scenario, *, run_dir: str | Path | None = "runs",
-                 on_record: Callable[[dict], None] | None = None):
+                 on_record: Callable[[dict], None] | None = None,
+                 make_mode: Callable[[NodePlan], Mode] | None = None):
         self.scenario = scenario
         self.run_root = Path(run_dir) if run_dir is not None else None
         self.on_record = on_record or (lambda record: None)
+        self.make_mode = make_mode or (lambda plan: assemble.mode(scenario, "metropolis"))
 
-    # -- building ---------------------------------------------------------------------------------
-    def dataset(self) -> Dataset:
-        d = self.scenario.data
-        if d.source in ("mnist1d", "synthetic"):
-            return load_source(d.source, num_samples=d.samples, seed=d.data_seed)
-        return load_source(d.source)
-
-    def topology(self) -> Topology:
-        t = self.scenario.topology
-        return resolve_topology(t.name, t.nodes, self.scenario.seed, **t.params)
-
-    def reference(self) -> Reference | None:
-        if "logits" not in MODES[self.scenario.mode].kinds:  # only modes that send logits need one
-            return None
-        r = self.scenario.reference
-        return build_reference(ReferenceSpec(source=r.source, seed=r.seed, size=r.size, slice_size=r.slice_size))
-
-    def plan(self, dataset: Dataset, topology: Topology) -> list[NodePlan]:
+    def build(self) -> Built:
         s = self.scenario
-        n = topology.n
-        parts = partition(dataset.y_train, n, s.data.partition, s.seed)
-        weights = metropolis_hastings_weights(topology.graph)
-        profiles = [resolve_profile(name) for name in s.profiles]
-        plans = []
-        for i in range(n):
-            neighbours = {topology.names[j]: float(weights[i, j]) for j in sorted(topology.graph.neighbors(i))}
-            plans.append(node_plan(s, i, topology.names[i], profiles[i % len(profiles)], parts[i], neighbours))
-        _check_shareable(s, plans)
-        return plans
+        data = assemble.dataset(s)
+        graph = assemble.topology(s)
+        reference = assemble.reference(s)
+        plans = assemble.plans(s, data, graph)
+        return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans])
 
-    def learner(self, plan: NodePlan, dataset: Dataset) -> Learner:
-        s = self.scenario
-        kind = adapter_kind(s)
-        # Whatever is averaged starts equal on every node (standard for gossip averaging): the whole
-        # model for fedavg, the common backbone for LoRA, the adapter itself (attach() seeds it).
-        # Everything private gets each node's own init, as independent owners would have.
-        torch.manual_seed(s.seed if kind in ("whole", "lora") else s.seed * 1_000 + plan.index)
-        options = {"embed_dim": s.embed_dim} | plan.profile.arch_options  # a profile may pick its own width
-        model = build_model(plan.profile.arch, input_length=dataset.input_shape[-1], num_classes=dataset.num_classes,
-                            **options)
-        adapter: Adapter | None = None
-        if kind is not None:
-            a = s.adapter
-            adapter = attach(model, kind, embed_dim=s.embed_dim, num_classes=dataset.num_classes, seed=s.seed,
-                             bottleneck=a.bottleneck, rank=plan.profile.lora_rank or a.lora_rank,
-                             shared_rank=a.lora_rank, alpha=a.lora_alpha)
-        total = plan.train.warmup_steps + s.rounds * plan.train.local_steps
-        return Learner(model, dataset.x_train[plan.train_idx], dataset.y_train[plan.train_idx],
-                       num_classes=dataset.num_classes, config=plan.train, total_steps=total,
-                       seed=s.seed * 1_000 + plan.index, adapter=adapter)
-
-    # -- running ----------------------------------------------------------------------------------
     def run(self) -> SimulationResult:
         s = self.scenario
         wall = time.perf_counter()
-        dataset = self.dataset()
-        topology = self.topology()
-        reference = self.reference()
-        plans = self.plan(dataset, topology)
-        learners = [self.learner(p, dataset) for p in plans]
+        built = self.build()
+        plans, learners = built.plans, built.learners
         run_dir = None
         records: list[dict] = []
         metrics = None
@@ -226,7 +194,7 @@ class Simulation:
                 metrics.write(record)
             self.on_record(record)
 
-        test = EvalData(dataset.x_test, dataset.y_test)
+        test = EvalData(built.dataset.x_test, built.dataset.y_test)
         net = s.network
         link = LinkModel(latency=net.latency, jitter=net.jitter, loss=net.loss, bandwidth=net.bandwidth)
 
@@ -236,23 +204,23 @@ class Simulation:
         torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
 
         wire_bytes = [0]
+        modes: list[Mode] = []
+        nodes: list[Node] = []
 
         async def main() -> None:
             async with MemoryNetwork(link, seed=s.seed) as network:
                 async with trio.open_nursery() as nursery:
                     for plan, learner in zip(plans, learners):
-                        nursery.start_soon(run_node, network, plan, learner)
+                        compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
+                                                   jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
+                        modes.append(self.make_mode(plan))
+                        nodes.append(assemble.make_node(
+                            s, plan, learner=learner, mode=modes[-1], transport=network.endpoint(plan.node_id),
+                            reference=built.reference, test=test, compute=compute, on_record=on_record))
+                        nursery.start_soon(run_node, nodes[-1])
                 wire_bytes[0] = sum(network.bytes_sent.values())
 
-        async def run_node(network: MemoryNetwork, plan: NodePlan, learner: Learner) -> None:
-            compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
-                                       jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-            mode = make_mode(s.mode, s.adapter, averaging_for(s, "metropolis"))
-            node = Node(node_id=plan.node_id, arch=plan.profile.arch, mode=mode, learner=learner,
-                        transport=network.endpoint(plan.node_id), neighbours=plan.neighbours, reference=reference,
-                        test=test, rounds=s.rounds, gossip=s.gossip, compute=compute, codec=plan.profile.codec or s.gossip.codec,
-                        params_codec=s.gossip.params_codec,
-                        on_record=on_record, eval_every=s.eval_every, profile=plan.profile.name)
+        async def run_node(node: Node) -> None:
             async with node:
                 await node.run()
 
@@ -265,13 +233,13 @@ class Simulation:
         summary |= {
             "name": s.name, "mode": s.mode, "seed": s.seed, "wall_time_s": time.perf_counter() - wall,
             "simulated_time_s": max((r["time"] for r in records), default=0.0),
-            "topology": {"name": topology.name, "nodes": topology.n, "edges": topology.graph.number_of_edges()},
+            "topology": {"name": built.topology.name, "nodes": built.topology.n,
+                         "edges": built.topology.graph.number_of_edges()},
             "params": {p.node_id: param_count(l.model) for p, l in zip(plans, learners)},
             "fedavg_fp32_bytes_per_node_per_round": float(np.mean([
                 4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
             "scenario": dataclasses.asdict(s),
         }
         if run_dir is not None:
-            import json
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-        return SimulationResult(s, summary, records, run_dir)
+        return SimulationResult(s, summary, records, run_dir, built, modes, nodes)

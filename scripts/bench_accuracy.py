@@ -26,7 +26,8 @@ from p2pfl.learner import Learner
 from benchrows import add_rows, machine
 from p2pfl.files import atomic_write_text
 from p2pfl.models import build_model
-from p2pfl.sim import Simulation, resolve_profile
+from p2pfl.assemble import resolve_profile
+from p2pfl.sim import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,9 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from p2pfl.config import ADAPTER_KINDS  # the grammar of adapter.kind; attach() builds each one
 from p2pfl.models.zoo import Classifier
-
-ADAPTER_KINDS = ("bottleneck", "residual", "head", "whole", "lora")
 
 
 class ResidualAdapter(nn.Module):
