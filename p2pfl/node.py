@@ -121,6 +121,7 @@ class PeerState:
     values: dict[tuple[str, int, int, bytes], tuple[int, np.ndarray]] = field(default_factory=dict)
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False
+    epoch: int = 0  # the session.epoch its values and hello_sent belong to
 
 
 @dataclass
@@ -391,15 +392,15 @@ class Node:
                     continue
                 # a stranger: it becomes a neighbour only once its hello is accepted below
                 p = PeerState(wire.PeerSession(self.hello, self._expect), 0.0, up=False)
-            if p.session.their_state is wire.State.CLOSED:  # it left and came back: a new session
-                p.session = wire.PeerSession(self.hello, self._expect)
-                p.hello_sent = False
-                p.values.clear()  # its delta streams start over with key frames
             try:
                 msg = p.session.receive(data)
             except wire.RemoteProtocolError as e:
                 self._reject(peer_id, e.reason, str(e))
                 continue
+            if p.session.epoch != p.epoch:  # it came back after its bye, or restarted: a new session
+                p.epoch = p.session.epoch
+                p.hello_sent = False
+                p.values.clear()  # its delta streams start over with key frames
             if peer_id not in self.peers and isinstance(msg, wire.Hello):
                 self._add_peer(peer_id, p)
             await self._handle(peer_id, p, msg)

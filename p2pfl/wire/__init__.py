@@ -22,7 +22,9 @@ from p2pfl.wire.messages import (
     KNOWLEDGE_KINDS, PROTOCOL_VERSION, Bye, Expectations, Hello, Knowledge, Message, StatusReply, StatusRequest,
     decode, encode, kind_of, row_indices, row_mask,
 )
-from p2pfl.wire.session import KINDS_BY_MODE, MODES, MUST_MATCH, TRANSITIONS, PeerSession, State, hello_mismatch
+from p2pfl.wire.session import (
+    KINDS_BY_MODE, MODES, MUST_MATCH, TRANSITIONS, PeerSession, Role, State, hello_mismatch,
+)
 
 __all__ = [
     # errors
@@ -37,5 +39,5 @@ __all__ = [
     # framing
     "frame", "FrameDecoder",
     # session
-    "State", "TRANSITIONS", "MUST_MATCH", "MODES", "KINDS_BY_MODE", "hello_mismatch", "PeerSession",
+    "State", "Role", "TRANSITIONS", "MUST_MATCH", "MODES", "KINDS_BY_MODE", "hello_mismatch", "PeerSession",
 ]

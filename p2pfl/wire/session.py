@@ -20,21 +20,41 @@ class State(enum.Enum):
     CLOSED = "closed"  # bye: nothing more is legal
 
 
+class Role(enum.Enum):
+    """Who sends the message the rules are applied to (h11's role): we (`send`) or the peer (`receive`)."""
+
+    OURS = "ours"
+    THEIRS = "theirs"
+
+    @property
+    def other(self) -> Role:
+        return Role.THEIRS if self is Role.OURS else Role.OURS
+
+
 # Rule: everything that decides what a peer may send, and where it leads, lives in these tables.
-# (state, message kind) -> next state. A pair that is missing is a "state" error. The same table
-# applies to what we send (our state) and what we receive (their state).
-TRANSITIONS: dict[tuple[State, str], State] = {
+# (state, message kind) -> next state, per role: what we send moves our state, what we receive
+# moves theirs. A pair that is missing is a "state" error.
+_BOTH: dict[tuple[State, str], State] = {
     (State.NEW, "hello"): State.READY,  # only if compatible with ours (MUST_MATCH), else "mismatch"
     (State.NEW, "status_request"): State.NEW,
     (State.NEW, "status_reply"): State.NEW,  # only for a nonce the receiver asked for
     (State.NEW, "bye"): State.CLOSED,
     (State.READY, "hello"): State.READY,  # identical to the accepted one: a resend after reconnect;
     #                                       another incarnation of the same hello: the peer restarted,
-    #                                       so the session starts over and we must greet it again
+    #                                       so a new session starts (PeerSession.epoch + 1) and we must
+    #                                       greet it again
     (State.READY, "knowledge"): State.READY,  # only from the hello's id, only kinds of the mode
     (State.READY, "status_request"): State.READY,
     (State.READY, "status_reply"): State.READY,
     (State.READY, "bye"): State.CLOSED,
+}
+TRANSITIONS: dict[Role, dict[tuple[State, str], State]] = {
+    Role.OURS: _BOTH,  # we don't come back after our bye: a node that says it is leaving
+    Role.THEIRS: {
+        **_BOTH,
+        (State.CLOSED, "hello"): State.READY,  # the peer came back after its bye: a new session, as a
+        #                                        fresh PeerSession would start it (epoch + 1)
+    },
 }
 
 # Hello fields that must be equal on both sides, per mode. Architectures may differ in the
@@ -89,11 +109,25 @@ def hello_mismatch(ours: Hello, theirs: Hello) -> list[str]:
     return problems
 
 
+# The one rule path says the same rule from either side: only the error class and the words differ.
+_ERROR: dict[Role, type[ProtocolError]] = {Role.OURS: LocalProtocolError, Role.THEIRS: RemoteProtocolError}
+_NOT_NOW = {Role.OURS: "cannot send {kind} when we are {state}",  # by the sender's role
+            Role.THEIRS: "{kind} is not allowed when the peer is {state}"}
+_WHO = {Role.OURS: "we", Role.THEIRS: "the peer"}
+_DECODES = {Role.OURS: "we decode", Role.THEIRS: "the peer decodes"}
+
+
 class PeerSession:
     """Protocol state with one remote peer (no I/O): `receive(bytes) -> Message`, `send(msg) -> bytes`.
 
-    A rejected message raises and leaves both states unchanged; whether to drop the peer is the
-    caller's policy (the node counts reasons and closes the stream).
+    Both go through one rule path, `_process(role, msg)` (h11's `process_event`): the same table
+    and checks decide what we may send and what the peer may. A rejected message raises and leaves
+    the session unchanged; whether to drop the peer is the caller's policy (the node counts reasons
+    and closes the stream).
+
+    `epoch` counts the sessions with this peer: 0 for the first, + 1 each time the peer starts a new
+    one (a hello after its bye, or from a restarted process). Whatever it built up before (our
+    greeting, status requests, its delta streams) is gone then; a caller compares epochs to notice.
     """
 
     def __init__(self, local_hello: Hello, expect: Expectations | None = None) -> None:
@@ -114,11 +148,19 @@ class PeerSession:
                                                  f"{local_hello.num_classes}, param_count={local_hello.param_count})")
         self.local_hello = local_hello
         self.expect = expect
-        self.our_state = State.NEW
-        self.their_state = State.NEW
         self.peer: Hello | None = None  # their accepted hello
-        self._we_asked: set[int] = set()  # nonces of our status requests awaiting a reply
-        self._they_asked: dict[int, None] = {}  # their unanswered nonces, oldest first (an ordered set)
+        self.epoch = 0
+        self._state = {Role.OURS: State.NEW, Role.THEIRS: State.NEW}
+        # per role, the nonces of its status requests the other has not answered, oldest first (ordered sets)
+        self._asked: dict[Role, dict[int, None]] = {Role.OURS: {}, Role.THEIRS: {}}
+
+    @property
+    def our_state(self) -> State:
+        return self._state[Role.OURS]
+
+    @property
+    def their_state(self) -> State:
+        return self._state[Role.THEIRS]
 
     @property
     def common_codecs(self) -> tuple[str, ...]:
@@ -126,89 +168,94 @@ class PeerSession:
         theirs = set(self.peer.codecs) if self.peer else set()
         return tuple(c for c in self.local_hello.codecs if c in theirs)
 
-    # -- receiving -------------------------------------------------------------------------------
-
     def receive(self, data: bytes) -> Message:
         """Decode one frame body from the peer and check it is legal now; returns the message."""
-        # 1) parse, 2) legal here and now (cheap, before touching the payload), 3) payload shape and
-        # values, 4) only then change state, so a rejected message leaves the session as it was
         msg = _parse(data)
-        kind = kind_of(msg)
-        nxt = TRANSITIONS.get((self.their_state, kind))
-        if nxt is None:
-            raise RemoteProtocolError("state", f"{kind} is not allowed when the peer is {self.their_state.value}")
-        restarted = False
-        if isinstance(msg, Hello):
-            if self.peer is not None and msg != self.peer:
-                restarted = replace(msg, incarnation=self.peer.incarnation) == self.peer
-                if not restarted:
-                    raise RemoteProtocolError("state", f"a second, different hello from {self.peer.node_id!r}")
-            problems = hello_mismatch(self.local_hello, msg)
-            if problems:
-                raise RemoteProtocolError("mismatch", f"hello from {msg.node_id!r} is incompatible: "
-                                                      + "; ".join(problems))
-        elif isinstance(msg, Knowledge):
-            self._check_knowledge(msg, RemoteProtocolError, self.peer.node_id)
-        elif isinstance(msg, Bye):
-            if self.peer is not None and msg.sender != self.peer.node_id:
-                raise RemoteProtocolError("state", f"bye from {msg.sender!r} on the session of {self.peer.node_id!r}")
-        elif isinstance(msg, StatusReply):
-            if msg.nonce not in self._we_asked:
-                raise RemoteProtocolError("state", f"status reply with nonce {msg.nonce} we never asked for")
-        _check_content(msg, self.expect)
-        if isinstance(msg, Hello):
-            self.peer = msg
-            if restarted:  # it forgot us: our hello, our status nonces and its requests are gone
-                self.our_state = State.NEW
-                self._we_asked.clear()
-                self._they_asked.clear()
-        elif isinstance(msg, StatusRequest):
-            self._they_asked[msg.nonce] = None
-            if len(self._they_asked) > MAX_PENDING_STATUS:  # a flood of requests: forget the oldest
-                del self._they_asked[next(iter(self._they_asked))]
-        elif isinstance(msg, StatusReply):
-            self._we_asked.discard(msg.nonce)
-        self.their_state = nxt
+        self._process(Role.THEIRS, msg)
         return msg
-
-    # -- sending ---------------------------------------------------------------------------------
 
     def send(self, msg: Message) -> bytes:
         """Check that sending `msg` is legal now and return its encoding (not framed)."""
-        kind = kind_of(msg)
-        nxt = TRANSITIONS.get((self.our_state, kind))
+        return self._process(Role.OURS, msg)
+
+    # -- the rules -------------------------------------------------------------------------------
+
+    def _process(self, role: Role, msg: Message) -> bytes | None:
+        """Apply `msg`, sent by `role`, if it is legal now, else raise the role's error (Local for our
+        messages, Remote for theirs). Returns our messages' encoding."""
+        # 1) legal in the sender's state, 2) the per-kind checks (cheap, before touching the payload),
+        # 3) the costly last check: the peer's payload values, or our encoding's size, 4) only then
+        # change state, so a rejected message leaves the session as it was
+        kind, state = kind_of(msg), self._state[role]
+        nxt = TRANSITIONS[role].get((state, kind))
         if nxt is None:
-            raise LocalProtocolError("state", f"cannot send {kind} when we are {self.our_state.value}")
-        if isinstance(msg, Hello) and msg != self.local_hello:
-            raise LocalProtocolError("state", "send the session's own hello (local_hello), not another one")
-        if isinstance(msg, Knowledge):
-            if self.their_state is not State.READY:
-                raise LocalProtocolError("state", f"cannot send knowledge to a peer that is "
-                                                  f"{self.their_state.value}; wait for its hello")
-            self._check_knowledge(msg, LocalProtocolError, self.local_hello.node_id)
-            if msg.payload.codec not in self.peer.codecs:
-                raise LocalProtocolError("codec", f"peer {self.peer.node_id!r} does not decode {msg.payload.codec!r}; "
-                                                  f"it offers {', '.join(self.peer.codecs) or 'none'}")
-        if isinstance(msg, Bye) and msg.sender != self.local_hello.node_id:
-            raise LocalProtocolError("state", f"bye must come from our node id {self.local_hello.node_id!r}")
-        if isinstance(msg, StatusReply):
-            if msg.nonce not in self._they_asked:
-                raise LocalProtocolError("state", f"no status request with nonce {msg.nonce} to answer")
-        data = encode(msg)  # before any state change: an oversized message changes nothing
-        if isinstance(msg, StatusRequest):
-            self._we_asked.add(msg.nonce)
+            raise _ERROR[role]("state", _NOT_NOW[role].format(kind=kind, state=state.value))
+        new_session = False
+        if isinstance(msg, Hello):
+            new_session = self._check_hello(role, msg)
+        elif isinstance(msg, Knowledge):
+            self._check_knowledge(role, msg)
+        elif isinstance(msg, Bye):
+            self._check_sender(role, msg)
+        elif isinstance(msg, StatusReply) and msg.nonce not in self._asked[role.other]:
+            raise _ERROR[role]("state", f"status reply with nonce {msg.nonce} {_WHO[role.other]} never asked for")
+        data = encode(msg) if role is Role.OURS else _check_content(msg, self.expect)
+        if new_session:
+            self._start_over()
+        if isinstance(msg, Hello) and role is Role.THEIRS:
+            self.peer = msg
+        elif isinstance(msg, StatusRequest):
+            asked = self._asked[role]
+            asked[msg.nonce] = None
+            if len(asked) > MAX_PENDING_STATUS:  # a flood of requests: forget the oldest
+                del asked[next(iter(asked))]
         elif isinstance(msg, StatusReply):
-            self._they_asked.pop(msg.nonce, None)
-        self.our_state = nxt
+            self._asked[role.other].pop(msg.nonce, None)
+        self._state[role] = nxt
         return data
 
-    def _check_knowledge(self, k: Knowledge, error: type[ProtocolError], sender: str) -> None:
-        if k.sender != sender:
-            raise error("state", f"knowledge from {k.sender!r} on the session of {sender!r}")
+    def _hello_of(self, role: Role) -> Hello | None:
+        """The hello `role` speaks under now: ours always; the peer's while it is READY."""
+        if role is Role.OURS:
+            return self.local_hello
+        return self.peer if self.their_state is State.READY else None
+
+    def _check_hello(self, role: Role, msg: Hello) -> bool:
+        """Whether the hello starts a new session: the peer is back after its bye, or restarted."""
+        known = self._hello_of(role)
+        new_session = self._state[role] is State.CLOSED
+        if known is not None and msg != known:
+            # the same hello from another incarnation: the peer restarted (ours never changes)
+            new_session = role is Role.THEIRS and replace(msg, incarnation=known.incarnation) == known
+            if not new_session:
+                raise _ERROR[role]("state", f"a second, different hello from {known.node_id!r}")
+        problems = hello_mismatch(self.local_hello, msg) if role is Role.THEIRS else []  # ours: checked in __init__
+        if problems:
+            raise _ERROR[role]("mismatch", f"hello from {msg.node_id!r} is incompatible: " + "; ".join(problems))
+        return new_session
+
+    def _start_over(self) -> None:
+        """A new session with the peer: it forgot our hello, our status requests and its own."""
+        self._state[Role.OURS] = State.NEW
+        for asked in self._asked.values():
+            asked.clear()
+        self.epoch += 1
+
+    def _check_sender(self, role: Role, msg: Knowledge | Bye) -> None:
+        known = self._hello_of(role)  # None only for a bye before the peer's hello
+        if known is not None and msg.sender != known.node_id:
+            raise _ERROR[role]("state", f"{kind_of(msg)} from {msg.sender!r} on the session of {known.node_id!r}")
+
+    def _check_knowledge(self, role: Role, k: Knowledge) -> None:
+        error, receiver = _ERROR[role], self._hello_of(role.other)
+        if receiver is None:  # only when we send: what the peer decodes is known from its hello
+            raise error("state", f"cannot send knowledge to a peer that is {self.their_state.value}; "
+                                 "wait for its hello")
+        self._check_sender(role, k)
         allowed = KINDS_BY_MODE[self.local_hello.mode]
         if k.kind not in allowed:
             raise error("state", f"{k.kind} knowledge is not used in mode {self.local_hello.mode!r} "
                                  f"(it sends: {', '.join(sorted(allowed)) or 'nothing'})")
-        if error is RemoteProtocolError and k.payload.codec not in self.local_hello.codecs:
-            raise error("codec", f"payload codec {k.payload.codec!r} was not offered; we decode "
-                                 f"{', '.join(self.local_hello.codecs) or 'none'}")
+        if k.payload.codec not in receiver.codecs:
+            raise error("codec", f"payload codec {k.payload.codec!r} was not offered; {_DECODES[role.other]} "
+                                 f"{', '.join(receiver.codecs) or 'none'}")
