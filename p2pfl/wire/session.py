@@ -17,7 +17,7 @@ from p2pfl.wire.messages import (
 class State(enum.Enum):
     NEW = "new"  # nothing accepted yet (status traffic may pass: `p2pfl status` never says hello)
     READY = "ready"  # a compatible hello was accepted
-    CLOSED = "closed"  # bye: nothing more is legal
+    CLOSED = "closed"  # bye: nothing more is legal, but a peer may come back with a hello (a new session)
 
 
 class Role(enum.Enum):
