@@ -1,7 +1,7 @@
 """Array compression codecs: float arrays <-> plain bytes that msgpack can carry, with exact sizes.
 
 A codec turns a finite float array into an `Encoded` (codec name, shape, and a few `bytes` fields)
-and back into float32. Everything that crosses the wire is plain bytes and ints, so `wire.py` can
+and back into float32. Everything that crosses the wire is plain bytes and ints, so `p2pfl.wire` can
 pack it without pickle. Decoding treats its input as hostile: it checks the shape against a budget
 and every byte count against what the codec needs for that shape *before* allocating anything.
 
@@ -54,7 +54,7 @@ class CodecError(ValueError):
 
 
 class NonFiniteError(CodecError):
-    """NaN or Inf in an input array or in decoded values (a separate class so wire.py can say so)."""
+    """NaN or Inf in an input array or in decoded values (a separate class so p2pfl.wire can say so)."""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,7 @@ class PeerState:
     inbox: Inbox
     up: bool = True  # False after bye or a failed send, until it speaks again
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
+    epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     queue: SendQueue = field(default_factory=SendQueue)
 
 
@@ -369,15 +370,15 @@ class Node:
                     continue
                 # a stranger: it becomes a neighbour only once its hello is accepted below
                 p = self._peer_state(peer_id, 0.0, up=False)
-            if p.session.their_state is wire.State.CLOSED:  # it left and came back: a new session
-                p.session = wire.PeerSession(self.hello, self._expect)
-                p.hello_sent = False
-                p.inbox.new_session()
             try:
                 msg = p.session.receive(data)
             except wire.RemoteProtocolError as e:
                 self._reject(peer_id, e.reason, str(e))
                 continue
+            if p.session.epoch != p.epoch:  # it came back after its bye, or restarted: a new session
+                p.epoch = p.session.epoch
+                p.hello_sent = False
+                p.inbox.new_session()  # its delta streams start over with key frames
             if peer_id not in self.peers and isinstance(msg, wire.Hello):
                 self._add_peer(peer_id, p)
             self._handle(peer_id, p, msg)
@@ -397,6 +398,8 @@ class Node:
             self._notify()
         elif isinstance(msg, wire.Bye):
             p.up = False
+            for item in p.queue.drop_knowledge():  # it left: nothing queued for it is of use any more
+                self._unsent(item)
             self._notify()  # someone waiting on this peer can stop waiting
         elif isinstance(msg, wire.StatusRequest):
             self._queue(p, wire.StatusReply(msg.nonce, self.status()))

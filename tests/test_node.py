@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import trio
+import trio.testing
 
 from p2pfl import codecs, wire
 from p2pfl.config import GossipConfig, TrainConfig
@@ -260,6 +261,43 @@ async def test_a_peer_that_says_bye_between_two_frames_of_a_round_gets_no_second
     p.hello_sent = await node._send("b", p, node.hello)
     await node._share(1)
     assert sent == ["hello", "knowledge"]
+
+
+async def test_a_peer_back_after_bye_is_greeted_again_and_its_streams_start_over():
+    from p2pfl.modes import AdapterMode
+
+    data = load_source("synthetic", num_samples=200, seed=42)
+    model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
+    learner = Learner(model, data.x_train, data.y_train, num_classes=data.num_classes, config=TRAIN,
+                      total_steps=10, seed=0)
+    sent = []
+    script = []
+
+    class Scripted:
+        async def send(self, peer, data, kind="knowledge"):
+            sent.append(kind)
+
+        async def receive(self):
+            if not script:
+                await trio.sleep_forever()
+            msg = script.pop(0)
+            if isinstance(msg, wire.Bye):  # a stream value from its first session, which must not outlive it
+                node.peers["b"].values["params", 0, 0, b""] = (0, np.zeros(3, np.float32))
+            return "b", wire.encode(msg)
+
+    node = Node(node_id="a", arch="mlp", mode=AdapterMode(), learner=learner, transport=Scripted(),
+                neighbours={"b": 0.5}, reference=None, test=EvalData(data.x_test, data.y_test), rounds=1,
+                gossip=GossipConfig(), compute=SimulatedCompute(0.0))
+    theirs = replace(node.hello, node_id="b", incarnation=7)
+    script += [theirs, wire.Bye("b", "done"), theirs]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._receive_loop)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    p = node.peers["b"]
+    assert sent == ["hello", "hello"]  # greeted on its first hello and again when it came back
+    assert p.values == {} and p.up and p.epoch == p.session.epoch == 1
+    assert p.session.our_state is p.session.their_state is wire.State.READY
 
 
 async def test_adaptive_bit_width_narrows_only_for_peers_that_decode_it(autojump_clock):

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from p2pfl import codecs, wire
 from p2pfl.wire import (
-    Bye, Expectations, FrameDecoder, Hello, Knowledge, LocalProtocolError, PeerSession,
-    RemoteProtocolError, State, StatusReply, StatusRequest,
+    TRANSITIONS, Bye, Expectations, FrameDecoder, Hello, Knowledge, LocalProtocolError, PeerSession,
+    RemoteProtocolError, Role, State, StatusReply, StatusRequest,
 )
 
 C = 10  # classes in these tests
@@ -440,7 +440,7 @@ def test_hello_knowledge_bye():
     s.receive(wire.encode(Bye("bob", "done")))
     assert s.their_state is State.CLOSED
     refused(s, knowledge(), "state", match="not allowed when the peer is closed")
-    refused(s, hello(node_id="bob"), "state")
+    # a hello now starts a new session: test_a_peer_back_after_bye_starts_a_new_session
 
 
 def test_a_restarted_peer_starts_a_new_session():
@@ -456,6 +456,47 @@ def test_a_restarted_peer_starts_a_new_session():
     with pytest.raises(LocalProtocolError, match="cannot send knowledge when we are new"):
         s.send(knowledge(sender="alice"))
     refused(s, hello(node_id="bob", arch="gru", incarnation=3), "state", match="second, different hello")
+
+
+def test_a_restart_starts_a_new_epoch():
+    s = ready()
+    assert s.epoch == 0
+    s.receive(wire.encode(hello(node_id="bob", arch="cnn1d", incarnation=2)))
+    assert s.epoch == 1
+    s.receive(wire.encode(hello(node_id="bob", arch="cnn1d", incarnation=2)))  # a resend: same session
+    assert s.epoch == 1
+    s.receive(wire.encode(hello(node_id="bob", arch="cnn1d", incarnation=3)))
+    assert s.epoch == 2
+
+
+def test_a_peer_back_after_bye_starts_a_new_session():
+    s = session()
+    s.send(s.local_hello)
+    s.receive(wire.encode(hello(node_id="bob", incarnation=1)))
+    s.send(StatusRequest(7))
+    s.receive(wire.encode(StatusRequest(3)))
+    s.receive(wire.encode(Bye("bob", "done")))
+    assert (s.their_state, s.our_state, s.epoch) == (State.CLOSED, State.READY, 0)
+    refused(s, knowledge(), "state", match="knowledge is not allowed when the peer is closed")
+    refused(s, hello(node_id="bob", num_classes=100), "mismatch", match="number of classes differs")
+    assert s.epoch == 0
+    # whatever a fresh session accepts: the same incarnation, even another architecture
+    back = hello(node_id="bob", arch="gru", incarnation=1)
+    assert s.receive(wire.encode(back)) == back
+    assert (s.their_state, s.our_state, s.epoch, s.peer) == (State.READY, State.NEW, 1, back)
+    refused(s, StatusReply(7, {}), "state", match="nonce 7 we never asked for")  # its old requests are gone
+    local_error(lambda: s.send(StatusReply(3, {})), "state")  # and so are its requests
+    with pytest.raises(LocalProtocolError, match="cannot send knowledge when we are new"):
+        s.send(knowledge(sender="alice"))
+    s.send(s.local_hello)  # greet it again, then share
+    s.send(knowledge(sender="alice"))
+
+
+def test_a_peer_back_after_bye_before_its_hello():
+    s = session()
+    s.receive(wire.encode(Bye("bob", "")))
+    s.receive(wire.encode(hello(node_id="bob")))
+    assert (s.their_state, s.our_state, s.epoch) == (State.READY, State.NEW, 1)
 
 
 def test_knowledge_before_hello():
@@ -564,6 +605,54 @@ def test_sending_follows_the_same_table():
     s.send(Bye("alice", "bye"))
     assert s.our_state is State.CLOSED
     local_error(lambda: s.send(StatusRequest(1)), "state")
+
+
+def _in_state(role: Role, state: State) -> PeerSession:
+    s = session()
+    if state is not State.NEW:
+        s.send(s.local_hello) if role is Role.OURS else s.receive(wire.encode(hello(node_id="bob")))
+    if state is State.CLOSED:
+        s.send(Bye("alice", "")) if role is Role.OURS else s.receive(wire.encode(Bye("bob", "")))
+    assert (s.our_state if role is Role.OURS else s.their_state) is state
+    return s
+
+
+def _one_of_each(role: Role, s: PeerSession) -> dict:
+    me = "alice" if role is Role.OURS else "bob"
+    return {"hello": s.local_hello if role is Role.OURS else hello(node_id="bob"),
+            "knowledge": knowledge(sender=me), "bye": Bye(me, ""),
+            "status_request": StatusRequest(1), "status_reply": StatusReply(1, {})}
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("state", list(State))
+def test_one_rule_path_refuses_what_the_table_lacks_on_both_sides(role, state):
+    refusals = []
+    for kind in _one_of_each(role, session()):
+        if (state, kind) in TRANSITIONS[role]:
+            continue
+        s = _in_state(role, state)
+        msg = _one_of_each(role, s)[kind]
+        before = (s.our_state, s.their_state, s.peer, s.epoch)
+        if role is Role.OURS:
+            with pytest.raises(LocalProtocolError, match=f"cannot send {kind} when we are {state.value}") as info:
+                s.send(msg)
+        else:
+            with pytest.raises(RemoteProtocolError, match=f"{kind} is not allowed when the peer is {state.value}") \
+                    as info:
+                s.receive(wire.encode(msg))
+        assert info.value.reason == "state"
+        assert (s.our_state, s.their_state, s.peer, s.epoch) == before
+        refusals.append(kind)
+    # NEW: knowledge; READY: nothing; CLOSED: everything, but the peer may come back with a hello
+    assert len(refusals) == {State.NEW: 1, State.READY: 0, State.CLOSED: 5 if role is Role.OURS else 4}[state]
+
+
+def test_the_tables_differ_only_in_the_peer_coming_back():
+    ours, theirs = TRANSITIONS[Role.OURS], TRANSITIONS[Role.THEIRS]
+    assert set(theirs.items()) - set(ours.items()) == {((State.CLOSED, "hello"), State.READY)}
+    assert set(ours) <= set(theirs)
+    assert not any(state is State.CLOSED and kind != "hello" for state, kind in theirs)  # knowledge after bye: never
 
 
 def test_invalid_local_messages():

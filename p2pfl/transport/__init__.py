@@ -12,7 +12,7 @@ class PeerUnreachable(Exception):
 
 
 class Transport(Protocol):
-    """What a Node needs from a network. Messages are opaque bytes (wire.py gives them meaning)."""
+    """What a Node needs from a network. Messages are opaque bytes (p2pfl.wire gives them meaning)."""
 
     local_id: str
 

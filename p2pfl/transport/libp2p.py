@@ -5,7 +5,7 @@
         peer_id, data = await t.receive()
 
 One protocol id per message family, each a stream of length-prefixed msgpack frames
-(`wire.frame` / `wire.FrameDecoder`: the framing rules live in wire.py and are tested without a
+(`wire.frame` / `wire.FrameDecoder`: the framing rules live in wire/framing.py and are tested without a
 network). Outbound, one long-lived stream per (peer, family), reopened after a failure; dialing
 a peer that is down backs off exponentially with jitter, so a dead neighbour costs one failed
 dial now and then. Inbound, a peer must be admitted by the Policy or its streams are reset; a
