@@ -15,7 +15,8 @@ from p2pfl.learner import Learner
 from p2pfl.models import build_model
 from p2pfl.models.adapter import LoRALinear, attach
 from p2pfl.modes import NodeContext, Received, make_mode
-from p2pfl.node import EvalData, Node, SimulatedCompute
+from p2pfl.node import EvalData, Node
+from p2pfl.sim import SimulatedCompute
 from p2pfl.sim import Simulation
 from tests.test_sim import TINY as SIM_TINY
 from p2pfl.topology import metropolis_hastings_weights
@@ -228,7 +229,7 @@ async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_cl
         await run_all(nodes)
     for node in nodes:
         assert node.counters.rejected["mismatch"] >= 1
-        assert all(p.latest == {} for p in node.peers.values())  # nothing of the other's was averaged in
+        assert all(p.inbox.latest == {} for p in node.peers.values())  # nothing of the other's was averaged in
     assert "adapter shape differs: ours (16, 16, 4), theirs (16, 8, 4)" in caplog.text
 
 

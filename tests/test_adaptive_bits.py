@@ -3,7 +3,7 @@
 import pytest
 
 from p2pfl import codecs
-from p2pfl.modes import adaptive_bits
+from p2pfl.gossip import adaptive_bits
 
 
 @pytest.mark.parametrize("drift, bits", [

@@ -1,4 +1,4 @@
-"""Tests for p2pfl.delta: delta coding with error feedback, key frames and resync."""
+"""Tests for gossip.DeltaEncoder and gossip.apply_delta: delta coding with error feedback, key frames and resync."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfl.codecs import decode
-from p2pfl.delta import DeltaEncoder, apply
+from p2pfl.gossip import DeltaEncoder, apply_delta as apply
 
 
 def payload_size(payload):

@@ -20,7 +20,8 @@ from p2pfl.data import ReferenceSpec, build_reference, load_source, partition
 from p2pfl.learner import Learner
 from p2pfl.models import build_model
 from p2pfl.modes import make_mode
-from p2pfl.node import EvalData, Node, SimulatedCompute
+from p2pfl.node import EvalData, Node
+from p2pfl.sim import SimulatedCompute
 from p2pfl.topology import make_topology, metropolis_hastings_weights
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
 
@@ -312,6 +313,6 @@ async def test_adaptive_bit_width_narrows_only_for_peers_that_decode_it(autojump
     assert all(0.0 < r["drift"] < 1.0 for r in records if r["round"] >= 4)
     assert "topk:3+int3+z" in nodes[0].hello.codecs and "topk:3+int3+z" not in nodes[2].hello.codecs
     # the last frames: int3 where the receiver lists it, int4 to n2
-    assert nodes[0].peers["n1"].latest["logits"].payload.codec == "topk:3+int3+z"
-    assert nodes[2].peers["n1"].latest["logits"].payload.codec == "topk:3+int4+z"
+    assert nodes[0].peers["n1"].inbox.latest["logits"].payload.codec == "topk:3+int3+z"
+    assert nodes[2].peers["n1"].inbox.latest["logits"].payload.codec == "topk:3+int4+z"
     assert net.bytes_sent[("n1", "n0")] < net.bytes_sent[("n1", "n2")]

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfl import codecs, wire
-from p2pfl.config import ConfigError, load_scenario
+from p2pfl.config import ConfigError, GossipConfig, load_scenario, parse_select
 from p2pfl.consensus import Contribution, softmax, teacher
-from p2pfl.modes import LogitsMode, Received, changed_rows, parse_select, select_rows
+from p2pfl.gossip import Inbox, Outbox, changed_rows, select_rows
+from p2pfl.modes import Outgoing
 from p2pfl.wire import Knowledge, LocalProtocolError, RemoteProtocolError
 
 C = 5
@@ -144,72 +145,62 @@ def test_changed_rows_are_those_that_moved_by_the_threshold():
 
 
 def frame(rnd, array, rows=None, keeps=-1, ref_count=6):
-    return Received("b", rnd, "logits", np.asarray(array, np.float32), 0, ref_count, np.ones(C), 0.5,
-                    rows=None if rows is None else np.asarray(rows), keeps=keeps)
+    """A neighbour's logits frame about slice rows 0..ref_count-1, as it crosses the wire."""
+    mask = b"" if rows is None else wire.row_mask(np.asarray(rows), ref_count)
+    return Knowledge(sender="b", round=rnd, time=0.0, kind="logits", ref_start=0, ref_count=ref_count,
+                     payload=codecs.encode(np.asarray(array, np.float32), "fp32"), label_counts=(1,) * C,
+                     samples=C, val_acc=0.0, row_mask=mask, keeps=keeps)
 
 
-def heard(mode, *args, **kw):
-    return mode._resolve(frame(*args, **kw), C)
+def heard(inbox, rnd, *args, **kw):
+    """What the mode is handed after the frame of round `rnd` arrives: whole rows."""
+    assert inbox.add(frame(rnd, *args, **kw))
+    (got,) = inbox.usable(rnd + 1, staleness=100, weight=0.5)
+    return got
 
 
 def test_a_receiver_fills_unchanged_rows_from_the_frame_they_keep():
-    mode = LogitsMode()
+    inbox = Inbox("b", C)
     first = np.arange(6 * C, dtype=np.float32).reshape(6, C)
-    assert heard(mode, 0, first).rows is None
+    assert heard(inbox, 0, first).rows is None
     # round 10 sends rows 1 and 4 and keeps the rest from round 0: every row is known again
-    tenth = frame(10, -first[[1, 4]], rows=[1, 4], keeps=0)
-    got = mode._resolve(tenth, C)
+    got = heard(inbox, 10, -first[[1, 4]], rows=[1, 4], keeps=0)
     assert got.rows is None
     want = first.copy()
     want[[1, 4]] = -first[[1, 4]]
     np.testing.assert_array_equal(got.array, want)
-    assert mode._resolve(tenth, C) is got  # the same frame, still the newest next round: no change
+    (again,) = inbox.usable(12, staleness=100, weight=0.5)
+    assert again is got  # the same frame, still the newest two rounds later: no change
     # round 20 keeps from round 15, which we never got: only the rows it sent count
-    lost = heard(mode, 20, first[[2]], rows=[2], keeps=15)
+    lost = heard(inbox, 20, first[[2]], rows=[2], keeps=15)
     np.testing.assert_array_equal(lost.rows, [2])
     np.testing.assert_array_equal(lost.array, first[[2]])
     # and round 30 builds on round 20's partial knowledge
-    more = heard(mode, 30, first[[5]], rows=[5], keeps=20)
+    more = heard(inbox, 30, first[[5]], rows=[5], keeps=20)
     np.testing.assert_array_equal(more.rows, [2, 5])
     np.testing.assert_array_equal(more.array, first[[2, 5]])
 
 
-class _Ref:
-    size = 6
-
-    def slice_bounds(self, round_idx):
-        return 0, 6
-
-    def rows(self, start, count):
-        return np.arange(start, start + count)
-
-    x = np.zeros((6, 3), np.float32)
-
-
 def test_a_sender_sends_what_moved_and_says_which_frame_keeps_the_rest():
-    from types import SimpleNamespace
-
-    from p2pfl.config import GossipConfig
-
     logits = np.zeros((6, C), np.float32)
-    ctx = SimpleNamespace(reference=_Ref(), gossip=GossipConfig(select="changed:0.1", logit_range=0.0, key_every=3),
-                          learner=SimpleNamespace(logits=lambda x: logits.copy()))
-    mode = LogitsMode()
-    sent = []
+    outbox = Outbox("b", GossipConfig(select="changed:0.1", key_every=3), {"logits": "fp32"}, np.ones(C))
+    receiver = Inbox("b", C)
+    frames = []
     for rnd in range(5):
         logits[rnd, 0] = 9.0  # one more row changes its mind each round
-        sent.append(mode.share(ctx, rnd)[0])
-        mode._own.clear()
-    assert sent[0].rows is None and sent[0].keeps == -1  # the first frame about a slice: every row
-    np.testing.assert_array_equal(sent[1].rows, [1])
-    assert sent[1].keeps == 0 and sent[2].keeps == 1
-    assert sent[3].rows is None and sent[3].keeps == -1  # every key_every-th frame is whole again
-    np.testing.assert_array_equal(sent[4].rows, [4])
-    # a receiver that got every frame holds what the sender holds
-    receiver = LogitsMode()
-    for rnd, out in enumerate(sent):
-        got = heard(receiver, rnd, out.array, rows=out.rows, keeps=out.keeps)
-    np.testing.assert_array_equal(got.array, logits)
+        share = outbox.share([Outgoing("logits", logits.copy(), 0, 6)], rnd, time=float(rnd), drift=None)
+        frames.append(share.frames[0])
+        ((msg, mass),) = share.for_peer(("fp32",), weight=0.5)
+        assert mass is None and msg.keeps == frames[-1].keeps and msg.row_mask == frames[-1].row_mask
+        assert receiver.add(msg)
+        (got,) = receiver.usable(rnd + 1, staleness=5, weight=0.5)
+        # a receiver that got every frame holds what the sender holds, every round
+        np.testing.assert_array_equal(got.array, logits)
+    assert frames[0].rows is None and frames[0].keeps == -1  # the first frame about a slice: every row
+    np.testing.assert_array_equal(frames[1].rows, [1])
+    assert frames[1].keeps == 0 and frames[2].keeps == 1
+    assert frames[3].rows is None and frames[3].keeps == -1  # every key_every-th frame is whole again
+    np.testing.assert_array_equal(frames[4].rows, [4])
 
 
 def test_wire_keeps_needs_a_row_mask_and_an_earlier_round():

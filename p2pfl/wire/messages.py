@@ -75,6 +75,7 @@ import numpy as np
 
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
+from p2pfl.mode_facts import KNOWLEDGE_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
     MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_PARAMS,
@@ -84,7 +85,6 @@ from p2pfl.wire.limits import (
 # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection); 3: "kp" (keeps)
 PROTOCOL_VERSION = 3
 
-KNOWLEDGE_KINDS = ("logits", "params")
 
 
 # ----------------------------------------------------------------------------- field validation

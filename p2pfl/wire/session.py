@@ -6,6 +6,7 @@ import enum
 from dataclasses import replace
 
 from p2pfl import codecs
+from p2pfl.mode_facts import ALWAYS_MATCH, MODE_FACTS
 from p2pfl.wire.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import MAX_PENDING_STATUS
 from p2pfl.wire.messages import (
@@ -57,27 +58,13 @@ TRANSITIONS: dict[Role, dict[tuple[State, str], State]] = {
     },
 }
 
-# Hello fields that must be equal on both sides, per mode. Architectures may differ in the
-# knowledge-sharing modes (heterogeneous models are the point); fedavg averages whole parameter
-# vectors, adapter modes average a shared adapter, so those must line up.
-_ALWAYS = ("version", "mode", "num_classes", "ref_digest")
-MUST_MATCH: dict[str, tuple[str, ...]] = {
-    "logits": _ALWAYS,
-    "local": _ALWAYS,
-    "fedavg": _ALWAYS + ("arch", "param_count"),
-    "adapter": _ALWAYS + ("param_count", "adapter_shape"),
-    "hybrid": _ALWAYS + ("param_count", "adapter_shape"),
-}
+# Hello fields that must be equal on both sides, and the knowledge kinds legal, per mode: derived
+# from the one table of modes (p2pfl/mode_facts.py), so a mode is declared once.
+_ALWAYS = ALWAYS_MATCH
+MUST_MATCH: dict[str, tuple[str, ...]] = {m.name: ALWAYS_MATCH + m.must_match for m in MODE_FACTS.values()}
 MODES = tuple(MUST_MATCH)
-
-# Which knowledge kinds each mode sends. `local` shares nothing but still says hello/bye and status.
-KINDS_BY_MODE: dict[str, frozenset[str]] = {
-    "logits": frozenset({"logits"}),
-    "adapter": frozenset({"params"}),
-    "hybrid": frozenset({"logits", "params"}),
-    "fedavg": frozenset({"params"}),
-    "local": frozenset(),
-}
+# `local` shares nothing but still says hello/bye and status.
+KINDS_BY_MODE: dict[str, frozenset[str]] = {m.name: frozenset(m.kinds) for m in MODE_FACTS.values()}
 
 _MISMATCH_HINTS = {
     "version": ("protocol version", "upgrade the older node"),
