@@ -551,7 +551,7 @@ def resolve_topology(spec: str, n: int | None, seed: int = 0, **params) -> Topol
         if n is not None and n != topo.n:
             raise TopologyError(
                 f"topology file {spec!r} has {topo.n} nodes but n={n} was requested; "
-                f"drop n or use a file with {n} nodes"
+                f"set topology.nodes = {topo.n} (p2pfl sim --nodes {topo.n}) or use a file with {n} nodes"
             )
     else:
         if path.suffix.lower() in FILE_SUFFIXES or os.sep in spec:

@@ -85,6 +85,8 @@ def test_profiles_and_topologies_from_any_folder(elsewhere):
     assert resolve_profile("gru").arch == "gru"
     assert resolve_topology("ring-8", 8).n == resolve_topology("topologies/ring-8.toml", None).n == 8
     assert resolve_topology("ring", 5).n == 5  # generator names stay generators
+    with pytest.raises(TopologyError, match="--nodes 8"):  # the scenario's 16 nodes: the fix is named
+        resolve_topology("ring-8", 16)
     assert not set(shipped.names("topologies")) & set(GENERATORS), "a shipped topology named like a generator"
 
 
