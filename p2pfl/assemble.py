@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from p2pfl import shipped
 from p2pfl.config import ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
 from p2pfl.data import build_reference, load_source, partition
 from p2pfl.data.reference import Reference, ReferenceSpec
@@ -29,25 +30,18 @@ from p2pfl.node import Compute, EvalData, Node
 from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
 from p2pfl.transport import Transport
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "node"  # the repo's node/ folder of profiles
-
-
 def resolve_profile(name: str) -> NodeProfile:
-    """A profile file path, a profile name in node/, or a bare architecture name."""
-    path = Path(name)
-    if path.suffix == ".toml":
-        if not path.exists() and (PROFILE_DIR.parent / path).exists():
-            path = PROFILE_DIR.parent / path  # a repository path such as node/cnn1d.toml, from elsewhere
-        if not path.exists():
-            raise ConfigError(f"node profile {name} not found; pass a path to a profile file, or a name from "
-                              f"{PROFILE_DIR}: {', '.join(sorted(p.stem for p in PROFILE_DIR.glob('*.toml')))}")
+    """A profile file path, a shipped profile by name or repository path (node/cnn1d.toml), or a bare architecture."""
+    path = shipped.find("node", name)
+    if path is not None:
         return load_profile(path)
-    if (PROFILE_DIR / f"{name}.toml").exists():
-        return load_profile(PROFILE_DIR / f"{name}.toml")
+    if Path(name).suffix == ".toml":
+        raise ConfigError(f"node profile {name} not found; pass a path to a profile file, or a name "
+                          f"({shipped.listing('node')})")
     if name in MODELS:
         return NodeProfile(name=name, arch=name)
     raise ConfigError(f"profiles: {name!r} is neither a profile in node/ nor an architecture; "
-                      f"architectures: {', '.join(MODELS)}")
+                      f"{shipped.listing('node')}; architectures: {', '.join(MODELS)}")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from p2pfl import shipped
 from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_value
 from p2pfl.files import atomic_write_text
 
-DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "sim" / "quickstart.toml"
+DEFAULT_SCENARIO = shipped.folder("sim") / f"{shipped.DEFAULT_SCENARIO}.toml"  # checkout or installed copy
 
 # Friendly names for the overrides people reach for most; each maps onto a scenario key.
 SHORTCUTS = {
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="simulate N nodes in one process", description=(
         "Run a scenario (default: sim/quickstart.toml). Any scenario key can be overridden, "
         "e.g. --train.lr 0.001 --gossip.consensus mean, or --set key=value."))
-    sim.add_argument("scenario", nargs="?", help="scenario TOML (default: the quickstart)")
+    sim.add_argument("scenario", nargs="?", help="scenario TOML, or a shipped one's name: quickstart (default), two-widths, ...")
     sim.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-' for stdout)")
     sim.add_argument("--runs", default="runs", metavar="DIR", help="where runs/<name>/ goes (default: runs)")
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
@@ -165,7 +166,7 @@ def _parse(key: str, text: str, hints: dict[str, Any]) -> Any:
 def cmd_sim(args: argparse.Namespace) -> int:
     from p2pfl.sim import Simulation  # torch import: only when simulating
 
-    path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.exists() else None)
+    path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     scenario = load_scenario(path, scenario_overrides(args))
     out = Console(stderr=args.json == "-")
     n = scenario.topology.nodes
@@ -244,7 +245,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
-    path = args.scenario or (DEFAULT_SCENARIO if DEFAULT_SCENARIO.exists() else None)
+    path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     scenario = load_scenario(path, overrides)
     shard, shards = parse_shard(args.shard)
     if args.profile:
@@ -340,12 +341,14 @@ def cmd_psk(args: argparse.Namespace) -> int:
 def cmd_topo(args: argparse.Namespace) -> int:
     from p2pfl.topology import Topology, check_connected, describe, load_topology, make_topology, save_topology
 
-    if Path(args.name).exists():
-        topo = load_topology(args.name)
+    path = shipped.find("topologies", args.name) if args.nodes is None or Path(args.name).exists() else None
+    if path is not None:
+        topo = load_topology(path)
         check_connected(topo.graph, names=topo.names)
     else:
         if args.nodes is None:
-            raise UsageError(f"--nodes is required to generate {args.name!r} (or pass an existing topology file)")
+            raise UsageError(f"--nodes is required to generate {args.name!r} "
+                             f"(or pass a topology file; {shipped.listing('topologies')})")
         params = {}
         for item in args.param:
             if "=" not in item:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import networkx as nx
 import numpy as np
 
+from p2pfl import shipped
 from p2pfl.files import atomic_write_bytes
 
 # A random generator that keeps producing disconnected graphs is almost always asked for too
@@ -540,6 +541,8 @@ def resolve_topology(spec: str, n: int | None, seed: int = 0, **params) -> Topol
     """A topology file path or a generator name (then n is required); the result is connected."""
     spec = os.fspath(spec)
     path = Path(spec)
+    if not path.is_file() and spec.strip().lower().replace("_", "-") not in GENERATORS:
+        path = shipped.find("topologies", spec) or path  # topologies/ring-8.toml or ring-8, from any folder
     if path.is_file():
         if params:
             given = ", ".join(sorted(params))
@@ -548,18 +551,16 @@ def resolve_topology(spec: str, n: int | None, seed: int = 0, **params) -> Topol
         if n is not None and n != topo.n:
             raise TopologyError(
                 f"topology file {spec!r} has {topo.n} nodes but n={n} was requested; "
-                f"drop n or use a file with {n} nodes"
+                f"set topology.nodes = {topo.n} (p2pfl sim --nodes {topo.n}) or use a file with {n} nodes"
             )
     else:
         if path.suffix.lower() in FILE_SUFFIXES or os.sep in spec:
-            raise TopologyError(f"topology file {spec!r} not found")
+            raise TopologyError(f"topology file {spec!r} not found; {shipped.listing('topologies')}")
         key = spec.strip().lower().replace("_", "-")
         if key not in GENERATORS:
-            shipped = Path("topologies", f"{spec}.toml")
-            hint = f"; did you mean {shipped}?" if shipped.is_file() else ""
             raise TopologyError(
-                f"unknown topology {spec!r}; choose one of: {', '.join(GENERATORS)}, or a path to a "
-                f"{'/'.join(FILE_SUFFIXES)} file{hint}"
+                f"unknown topology {spec!r}; choose one of: {', '.join(GENERATORS)}, a shipped topology "
+                f"({', '.join(shipped.names('topologies'))}), or a path to a {'/'.join(FILE_SUFFIXES)} file"
             )
         if n is None:
             raise TopologyError(f"topology {spec!r} needs n, the number of nodes")
