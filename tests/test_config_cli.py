@@ -186,6 +186,7 @@ def _error_line(capsys) -> str:
     (["sim", "--set", "rounds"], ["KEY=VALUE"]),
     (["sim", "--alpha", "lots"], ["--alpha", "'lots'"]),
     (["sim", "no/such/scenario.toml"], ["no/such/scenario.toml", "not found"]),
+    (["sim", "--data.source", "nope.npz", "--rounds", "1"], ["data.source", "no such file 'nope.npz'", "np.savez"]),
     (["topo", "ring"], ["--nodes"]),
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
     (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
@@ -210,6 +211,28 @@ def test_cli_error_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "err", Console(stderr=True, width=80))
     assert cli.main(["sim", "--set", "train.lrr=0.1"]) == 2
     assert _error_line(capsys).count("\n") == 1
+
+
+def test_cli_error_keeps_bracketed_text(tmp_path, capsys, monkeypatch):
+    """Rich reads "[n3, n4]" as a markup tag and drops it: the disconnected part's names must be printed."""
+    monkeypatch.setattr(cli, "err", Console(stderr=True, width=200))
+    path = tmp_path / "split.toml"
+    path.write_text('name = "split"\nnodes = ["n0", "n1", "n2", "n3", "n4"]\nedges = [["n0", "n1"], ["n1", "n2"], ["n3", "n4"]]\n')
+    assert cli.main(["topo", str(path)]) == 2
+    err = _error_line(capsys)
+    assert "[n0, n1, n2] (3 nodes)" in err and "[n3, n4] (2 nodes)" in err, err
+    cli.print_error(ValueError("[red]x[/red] [3, 4] [b] [/]"))  # markup-looking text is printed as it is, too
+    assert capsys.readouterr().err == "error: [red]x[/red] [3, 4] [b] [/]\n"
+
+
+def test_cli_bad_data_file_exits_2_with_the_expected_format(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip at all")
+    assert cli.main(["sim", "--data.source", str(bad), "--rounds", "1", "--runs", str(tmp_path / "runs")]) == 2
+    err = " ".join(_error_line(capsys).split())
+    assert f"data.source: {bad} is not an .npz archive" in err and "np.savez(path, x=inputs, y=labels" in err, err
+    assert "pickle" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_cli_unknown_option_is_an_argparse_usage_error(capsys):
