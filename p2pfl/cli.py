@@ -244,8 +244,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
     from p2pfl.sim import resolve_profile
-    from p2pfl.transport.libp2p import Policy, read_allowlist, read_psk
+    from p2pfl.transport.libp2p import Policy, parse_peer, read_allowlist, read_psk
 
+    for addr in args.peers:
+        parse_peer(addr)  # a bad address is an error now, not after the data is loaded
     overrides = scenario_overrides(args)
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:

@@ -198,6 +198,10 @@ def _error_line(capsys) -> str:
     (["node", "--psk-file", "no/such.key", "--state-dir", "unused"], ["--psk-file", "no/such.key", "cannot read"]),
     (["node", "--allow", "no/such.txt", "--state-dir", "unused"], ["--allow", "no/such.txt"]),
     (["node", "--profile", "no/such.toml", "--state-dir", "unused"], ["no/such.toml", "not found", "cnn1d"]),
+    (["node", "--state-dir", "unused", "--peers", "/ip4/127.0.0.1/tcp/4001"],
+     ["--peers '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>", "/ip4/127.0.0.1/tcp/4001/p2p/<peer id>",
+      "listening on"]),
+    (["status", "/ip4/127.0.0.1/tcp/4001"], ["address '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>"]),
 ])
 def test_cli_bad_input_exits_2_with_an_error_and_no_traceback(argv, words, capsys):
     assert cli.main(argv) == 2
