@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,18 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        print_error(e)
         return 2
     except BaseExceptionGroup as group:  # raised inside a trio nursery (p2pfl node): same rule
         bad, rest = group.split((ConfigError, UsageError, ValueError))
         if bad is None or rest is not None:
             raise
         for e in _leaves(bad):
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            print_error(e)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def print_error(e: BaseException) -> None:
+    """One red line; the message is escaped, so "[3, 4]" (a component, a list of names) is printed, not read as markup."""
+    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
@@ -239,8 +245,10 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
     from p2pfl.assemble import resolve_profile
-    from p2pfl.transport.libp2p import Policy, read_allowlist, read_psk
+    from p2pfl.transport.libp2p import Policy, parse_peer, read_allowlist, read_psk
 
+    for addr in args.peers:
+        parse_peer(addr)  # a bad address is an error now, not after the data is loaded
     overrides = scenario_overrides(args)
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename; readers never see half a file."""
+"""Atomic file writes (a temp file in the same folder, fsync, then rename: readers never see half a file)
+and run folders that never overwrite an earlier run."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o66
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fresh_dir(root: Path, name: str) -> Path:
+    """root/name, or root/name-2, -3, ... when it exists: a rerun never overwrites an earlier run."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100_000):
+        path = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()  # atomic: two runs started at once cannot pick the same folder
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{root} holds 100,000 runs named {name!r}; clean it up")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pfl.files import fresh_dir
 from p2pfl.metrics import read_metrics, summarize
 from p2pfl.topology import Topology
 from p2pfl.transport.libp2p import load_identity, peer_id_of
@@ -150,8 +151,48 @@ class Launch:
         return {name: proc.returncode for name, proc in self.procs.items()}
 
 
+def choose_run_dir(root: Path, name: str, *, resume: bool = False) -> tuple[Path, int | None]:
+    """Where a launch keeps its nodes' state: (folder, None) for a fresh run, root/name or else the
+    first free root/name-2, -3, ... (as `p2pfl sim` does, so a rerun trains anew and overwrites
+    nothing); with resume, (the latest existing of those, the round every node has finished).
+
+    A ValueError of one line when there is nothing to resume.
+    """
+    if not resume:
+
+        return fresh_dir(Path(root), name), None
+    runs = earlier_runs(Path(root), name)
+    if not runs:
+        raise ValueError(f"--resume: no earlier run {Path(root) / name} to continue; "
+                         f"leave out --resume to start a fresh one")
+    latest = runs[-1]
+    return latest, rounds_done(latest)
+
+
+def earlier_runs(root: Path, name: str) -> list[Path]:
+    """root/name, root/name-2, ... that exist, oldest first (by number: name-10 after name-9)."""
+    found = []
+    if (root / name).is_dir():
+        found.append((1, root / name))
+    if root.is_dir():
+        for path in root.glob(f"{name}-*"):
+            suffix = path.name[len(name) + 1:]
+            if path.is_dir() and suffix.isdigit() and int(suffix) >= 2 and not suffix.startswith("0"):
+                found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def rounds_done(run_dir: Path) -> int:
+    """The last round every node of a run logged (0 when one has logged none)."""
+    nodes = [d for d in sorted(Path(run_dir).iterdir()) if d.is_dir()]
+    return min((max((r["round"] for r in _records(d / "metrics.jsonl")), default=0) for d in nodes), default=0)
+
+
 def node_records(plan: NodeLaunch) -> list[dict]:
-    path = plan.state_dir / "metrics.jsonl"
+    return _records(plan.state_dir / "metrics.jsonl")
+
+
+def _records(path: Path) -> list[dict]:
     if not path.exists():
         return []
     try:

@@ -32,7 +32,7 @@ from p2pfl.assemble import NodePlan
 from p2pfl.config import Scenario
 from p2pfl.data.reference import Reference
 from p2pfl.data.sources import Dataset
-from p2pfl.files import atomic_write_text
+from p2pfl.files import atomic_write_text, fresh_dir
 from p2pfl.learner import Learner
 from p2pfl.metrics import MetricsLog, summarize
 from p2pfl.models import param_count
@@ -141,19 +141,6 @@ class SimulationResult:
     @property
     def personal_mean(self) -> float:
         return self.summary["personal"]["mean"]
-
-
-def fresh_dir(root: Path, name: str) -> Path:
-    """root/name, or root/name-2, -3, ... when it exists: a rerun never overwrites an earlier run."""
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 100_000):
-        path = root / (name if n == 1 else f"{name}-{n}")
-        try:
-            path.mkdir()  # atomic: two runs started at once cannot pick the same folder
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"{root} holds 100,000 runs named {name!r}; clean it up")
 
 
 class Simulation:

@@ -5,9 +5,11 @@
     python scripts/launch_local.py topologies/lan-example.toml --print     # per-host commands for a LAN
     python scripts/launch_local.py topologies/ring-8.toml --kill 2 --kill-at 10 --restart-at 15
 
-Every process gets --peers from the graph and its own state dir under runs/launch-<name>/.
-Ctrl-C stops them all (bye to neighbours, metrics flushed). At the end: the summary table of a
-simulation (`p2pfl sim` prints the same one), runs/launch-<name>/summary.json and --json.
+Every process gets --peers from the graph and its own state dir under runs/launch-<name>/; a rerun
+is a fresh run in runs/launch-<name>-2/, -3, ... (new identities, round 0), and --resume continues
+the latest of them from its nodes' checkpoints. Ctrl-C stops them all (bye to neighbours, metrics
+flushed). At the end: the summary table of a simulation (`p2pfl sim` prints the same one), the run
+folder's summary.json and --json.
 --kill K: SIGKILL K nodes (no bye, no flush) once every node finished round --kill-at, and start
 them again with the same state dir once every other node finished round --restart-at.
 """
@@ -21,19 +23,20 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from p2pfl.cli import print_summary  # noqa: E402
+from p2pfl.cli import print_error, print_summary  # noqa: E402
 from p2pfl.config import load_scenario, parse_value  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
-from p2pfl.launch import Launch, commands_by_host, latest_round, merge, plan_nodes  # noqa: E402
+from p2pfl.launch import Launch, choose_run_dir, commands_by_host, latest_round, merge, plan_nodes  # noqa: E402
 from p2pfl.topology import Topology, load_topology, make_topology  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("topology", help="a topology file, or a generator name with --nodes")
     ap.add_argument("--nodes", type=int, help="nodes, when TOPOLOGY is a generator name")
@@ -42,27 +45,30 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="scenario override for every node")
     ap.add_argument("--base-port", type=int, default=4001)
     ap.add_argument("--psk-file")
-    ap.add_argument("--run-dir", help="default runs/launch-<topology name>")
+    ap.add_argument("--run-dir", help="default runs/launch-<topology name> (a rerun: the same with -2, -3, ...)")
+    ap.add_argument("--resume", action="store_true", help="continue the latest run folder of this name "
+                                                          "from its checkpoints instead of starting a fresh one")
     ap.add_argument("--print", action="store_true", help="print each host's commands instead of starting them")
     ap.add_argument("--kill", type=int, default=0, metavar="K", help="crash K nodes (SIGKILL) during the run")
     ap.add_argument("--kill-at", type=int, default=10, metavar="R")
     ap.add_argument("--restart-at", type=int, default=15, metavar="R")
     ap.add_argument("--timeout", type=float, default=3600.0, help="stop everything after this many seconds")
     ap.add_argument("--json", metavar="PATH", help="write the merged summary here")
-    args = ap.parse_args()
-
-    if Path(args.topology).exists():
-        topology = load_topology(args.topology)
+    args = ap.parse_args(argv)
+    console = Console(highlight=False)
+    try:  # bad input: one line, exit 2 (as `p2pfl`); nothing is started yet
+        topology, scenario, run_dir, done = prepare(ap, args)
+    except ValueError as e:  # ConfigError, TopologyError and the rest of bad input derive from it
+        print_error(e)
+        return 2
+    shown = _shown(run_dir)
+    if done is None:
+        console.print(f"fresh run in {shown}")
     else:
-        if args.nodes is None:
-            ap.error(f"--nodes is required to generate {args.topology!r} (or pass a topology file)")
-        topology = Topology.from_graph(f"{args.topology}-{args.nodes}", make_topology(args.topology, args.nodes))
-    overrides = {kv.split("=", 1)[0]: parse_value(kv.split("=", 1)[1]) for kv in args.set if "=" in kv}
-    scenario = load_scenario(args.scenario, overrides | ({"rounds": args.rounds} if args.rounds else {}))
-    run_dir = Path(args.run_dir or ROOT / "runs" / f"launch-{topology.name}")
+        console.print(f"resuming {shown} after round {done}"
+                      + (f" (all {scenario.rounds} rounds were done: nothing left to train)" if done >= scenario.rounds else ""))
     plans = plan_nodes(topology, run_dir, scenario=args.scenario, rounds=args.rounds, overrides=tuple(args.set),
                        base_port=args.base_port, psk_file=args.psk_file)
-    console = Console(highlight=False)
     if args.print:
         for host, lines in commands_by_host(plans).items():
             console.print(f"# on {host} (copy {run_dir}/<name>/identity.key into each --state-dir first)")
@@ -113,8 +119,36 @@ def main() -> int:
         atomic_write_text(args.json, json.dumps(summary, indent=2, default=str))
     failed = {k: v for k, v in launch.exit_codes().items() if v not in (0, None)}
     if failed:
-        console.print(f"[red]nodes that exited with an error:[/red] {failed} (see {run_dir}/<name>/node.log)")
+        console.print(f"[red]nodes that exited with an error:[/red] {escape(f'{failed} (see {run_dir}/<name>/node.log)')}")
     return 1 if failed else 0
+
+
+def prepare(ap: argparse.ArgumentParser, args: argparse.Namespace):
+    """(topology, scenario, run folder, round to resume after or None): everything checked before a process starts."""
+    if Path(args.topology).exists():
+        topology = load_topology(args.topology)
+    else:
+        if args.nodes is None:
+            ap.error(f"--nodes is required to generate {args.topology!r} (or pass a topology file)")
+        topology = Topology.from_graph(f"{args.topology}-{args.nodes}", make_topology(args.topology, args.nodes))
+    overrides = {}
+    for kv in args.set:
+        if "=" not in kv:
+            raise ValueError(f"--set {kv!r}: expected KEY=VALUE, e.g. --set data.samples=2000")
+        key, value = kv.split("=", 1)
+        overrides[key.strip()] = parse_value(value)
+    scenario = load_scenario(args.scenario, overrides | ({"rounds": args.rounds} if args.rounds else {}))
+    base = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"launch-{topology.name}"
+    run_dir, done = choose_run_dir(base.parent, base.name, resume=args.resume)
+    return topology, scenario, run_dir, done
+
+
+def _shown(path: Path) -> str:
+    """A run folder as a person would type it: relative to the current directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ def _error_line(capsys) -> str:
     (["sim", "--set", "rounds"], ["KEY=VALUE"]),
     (["sim", "--alpha", "lots"], ["--alpha", "'lots'"]),
     (["sim", "no/such/scenario.toml"], ["no/such/scenario.toml", "not found"]),
+    (["sim", "--data.source", "nope.npz", "--rounds", "1"], ["data.source", "no such file 'nope.npz'", "np.savez"]),
     (["topo", "ring"], ["--nodes"]),
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
     (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
@@ -197,6 +198,10 @@ def _error_line(capsys) -> str:
     (["node", "--psk-file", "no/such.key", "--state-dir", "unused"], ["--psk-file", "no/such.key", "cannot read"]),
     (["node", "--allow", "no/such.txt", "--state-dir", "unused"], ["--allow", "no/such.txt"]),
     (["node", "--profile", "no/such.toml", "--state-dir", "unused"], ["no/such.toml", "not found", "cnn1d"]),
+    (["node", "--state-dir", "unused", "--peers", "/ip4/127.0.0.1/tcp/4001"],
+     ["--peers '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>", "/ip4/127.0.0.1/tcp/4001/p2p/<peer id>",
+      "listening on"]),
+    (["status", "/ip4/127.0.0.1/tcp/4001"], ["address '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>"]),
 ])
 def test_cli_bad_input_exits_2_with_an_error_and_no_traceback(argv, words, capsys):
     assert cli.main(argv) == 2
@@ -210,6 +215,28 @@ def test_cli_error_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(cli, "err", Console(stderr=True, width=80))
     assert cli.main(["sim", "--set", "train.lrr=0.1"]) == 2
     assert _error_line(capsys).count("\n") == 1
+
+
+def test_cli_error_keeps_bracketed_text(tmp_path, capsys, monkeypatch):
+    """Rich reads "[n3, n4]" as a markup tag and drops it: the disconnected part's names must be printed."""
+    monkeypatch.setattr(cli, "err", Console(stderr=True, width=200))
+    path = tmp_path / "split.toml"
+    path.write_text('name = "split"\nnodes = ["n0", "n1", "n2", "n3", "n4"]\nedges = [["n0", "n1"], ["n1", "n2"], ["n3", "n4"]]\n')
+    assert cli.main(["topo", str(path)]) == 2
+    err = _error_line(capsys)
+    assert "[n0, n1, n2] (3 nodes)" in err and "[n3, n4] (2 nodes)" in err, err
+    cli.print_error(ValueError("[red]x[/red] [3, 4] [b] [/]"))  # markup-looking text is printed as it is, too
+    assert capsys.readouterr().err == "error: [red]x[/red] [3, 4] [b] [/]\n"
+
+
+def test_cli_bad_data_file_exits_2_with_the_expected_format(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip at all")
+    assert cli.main(["sim", "--data.source", str(bad), "--rounds", "1", "--runs", str(tmp_path / "runs")]) == 2
+    err = " ".join(_error_line(capsys).split())
+    assert f"data.source: {bad} is not an .npz archive" in err and "np.savez(path, x=inputs, y=labels" in err, err
+    assert "pickle" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_cli_unknown_option_is_an_argparse_usage_error(capsys):

@@ -3,6 +3,7 @@
 import logging
 import random
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfl import data
+from p2pfl.config import ConfigError
 from p2pfl.data import (
     ReferenceMismatchError,
     ReferenceSpec,
@@ -174,10 +176,39 @@ def test_npz_label_range_and_pickle(tmp_path):
         from_npz(_npz(tmp_path, x=np.zeros((5, 2)), y=np.array([0, 1, 2, 3, 0])), num_classes=3)
     p = tmp_path / "obj.npz"
     np.savez(p, x=np.array([object()] * 4, dtype=object), y=np.arange(4))
-    with pytest.raises(ValueError, match="not a readable .npz"):  # object arrays would need pickle: refused
+    with pytest.raises(ConfigError, match="array 'x' holds Python objects") as e:  # would need pickle: refused
         from_npz(p)
-    with pytest.raises(FileNotFoundError):
-        from_npz(tmp_path / "nope.npz")
+    assert "allow_pickle" not in str(e.value)
+
+
+def test_npz_missing_file_names_the_key_and_the_choices(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        from_npz("nope.npz")
+    msg = str(e.value)
+    assert msg.startswith("data.source: no such file 'nope.npz'"), msg
+    assert f"looked in {tmp_path}" in msg and "np.savez(path, x=" in msg and "mnist1d" in msg
+
+
+@pytest.mark.parametrize("content", [b"hello, not a zip", b"\x93NUMPY garbage", b"PK\x03\x04" + b"\0" * 40])
+def test_corrupt_npz_says_what_is_expected_and_never_suggests_allow_pickle(tmp_path, content):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        from_npz(p)
+    msg = str(e.value)
+    assert msg.startswith(f"data.source: {p} ") and "np.savez(path, x=inputs, y=labels" in msg, msg
+    assert "pickle" not in msg, msg  # np.load's own answer ("allow_pickle=False") is the unsafe fix
+
+
+def test_npz_with_a_damaged_member_is_a_config_error(tmp_path):
+    p = tmp_path / "half.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00 not a header")
+        z.writestr("y.npy", b"")
+    with pytest.raises(ConfigError, match=r"is a damaged \.npz .*expected an \.npz made by np\.savez") as e:
+        from_npz(p)
+    assert "pickle" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------- partitioners

@@ -30,7 +30,8 @@ from p2pfl.sim import Simulation
 from p2pfl.topology import Topology, make_topology
 from p2pfl.transport import PeerUnreachable
 from p2pfl.transport.libp2p import (
-    PROTOCOLS, Libp2pTransport, Policy, load_identity, new_psk, peer_id_of, query_status, read_allowlist, read_psk,
+    PROTOCOLS, Libp2pTransport, Policy, load_identity, new_psk, parse_peer, peer_id_of, query_status, read_allowlist,
+    read_psk,
 )
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -84,6 +85,25 @@ def test_allowlist(tmp_path):
 def test_bad_shard(text):
     with pytest.raises(ConfigError, match="expected I/N"):
         parse_shard(text)
+
+
+@pytest.mark.parametrize("addr, words", [
+    ("/ip4/127.0.0.1/tcp/4001", ["has no /p2p/<peer id>"]),
+    ("127.0.0.1:4001", ["has no /p2p/<peer id>"]),
+    ("/ip4/127.0.0.1/tcp/4001/p2p/abc", ["'abc' is not a peer id"]),
+    ("/p2p/{pid}", ["no address to dial"]),
+])
+def test_a_peer_address_without_its_id_names_the_expected_form(tmp_path, addr, words):
+    pid = peer_id_of(load_identity(tmp_path))
+    with pytest.raises(ValueError) as e:
+        parse_peer(addr.format(pid=pid))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"--peers '{addr.format(pid=pid)}'")
+    for w in words + ["expected /ip4/127.0.0.1/tcp/4001/p2p/<peer id>", "'listening on /ip4/.../p2p/12D3KooW...'"]:
+        assert w in msg, (w, msg)
+    assert "P_P2P" not in msg and "CID" not in msg  # no multiaddr jargon
+    good = f"/ip4/127.0.0.1/tcp/4001/p2p/{pid}"
+    assert parse_peer(good) == (pid, multiaddr.Multiaddr(good))
 
 
 def test_checkpoint_round_trip_and_refusal(tmp_path):

@@ -135,7 +135,7 @@ def test_changing_the_topology_name_alone_works():
 
 
 def test_a_rerun_gets_its_own_folder(tmp_path):
-    from p2pfl.sim import fresh_dir
+    from p2pfl.files import fresh_dir
 
     assert fresh_dir(tmp_path, "q") == tmp_path / "q"
     assert fresh_dir(tmp_path, "q") == tmp_path / "q-2"

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from p2pfl.config import ConfigError
 from p2pfl.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,10 @@ def _check_y(key: str, y: np.ndarray, n: int, xkey: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+NPZ_FORMAT = ("an .npz made by np.savez(path, x=inputs, y=labels[, x_test=..., y_test=...]) "
+              "(x: numbers, shape (N, L) or (N, C, L); y: int labels 0..C-1, shape (N,))")
+
+
 def from_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset:
     """User data from an .npz with keys x, y and optionally x_test, y_test (else an 80/20 split, seed 0).
 
@@ -221,15 +226,34 @@ def from_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset
     max label + 1 when not given).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such data file: {path}")
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        raise ConfigError(
+            f"data.source: no such file {str(path)!r}{where}; give the path of {NPZ_FORMAT}, "
+            f"or one of {', '.join(SOURCES)}"
+        )
+    if not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and answer "allow_pickle=False": never the fix for a data file
+        raise ConfigError(f"data.source: {path} is not an .npz archive (a zip of .npy arrays), or it is cut short; expected {NPZ_FORMAT}")
     try:
         # allow_pickle=False: a data file must never be able to run code.
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        msg = f"{path}: not a readable .npz of plain arrays ({e}); save with np.savez(path, x=..., y=...)"
-        raise ValueError(msg) from e
+            arrays = {}
+            for k in f.files:
+                try:
+                    arrays[k] = f[k]
+                except ValueError as e:
+                    if "pickle" not in str(e):
+                        raise
+                    raise ConfigError(
+                        f"data.source: {path}: array '{k}' holds Python objects, which are not loaded (that would "
+                        f"let a data file run code); store numbers: {NPZ_FORMAT}"
+                    ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, ConfigError):
+            raise
+        msg = f"data.source: {path} is a damaged .npz ({type(e).__name__}: {e}); expected {NPZ_FORMAT}"
+        raise ConfigError(msg) from e
     for key in ("x", "y"):
         if key not in arrays:
             raise ValueError(

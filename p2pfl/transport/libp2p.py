@@ -130,6 +130,27 @@ class Policy:
         return self.accept_any or peer in neighbours or peer in self.allow
 
 
+PEER_ADDR_FORM = "/ip4/127.0.0.1/tcp/4001/p2p/<peer id>"
+
+
+def parse_peer(addr: str | multiaddr.Multiaddr, what: str = "--peers") -> tuple[str, multiaddr.Multiaddr]:
+    """(peer id, dialable multiaddr) from a full address; a ValueError of one line, in plain words, for anything else."""
+    text = str(addr).strip()
+    hint = (f"expected {PEER_ADDR_FORM}: copy a whole address from the line the node prints at start, "
+            f"'listening on /ip4/.../p2p/12D3KooW...'")
+    try:
+        ma = multiaddr.Multiaddr(text)
+        info = info_from_p2p_addr(ma)
+    except ValueError:  # multiaddr's parse errors and libp2p's InvalidAddrError both derive from it
+        _, sep, tail = text.rpartition("/p2p/")
+        if not sep:
+            raise ValueError(f"{what} {text!r} has no /p2p/<peer id>; {hint}") from None
+        raise ValueError(f"{what} {text!r}: {tail.split('/')[0]!r} is not a peer id (like 12D3KooW...); {hint}") from None
+    if not any(str(a) for a in info.addrs):  # "/p2p/<id>" alone parses, with one empty address
+        raise ValueError(f"{what} {text!r} has a peer id but no address to dial; {hint}")
+    return info.peer_id.to_base58(), ma
+
+
 # -- the transport ---------------------------------------------------------------------------------
 
 class Libp2pTransport:
@@ -163,8 +184,8 @@ class Libp2pTransport:
                    psk: str | None = None, **kw) -> AsyncIterator[Libp2pTransport]:
         addrs = {}
         for a in peers:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(str(a)))
-            addrs[info.peer_id.to_base58()] = multiaddr.Multiaddr(str(a))
+            peer_id, ma = parse_peer(a)
+            addrs[peer_id] = ma
         host = make_host(key_pair, psk)
         transport = cls(host, addrs, policy, **kw)
         async with host.run([multiaddr.Multiaddr(str(listen))]):
@@ -318,7 +339,7 @@ async def _quiet(coro) -> None:
 
 async def query_status(addr: str, *, psk: str | None = None, timeout: float = 10.0) -> dict:
     """Ask the node at `addr` (a multiaddr with /p2p/<id>) for its status, with a throwaway identity."""
-    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    info = info_from_p2p_addr(parse_peer(addr, what="address")[1])
     host = make_host(create_new_key_pair(), psk)
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         with trio.fail_after(timeout):
