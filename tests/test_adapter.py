@@ -8,16 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
+from p2pfl import assemble
 from p2pfl.averaging import mix, push_sum
-from p2pfl.config import ConfigError, GossipConfig, TrainConfig, load_scenario
+from p2pfl.config import ConfigError, GossipConfig, NodeProfile, Scenario, TrainConfig, load_scenario
 from p2pfl.data import load_source
 from p2pfl.learner import Learner
 from p2pfl.models import build_model
 from p2pfl.models.adapter import LoRALinear, attach
 from p2pfl.modes import NodeContext, Received, make_mode
-from p2pfl.node import EvalData, Node
-from p2pfl.sim import SimulatedCompute
-from p2pfl.sim import Simulation
+from p2pfl.node import EvalData
+from p2pfl.sim import Simulation, SimulatedCompute
 from tests.test_sim import TINY as SIM_TINY
 from p2pfl.topology import metropolis_hastings_weights
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
@@ -201,15 +201,14 @@ def test_adapter_and_hybrid_run_on_mixed_models_and_send_what_they_say(cache):
 
 def test_parameter_modes_refuse_unlike_backbones_where_they_need_one():
     with pytest.raises(ConfigError, match="same architecture"):
-        Simulation(load_scenario(None, TINY | {"mode": "adapter", "adapter.kind": "lora"})).plan(
-            *_data_and_topology())
+        assemble.plans(load_scenario(None, TINY | {"mode": "adapter", "adapter.kind": "lora"}), *_data_and_topology())
     with pytest.raises(ConfigError, match="adapter.kind = 'hat'; choose one of: auto, bottleneck"):
         load_scenario(None, {"mode": "adapter", "adapter.kind": "hat"})
 
 
 def _data_and_topology():
-    sim = Simulation(load_scenario(None, TINY), run_dir=None)
-    return sim.dataset(), sim.topology()
+    scenario = load_scenario(None, TINY)
+    return assemble.dataset(scenario), assemble.topology(scenario)
 
 
 async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_clock, cache, caplog):
@@ -222,10 +221,12 @@ async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_cl
             adapter = attach(m, "bottleneck", embed_dim=16, num_classes=data.num_classes, seed=0, bottleneck=bottleneck)
             learner = Learner(m, data.x_train[:100], data.y_train[:100], num_classes=data.num_classes, config=train,
                               total_steps=10, seed=0, adapter=adapter)
-            nodes.append(Node(node_id=name, arch="mlp", mode=make_mode("adapter"), learner=learner,
-                              transport=net.endpoint(name), neighbours={other: 0.5}, reference=None,
-                              test=EvalData(data.x_test, data.y_test), rounds=2, gossip=GossipConfig(wait_timeout=1.0),
-                              compute=SimulatedCompute(0.01)))
+            scenario = Scenario(mode="adapter", rounds=2, gossip=GossipConfig(wait_timeout=1.0))
+            plan = assemble.node_plan(scenario, 0, name, NodeProfile(name="mlp", arch="mlp"), np.arange(100),
+                                      {other: 0.5})
+            nodes.append(assemble.make_node(scenario, plan, learner=learner, mode=make_mode("adapter"),
+                                            transport=net.endpoint(name), reference=None,
+                                            test=EvalData(data.x_test, data.y_test), compute=SimulatedCompute(0.01)))
         await run_all(nodes)
     for node in nodes:
         assert node.counters.rejected["mismatch"] >= 1

@@ -19,14 +19,13 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from p2pfl import checkpoint, cli, codecs, wire
+from p2pfl import assemble, checkpoint, cli, codecs, wire
 from p2pfl.codecs import Encoded
 from p2pfl.config import ConfigError, TrainConfig, load_scenario
 from p2pfl.launch import Launch, commands_by_host, merge, node_records, plan_nodes
 from p2pfl.learner import Learner
 from p2pfl.models import build_model
 from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
-from p2pfl.sim import Simulation
 from p2pfl.topology import Topology, make_topology
 from p2pfl.transport import PeerUnreachable
 from p2pfl.transport.libp2p import (
@@ -209,8 +208,8 @@ async def test_hostile_peer_is_counted_and_the_node_keeps_training(cache, tmp_pa
         addrs.extend(a)
         ready.set()
 
-    reference = Simulation(scenario).reference()
-    classes = Simulation(scenario).dataset().num_classes
+    reference = assemble.reference(scenario)
+    classes = assemble.dataset(scenario).num_classes
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: run_real_node(cfg, on_start=on_start))
         with trio.fail_after(60):

@@ -6,6 +6,7 @@ import pytest
 
 from p2pfl.config import ConfigError, load_scenario
 from p2pfl.metrics import read_metrics
+from p2pfl import assemble
 from p2pfl.sim import Simulation
 
 ROUNDS = 4
@@ -130,8 +131,7 @@ def test_no_run_dir_writes_nothing(cache, tmp_path, monkeypatch):
 
 
 def test_changing_the_topology_name_alone_works():
-    sim = Simulation(load_scenario(None, {"topology.name": "ring", "topology.nodes": 4}), run_dir=None)
-    assert sim.topology().n == 4
+    assert assemble.topology(load_scenario(None, {"topology.name": "ring", "topology.nodes": 4})).n == 4
 
 
 def test_a_rerun_gets_its_own_folder(tmp_path):
