@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--rounds", type=int, help="rounds to train [rounds]")
     node.add_argument("--listen", default="/ip4/0.0.0.0/tcp/0", metavar="MULTIADDR", help="default /ip4/0.0.0.0/tcp/0 (any free port)")
     node.add_argument("--peers", nargs="*", default=[], metavar="MULTIADDR", help="neighbours, each /ip4/.../tcp/PORT/p2p/ID")
+    node.add_argument("--min-peers", type=int, metavar="N", help="wait before the first round until N neighbours "
+                      "answered (default: all of --peers, at least 1)")
+    node.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
+                      help="... for at most S seconds, then train with whoever answers (default 60)")
     node.add_argument("--state-dir", required=True, metavar="DIR", help="identity, checkpoint and metrics (reuse it to resume)")
     node.add_argument("--psk-file", metavar="PATH", help="pre-shared key of a private network (make one with `p2pfl psk`)")
     node.add_argument("--allow", metavar="PATH", help="file of peer ids (one per line) that may connect besides --peers")
@@ -265,8 +269,11 @@ def cmd_node(args: argparse.Namespace) -> int:
         listen=args.listen, peers=tuple(args.peers), profile=args.profile,
         psk=read_psk(Path(args.psk_file)) if args.psk_file else None,
         policy=Policy(allow=read_allowlist(Path(args.allow)) if args.allow else frozenset(), accept_any=args.accept_any),
-        name=args.name,
+        name=args.name, min_peers=args.min_peers, start_timeout=args.start_timeout,
     )
+    if args.min_peers is not None and args.min_peers < 0 or args.start_timeout <= 0:
+        raise UsageError(f"--min-peers {args.min_peers} / --start-timeout {args.start_timeout}: need N >= 0 and S > 0, "
+                         f"e.g. --min-peers 1 --start-timeout 60")
     out = Console(highlight=False, soft_wrap=True)  # an address split over two lines can't be copied
 
     def on_start(addrs: list[str], start: int) -> None:
@@ -292,7 +299,8 @@ def cmd_node(args: argparse.Namespace) -> int:
                         err.print(f"{signal.Signals(sig).name}: saying bye and stopping")
                         nursery.cancel_scope.cancel()
                 nursery.start_soon(stop_on_signal)
-                await run_real_node(cfg, on_start=on_start, on_record=on_record)
+                await run_real_node(cfg, on_start=on_start, on_record=on_record,
+                                    say=lambda line: out.print(line, style="dim"))
                 nursery.cancel_scope.cancel()
 
     trio.run(main)

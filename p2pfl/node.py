@@ -139,11 +139,15 @@ class Node:
                  rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto", params_codec: str = "",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False,
-                 profile: str = "", status_extra: dict[str, Any] | None = None):
+                 profile: str = "", status_extra: dict[str, Any] | None = None, min_peers: int = 0,
+                 start_timeout: float = 60.0, say: Callable[[str], None] | None = None):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
         # incarnation: new per process start, so neighbours notice a restart (random if None).
         # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
         # mixing weights turn uniform (real nodes: the transport decides who may connect at all).
+        # min_peers: before its first round, wait (at most start_timeout seconds) until this many
+        # neighbours have exchanged hellos, so a node started first does not train alone; `say` gets
+        # the progress lines (real nodes print them; default: the log).
         self.node_id = node_id
         self.arch = arch
         self.profile = profile or arch  # the node profile's name, for metrics
@@ -159,6 +163,9 @@ class Node:
         self.eval_every = eval_every
         self.round = start_round
         self.status_extra = dict(status_extra or {})  # what the process adds to status (name, addresses)
+        self.min_peers = min_peers
+        self.start_timeout = start_timeout
+        self.say = say or (lambda line: log.info("%s: %s", node_id, line))
         self.counters = Counters()
         self.outbox = Outbox(node_id, gossip, resolve_codecs(mode.kinds, codec, params_codec), learner.label_counts)
         self.hello = wire.Hello(
@@ -215,10 +222,13 @@ class Node:
     async def run(self) -> list[dict]:
         """Train for the configured rounds; returns this node's per-round records."""
         records = []
-        if self.round == 0:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
+        fresh = self.round == 0
+        if fresh:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
             steps = self.learner.config.warmup_steps
             teaching = self.mode.warmup(self.ctx)
             await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
+        await self._wait_for_peers()
+        if fresh:
             await self._share(0)
         while self.round < self.rounds:
             r = self.round + 1
@@ -250,6 +260,31 @@ class Node:
             self.on_record(record)
             self.round = r
         return records
+
+    def greeted(self) -> int:
+        """Neighbours that have our hello and we theirs."""
+        return sum(p.hello_sent and p.session.their_state is wire.State.READY for p in self.peers.values())
+
+    async def _wait_for_peers(self) -> None:
+        """Before the first round: until `min_peers` neighbours are greeted, or `start_timeout` passed."""
+        if self.greeted() >= self.min_peers:
+            return
+        start = trio.current_time()
+        deadline = start + self.start_timeout
+        next_line = start
+        while self.greeted() < self.min_peers:
+            now = trio.current_time()
+            if now >= deadline:
+                self.say(f"gave up waiting for neighbours after {self.start_timeout:.0f}s with {self.greeted()} "
+                         f"of {self.min_peers} greeted; training with whoever answers")
+                return
+            if now >= next_line:
+                self.say(f"waiting for neighbours: {self.greeted()} of {self.min_peers} greeted "
+                         f"({now - start:.0f}s of {self.start_timeout:.0f}s)")
+                next_line = now + 5.0
+            with trio.move_on_at(min(deadline, next_line)):
+                await self._arrived.wait()
+        self.say(f"{self.greeted()} neighbour(s) greeted after {trio.current_time() - start:.1f}s; starting")
 
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
@@ -388,6 +423,7 @@ class Node:
             p.up = True
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 self._greet(p)
+            self._notify()  # someone waiting for neighbours to greet
         elif isinstance(msg, wire.Knowledge):
             if not p.inbox.add(msg):  # a difference to a frame we never got: wait for its next key frame
                 self.counters.behind += 1

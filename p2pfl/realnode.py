@@ -43,6 +43,10 @@ class RealNodeConfig:
     psk: str | None = None  # 64 hex characters: a private network
     policy: Policy = field(default_factory=Policy)
     name: str = ""  # a label for logs and metrics (default: the peer id)
+    # before the first round, wait until this many neighbours are greeted (None: every one of `peers`,
+    # at least one), for at most start_timeout seconds: a node started first does not train alone
+    min_peers: int | None = None
+    start_timeout: float = 60.0
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -58,7 +62,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], int], None] = lambda addrs, start: None,
-                        on_record: Callable[[dict], None] = lambda record: None) -> list[dict]:
+                        on_record: Callable[[dict], None] = lambda record: None,
+                        say: Callable[[str], None] | None = None) -> list[dict]:
     """Run the node to the scenario's last round; returns this process's per-round records."""
     s = cfg.scenario
     dataset = assemble.dataset(s)
@@ -100,7 +105,9 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
             node = assemble.make_node(
                 s, dataclasses.replace(plan, neighbours=neighbours), learner=learner, mode=mode, transport=transport,
                 reference=reference, test=EvalData(dataset.x_test, dataset.y_test), compute=thread_compute,
-                on_record=record_round, start_round=start, accept_new_peers=True,
+                on_record=record_round, start_round=start, accept_new_peers=True, say=say,
+                min_peers=max(1, len(cfg.peers)) if cfg.min_peers is None else cfg.min_peers,
+                start_timeout=cfg.start_timeout,
                 status_extra={"name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs,
                               "resumed_from": start})
             transport.status = node.status
