@@ -57,18 +57,24 @@ class Pending:
 
 
 class SendQueue:
-    """What waits to go to one peer: session messages (hello, bye, status) in order and first, then
-    knowledge, latest wins per kind: a newer frame replaces one its sender task has not taken yet."""
+    """What waits to go to one peer: session messages (hello, status) in order and first, then
+    knowledge, latest wins per kind (a newer frame replaces one its sender task has not taken yet),
+    then our bye, which nothing follows."""
 
     def __init__(self) -> None:
         self.control: deque[Pending] = deque()
         self.knowledge: dict[str, Pending] = {}
+        self.last: Pending | None = None
         self._ready = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
 
     def put_control(self, item: Pending) -> None:
         self.control.append(item)
+        self._wake()
+
+    def put_last(self, item: Pending) -> None:
+        self.last = item
         self._wake()
 
     def put_knowledge(self, item: Pending) -> Pending | None:
@@ -82,17 +88,23 @@ class SendQueue:
         dropped, self.knowledge = list(self.knowledge.values()), {}
         return dropped
 
+    def __bool__(self) -> bool:
+        return bool(self.control or self.knowledge or self.last)
+
     async def get(self) -> Pending:
-        while not (self.control or self.knowledge):
+        while not self:
             self._ready = trio.Event()
             await self._ready.wait()
         if self.control:
             return self.control.popleft()
-        return self.knowledge.pop(next(iter(self.knowledge)))
+        if self.knowledge:
+            return self.knowledge.pop(next(iter(self.knowledge)))
+        item, self.last = self.last, None
+        return item
 
     def done(self) -> None:
         """The sender finished with what get() gave it."""
-        if not (self.control or self.knowledge):
+        if not self:
             self._idle.set()
 
     async def drained(self) -> None:
@@ -352,10 +364,9 @@ class Node:
             if replaced is not None:
                 self._unsent(replaced)
                 self.counters.superseded += 1
+        elif isinstance(msg, wire.Bye):  # after what is queued; nothing may follow it on the wire
+            p.queue.put_last(item)
         else:
-            if isinstance(msg, wire.Bye):  # nothing may follow a bye on the wire
-                for item_ in p.queue.drop_knowledge():
-                    self._unsent(item_)
             p.queue.put_control(item)
 
     def _unsent(self, item: Pending) -> None:

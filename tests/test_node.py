@@ -313,3 +313,66 @@ async def test_adaptive_bit_width_narrows_only_for_peers_that_decode_it(autojump
     assert nodes[0].peers["n1"].inbox.latest["logits"].payload.codec == "topk:3+int3+z"
     assert nodes[2].peers["n1"].inbox.latest["logits"].payload.codec == "topk:3+int4+z"
     assert net.bytes_sent[("n1", "n0")] < net.bytes_sent[("n1", "n2")]
+
+
+# -------------------------------------------------------------------------------------- lifetimes
+
+async def test_cancelled_while_greeting_a_node_stops_cleanly_and_in_bounded_time(autojump_clock):
+    # a peer whose hello send never returns (a dial that hangs): cancelling the node (Ctrl-C) must
+    # close its nursery, say what bye it can within BYE_TIMEOUT_S, and leave no task behind
+    async def hang(peer, kind):
+        await trio.sleep_forever()
+
+    t = ScriptedTransport(hang)
+    node = _lone_node(t)
+    before = list(trio.lowlevel.current_task().child_nurseries)
+    with trio.move_on_after(2.0) as scope:
+        async with node:
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert t.sent == [("b", "hello")]  # the hello was attempted; the bye waited behind it and gave up
+    assert trio.current_time() < 2.0 + 3.0 + 0.1  # bounded by BYE_TIMEOUT_S
+    assert trio.lowlevel.current_task().child_nurseries == before  # the node's nursery is closed: no orphans
+
+
+async def test_a_transport_that_raises_while_greeting_propagates_out_of_the_node():
+    class Broken(Exception):
+        pass
+
+    async def explode(peer, kind):
+        raise Broken("the transport broke")
+
+    node = _lone_node(ScriptedTransport(explode))
+    before = list(trio.lowlevel.current_task().child_nurseries)
+    with pytest.raises(BaseException) as info:
+        async with node:
+            await trio.sleep_forever()
+    assert info.group_contains(Broken) if isinstance(info.value, BaseExceptionGroup) else info.type is Broken
+    assert trio.lowlevel.current_task().child_nurseries == before
+
+
+async def test_a_slow_neighbour_delays_only_itself(autojump_clock):
+    # sends to "slow" take 5 s each (a congested link); "b" is fast. Node a's round times and what b
+    # receives must be what they are without the slow one
+    async def run(slow: bool):
+        async def on_send(peer, kind):
+            if peer == "slow":
+                await trio.sleep(5.0)
+
+        t = ScriptedTransport(on_send)
+        records = []
+        neighbours = ("b", "slow") if slow else ("b",)
+        node = _lone_node(t, rounds=8, neighbours=neighbours, on_record=records.append,
+                          gossip=GossipConfig(wait_timeout=1.0, max_lag=100))
+        for peer in neighbours:
+            t.say(peer, _hello_of(node, peer))
+        start = trio.current_time()
+        async with node:
+            await node.run()
+        to_b = [kind for peer, kind in t.sent if peer == "b"]
+        return [r["time"] - start for r in records], to_b
+
+    fast_times, fast_to_b = await run(slow=False)
+    slow_times, slow_to_b = await run(slow=True)
+    assert slow_times == pytest.approx(fast_times, abs=1e-6), (fast_times, slow_times)
+    assert slow_to_b == fast_to_b == ["hello"] + ["knowledge"] * 9 + ["bye"]  # b missed nothing
