@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2pfl import shipped
-from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_value
+from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value
 from p2pfl.files import atomic_write_text
 
 DEFAULT_SCENARIO = shipped.folder("sim") / f"{shipped.DEFAULT_SCENARIO}.toml"  # checkout or installed copy
@@ -145,12 +145,7 @@ def _hint_name(hint: Any) -> str:
 def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Collect --set, shortcut and --section.key overrides into {dotted key: value}."""
     hints = dict(flat_keys())
-    out: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
-        key, value = item.split("=", 1)
-        out[key.strip()] = _parse(key.strip(), value, hints)
+    out = parse_sets(args.set)
     for name, (key, convert, _) in SHORTCUTS.items():
         value = getattr(args, f"short_{name}", None)
         if value is not None:
@@ -161,14 +156,8 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in hints:
         value = getattr(args, f"key_{key}", None)
         if value is not None:
-            out[key] = _parse(key, value, hints)
+            out[key] = parse_key_value(key, value, hints)
     return out
-
-
-def _parse(key: str, text: str, hints: dict[str, Any]) -> Any:
-    if typing.get_origin(hints.get(key)) is tuple and not text.startswith("["):
-        return [v.strip() for v in text.split(",") if v.strip()]
-    return parse_value(text)
 
 
 # -- sim ----------------------------------------------------------------------------------------

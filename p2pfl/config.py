@@ -417,6 +417,26 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """--set KEY=VALUE items -> {dotted key: value}, values read as TOML would (a list-typed key also
+    takes a comma-separated list); the one parser behind the CLI and the scripts."""
+    hints = dict(flat_keys())
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.001")
+        out[key.strip()] = parse_key_value(key.strip(), text, hints)
+    return out
+
+
+def parse_key_value(key: str, text: str, hints: dict[str, Any]) -> Any:
+    """One scenario key's value from the command line (`hints`: flat_keys() as a dict)."""
+    if typing.get_origin(hints.get(key)) is tuple and not text.startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return parse_value(text)
+
+
 def flat_keys(cls: type = Scenario, prefix: str = "") -> list[tuple[str, Any]]:
     """Every overridable dotted key with its type hint (for --help and --set validation)."""
     out = []

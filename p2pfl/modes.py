@@ -132,6 +132,12 @@ class LogitsMode(Mode):
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
         self._drift: float | None = None  # the last drift measured (Teaching.drift)
 
+    @property
+    def taught(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The latest teacher of every reference row (size, C) and the round each row was last taught
+        (-1: never); None before the first round. What diagnostics read after a run."""
+        return self._table, self._taught
+
     def warmup(self, ctx):
         # Outlier exposure: uniform targets on reference rows, most of which are classes this node
         # never saw, teach it to say "I don't know" there instead of naming one of its own classes.

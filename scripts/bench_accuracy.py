@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from p2pfl.config import load_scenario, parse_value
+from p2pfl.config import load_scenario, parse_sets
 from p2pfl.learner import Learner
 from benchrows import add_rows, machine
 from p2pfl.files import atomic_write_text
@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--runs", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--no-markdown", action="store_true", help="do not append to BENCHMARKS.md")
     args = ap.parse_args()
-    base = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+    base = parse_sets(args.set)
     report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(),
               "date": dt.date.today().isoformat(), "runs": []}
     for seed in args.seeds:

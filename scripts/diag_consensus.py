@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2pfl.config import load_scenario, parse_value
+from p2pfl.config import load_scenario, parse_sets
 from p2pfl.consensus import Contribution, teacher
 from p2pfl.sim import Simulation
 
@@ -31,16 +31,14 @@ def main() -> None:
     ap.add_argument("--uniform", type=float, default=1.0, help="weight of outlier exposure on reference rows (0: off)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    over = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)} | {"mode": "logits"}
-    sim = Simulation(load_scenario(args.scenario, over), run_dir=None)
+    over = parse_sets(args.set) | {"mode": "logits"}
+    built = Simulation(load_scenario(args.scenario, over), run_dir=None).build()
     torch.set_num_threads(1)
-    dataset, topology, reference = sim.dataset(), sim.topology(), sim.reference()
-    plans = sim.plan(dataset, topology)
+    dataset, reference, plans = built.dataset, built.reference, built.plans
     ref_x = torch.from_numpy(reference.x[reference.slice_rows(0)])
     uniform = torch.full((len(ref_x), dataset.num_classes), 1.0 / dataset.num_classes)
     learners = []
-    for plan in plans:
-        learner = sim.learner(plan, dataset)
+    for learner in built.learners:
         if args.uniform > 0:
             learner.config = dataclasses.replace(learner.config, kd_weight=args.uniform)
             learner.train(args.steps, ref_x, uniform)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import p2pfl.sim
-from p2pfl.config import load_scenario, parse_value
+from p2pfl.config import load_scenario, parse_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,21 +65,12 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--steps", type=int, default=3000)
     args = ap.parse_args()
-    over = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)} | {"mode": args.mode}
+    over = parse_sets(args.set) | {"mode": args.mode}
 
-    learners, archs, datasets = [], [], []
-    make_learner = p2pfl.sim.Simulation.learner
-
-    def learner(self, plan, dataset):
-        archs.append(plan.profile.arch)
-        datasets[:] = [dataset]
-        learners.append(make_learner(self, plan, dataset))
-        return learners[-1]
-
-    p2pfl.sim.Simulation.learner = learner
     scenario = load_scenario(args.scenario, over)
     result = p2pfl.sim.Simulation(scenario, run_dir=None).run()
-    d = datasets[0]
+    d, learners = result.built.dataset, result.learners
+    archs = [p.profile.arch for p in result.built.plans]
     torch.set_num_threads(2)
     rows = []
     for i, (lr, arch) in enumerate(zip(learners, archs)):

@@ -21,10 +21,10 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-import p2pfl.node
 import p2pfl.sim
-from p2pfl.config import load_scenario, parse_value
+from p2pfl.config import load_scenario, parse_sets
 from p2pfl.data.reference import reference_labels
+from p2pfl.modes import LogitsMode
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLDER_MIN = 10  # a node "holds" a class with at least this many training samples of it
@@ -36,29 +36,25 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--scale-arch", action="append", default=[], metavar="ARCH=F")
     args = ap.parse_args()
-    over = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)} | {"mode": "logits"}
+    over = parse_sets(args.set) | {"mode": "logits"}
     scale = {a: float(f) for a, f in (item.split("=", 1) for item in args.scale_arch)}
 
-    learners, modes, arch_of = [], [], {}  # arch_of: node id -> architecture, in node order
-    make_learner, make_mode, usable = p2pfl.sim.Simulation.learner, p2pfl.sim.make_mode, p2pfl.node.Node._usable_inbox
+    arch_of: dict[str, str] = {}  # node id -> architecture, filled as the modes are built (before any round)
 
-    def learner(self, plan, dataset):
+    class ScaledLogits(LogitsMode):
+        """Logits mode whose consensus weighs each sender by --scale-arch of its architecture."""
+
+        def absorb(self, ctx, inbox, round_idx):
+            scaled = [dataclasses.replace(x, weight=x.weight * scale.get(arch_of[x.sender], 1.0)) for x in inbox]
+            return super().absorb(ctx, scaled, round_idx)
+
+    def make_mode(plan):
         arch_of[plan.node_id] = plan.profile.arch
-        learners.append(make_learner(self, plan, dataset))
-        return learners[-1]
+        return ScaledLogits()
 
-    def mode(*a, **k):
-        modes.append(make_mode(*a, **k))
-        return modes[-1]
-
-    def scaled_inbox(self, r):
-        return [dataclasses.replace(x, weight=x.weight * scale.get(arch_of[x.sender], 1.0))
-                for x in usable(self, r)]
-
-    p2pfl.sim.Simulation.learner, p2pfl.sim.make_mode, p2pfl.node.Node._usable_inbox = learner, mode, scaled_inbox
-    sim = p2pfl.sim.Simulation(load_scenario(args.scenario, over), run_dir=None)
-    result = sim.run()
-    dataset, graph, reference = sim.dataset(), sim.topology().graph, sim.reference()
+    result = p2pfl.sim.Simulation(load_scenario(args.scenario, over), run_dir=None, make_mode=make_mode).run()
+    learners, modes = result.learners, result.modes
+    dataset, graph, reference = result.built.dataset, result.built.topology.graph, result.built.reference
     try:
         y_ref = reference_labels(reference.spec)
     except ValueError as e:
@@ -70,8 +66,9 @@ def main() -> None:
     print(f"{'node':>5} {'arch':>6} {'global':>7} {'teacher':>8} {'student':>8}   (last taught reference rows)")
     for i, (lr, m) in enumerate(zip(learners, modes)):
         recall = lr.evaluate(dataset.x_test, dataset.y_test)
-        rows = np.flatnonzero(m._taught == m._taught.max())
-        t_acc = (m._table[rows].argmax(1) == y_ref[rows]).mean()
+        table, taught = m.taught
+        rows = np.flatnonzero(taught == taught.max())
+        t_acc = (table[rows].argmax(1) == y_ref[rows]).mean()
         s_acc = (lr.logits(reference.x[rows]).argmax(1) == y_ref[rows]).mean()
         print(f"{i:>5} {archs[i]:>6} {recall.global_acc:>7.3f} "
               f"{t_acc:>8.3f} {s_acc:>8.3f}")

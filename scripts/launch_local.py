@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2pfl.cli import print_error, print_summary  # noqa: E402
-from p2pfl.config import load_scenario, parse_value  # noqa: E402
+from p2pfl.config import load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.launch import Launch, choose_run_dir, commands_by_host, latest_round, merge, plan_nodes  # noqa: E402
 from p2pfl.topology import Topology, load_topology, make_topology  # noqa: E402
@@ -131,12 +131,7 @@ def prepare(ap: argparse.ArgumentParser, args: argparse.Namespace):
         if args.nodes is None:
             ap.error(f"--nodes is required to generate {args.topology!r} (or pass a topology file)")
         topology = Topology.from_graph(f"{args.topology}-{args.nodes}", make_topology(args.topology, args.nodes))
-    overrides = {}
-    for kv in args.set:
-        if "=" not in kv:
-            raise ValueError(f"--set {kv!r}: expected KEY=VALUE, e.g. --set data.samples=2000")
-        key, value = kv.split("=", 1)
-        overrides[key.strip()] = parse_value(value)
+    overrides = parse_sets(args.set)
     scenario = load_scenario(args.scenario, overrides | ({"rounds": args.rounds} if args.rounds else {}))
     base = Path(args.run_dir) if args.run_dir else ROOT / "runs" / f"launch-{topology.name}"
     run_dir, done = choose_run_dir(base.parent, base.name, resume=args.resume)
