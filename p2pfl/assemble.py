@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from p2pfl import shipped
-from p2pfl.config import ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
+from p2pfl.config import GENERATED_SOURCES, ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
 from p2pfl.data import build_reference, load_source, partition
-from p2pfl.data.reference import Reference, ReferenceSpec
+from p2pfl.data.reference import Reference, ReferenceSpec, held_out
 from p2pfl.data.sources import Dataset
 from p2pfl.learner import Learner
 from p2pfl.mode_facts import MODE_FACTS
@@ -78,9 +78,36 @@ def averaging_for(s: Scenario, auto: str) -> str:
 
 # -- the pieces, in the order a run builds them ------------------------------------------------------
 
-def dataset(s: Scenario) -> Dataset:
+def data_and_reference(s: Scenario) -> tuple[Dataset, Reference | None]:
+    """The training data and, for modes that send logits, the reference set (None for the others).
+
+    A held-out reference (reference.source = "held-out", or "auto" for data without a generator) is
+    set aside from the training data in every mode, so a baseline trains on the rows logits mode does."""
+    full = _load(s)
+    source = reference_source(s)
+    r = s.reference
+    spec = ReferenceSpec(source=source, seed=r.seed, size=r.size, slice_size=r.slice_size)
+    data, ref = held_out(full, spec) if source == "held-out" else (full, None)
+    if not MODE_FACTS[s.mode].needs_reference:
+        return data, None
+    ref = ref or build_reference(spec)
+    if ref.x.shape[1:] != data.input_shape:
+        raise ConfigError(f"reference.source = {r.source!r} gives rows of shape {ref.x.shape[1:]}, but data.source "
+                          f"= {s.data.source!r} has inputs of shape {data.input_shape}; use reference.source = "
+                          f"'held-out' (rows of your own data, set aside) or an .npy of inputs shaped like yours")
+    return data, ref
+
+
+def reference_source(s: Scenario) -> str:
+    """reference.source with "auto" resolved: the data's generator if it has one, else a held-out split."""
+    if s.reference.source != "auto":
+        return s.reference.source
+    return s.data.source if s.data.source in GENERATED_SOURCES else "held-out"
+
+
+def _load(s: Scenario) -> Dataset:
     d = s.data
-    if d.source in ("mnist1d", "synthetic"):
+    if d.source in GENERATED_SOURCES:
         return load_source(d.source, num_samples=d.samples, seed=d.data_seed)
     return load_source(d.source)
 
@@ -88,14 +115,6 @@ def dataset(s: Scenario) -> Dataset:
 def topology(s: Scenario) -> Topology:
     t = s.topology
     return resolve_topology(t.name, t.nodes, s.seed, **t.params)
-
-
-def reference(s: Scenario) -> Reference | None:
-    """The shared reference set, for modes that send logits (None for the others)."""
-    if not MODE_FACTS[s.mode].needs_reference:
-        return None
-    r = s.reference
-    return build_reference(ReferenceSpec(source=r.source, seed=r.seed, size=r.size, slice_size=r.slice_size))
 
 
 def plans(s: Scenario, data: Dataset, graph: Topology) -> list[NodePlan]:

@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 
 CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned")  # consensus.teacher; BENCHMARKS.md compares them
 ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node may speak about some rows only
+REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
+GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
 AVERAGING = ("metropolis", "push-sum")
 ADAPTER_KINDS = ("bottleneck", "residual", "head", "whole", "lora")  # p2pfl/models/adapter.py builds each
@@ -124,7 +126,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    source: str = "mnist1d"  # same generator as the data, another seed: unlabeled inputs for free
+    # auto: the data's own generator with another seed (mnist1d, synthetic: unlabeled inputs for free),
+    # else "held-out" (rows of the training data set aside, labels dropped; no node trains on them).
+    # Or mnist1d | synthetic | held-out | path/to/inputs.npy
+    source: str = "auto"
     seed: int = 10_007
     size: int = 20_000
     # rows per round; slices rotate so every row is used every size/slice rounds. 500 with the reference
@@ -133,6 +138,11 @@ class ReferenceConfig:
 
     def __post_init__(self):
         _at_least(self, "reference.", 1, "size", "slice_size")
+        _check(self.slice_size <= self.size, f"reference.slice_size = {self.slice_size} is more than reference.size = "
+                                             f"{self.size}; a slice is part of the reference set")
+        _check(self.source in REFERENCE_SOURCES or self.source.endswith(".npy"),
+               f"reference.source = {self.source!r}; choose one of: {', '.join(REFERENCE_SOURCES)}, or a path to "
+               f"an .npy of unlabeled inputs shaped like the data's")
 
 
 @dataclass(frozen=True)

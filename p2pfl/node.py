@@ -29,6 +29,7 @@ from p2pfl.config import GossipConfig
 from p2pfl.data.reference import Reference
 from p2pfl.gossip import Inbox, Outbox, Share, resolve_codecs
 from p2pfl.learner import Learner
+from p2pfl.lifetime import Lifetime
 from p2pfl.modes import Mode, NodeContext, Received
 from p2pfl.transport import PeerUnreachable, Transport
 
@@ -145,7 +146,7 @@ class EvalData:
     y: np.ndarray
 
 
-class Node:
+class Node(Lifetime):
     def __init__(self, *, node_id: str, arch: str, mode: Mode, learner: Learner, transport: Transport,
                  neighbours: dict[str, float], reference: Reference | None, test: EvalData,
                  rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto", params_codec: str = "",
@@ -157,8 +158,8 @@ class Node:
         # incarnation: new per process start, so neighbours notice a restart (random if None).
         # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
         # mixing weights turn uniform (real nodes: the transport decides who may connect at all).
-        # min_peers: before its first round, wait (at most start_timeout seconds) until this many
-        # neighbours have exchanged hellos, so a node started first does not train alone; `say` gets
+        # min_peers: a fresh node waits before its first share (at most start_timeout seconds) until this
+        # many neighbours have exchanged hellos, so a node started first does not train alone; `say` gets
         # the progress lines (real nodes print them; default: the log).
         self.node_id = node_id
         self.arch = arch
@@ -196,20 +197,12 @@ class Node:
         self._arrived = trio.Event()
         self._logged = (0, 0)  # counters.bytes_out/in at the last record
         self._nursery: trio.Nursery | None = None
-        self._lifetime_cm = None
 
     def _peer_state(self, peer_id: str, weight: float, up: bool = True) -> PeerState:
         return PeerState(wire.PeerSession(self.hello, self._expect), weight,
                          Inbox(peer_id, self.learner.num_classes), up=up)
 
     # -- lifetime ---------------------------------------------------------------------------------
-    async def __aenter__(self) -> Node:
-        self._lifetime_cm = self._lifetime()
-        return await self._lifetime_cm.__aenter__()
-
-    async def __aexit__(self, *exc) -> bool | None:
-        return await self._lifetime_cm.__aexit__(*exc)
-
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[Node]:
         """Receiver and senders live in a nursery entered with `async with`: whatever raises or is
@@ -234,13 +227,11 @@ class Node:
     async def run(self) -> list[dict]:
         """Train for the configured rounds; returns this node's per-round records."""
         records = []
-        fresh = self.round == 0
-        if fresh:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
+        if self.round == 0:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
             steps = self.learner.config.warmup_steps
             teaching = self.mode.warmup(self.ctx)
             await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
-        await self._wait_for_peers()
-        if fresh:
+            await self._wait_for_peers()  # a fresh node only: a resumed one goes on where it stopped
             await self._share(0)
         while self.round < self.rounds:
             r = self.round + 1

@@ -66,8 +66,7 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
                         say: Callable[[str], None] | None = None) -> list[dict]:
     """Run the node to the scenario's last round; returns this process's per-round records."""
     s = cfg.scenario
-    dataset = assemble.dataset(s)
-    reference = assemble.reference(s)
+    dataset, reference = assemble.data_and_reference(s)
     key = load_identity(cfg.state_dir)
     peer_id = peer_id_of(key)
     plan = assemble.shard_plan(s, dataset, cfg.shard, cfg.shards, peer_id, cfg.profile)

@@ -157,9 +157,8 @@ class Simulation:
 
     def build(self) -> Built:
         s = self.scenario
-        data = assemble.dataset(s)
+        data, reference = assemble.data_and_reference(s)
         graph = assemble.topology(s)
-        reference = assemble.reference(s)
         plans = assemble.plans(s, data, graph)
         return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans])
 

@@ -208,7 +208,7 @@ def test_parameter_modes_refuse_unlike_backbones_where_they_need_one():
 
 def _data_and_topology():
     scenario = load_scenario(None, TINY)
-    return assemble.dataset(scenario), assemble.topology(scenario)
+    return assemble.data_and_reference(scenario)[0], assemble.topology(scenario)
 
 
 async def test_a_node_with_another_adapter_shape_is_refused_at_hello(autojump_clock, cache, caplog):

@@ -77,7 +77,7 @@ def test_launcher_says_fresh_then_resuming(launch_local, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--set", "rounds"], ["--set 'rounds': expected KEY=VALUE", "--set data.samples=2000"]),
+    (["--set", "rounds"], ["--set 'rounds': expected KEY=VALUE", "--set train.lr=0.001"]),
     (["--set", "train.lrr=1"], ["train.lrr", "did you mean 'lr'"]),
     (["--resume"], ["--resume: no earlier run", "leave out --resume"]),
 ])

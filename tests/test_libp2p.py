@@ -208,8 +208,8 @@ async def test_hostile_peer_is_counted_and_the_node_keeps_training(cache, tmp_pa
         addrs.extend(a)
         ready.set()
 
-    reference = assemble.reference(scenario)
-    classes = assemble.dataset(scenario).num_classes
+    data, reference = assemble.data_and_reference(scenario)
+    classes = data.num_classes
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: run_real_node(cfg, on_start=on_start))
         with trio.fail_after(60):

@@ -21,7 +21,9 @@ DIGEST_VERSION = "p2pfl-reference-v1"
 class ReferenceSpec:
     """What every node needs to rebuild the same reference inputs.
 
-    source: "mnist1d" (the default task's generator), "synthetic" (tests), or a path to a user .npy.
+    source: "mnist1d" (the default task's generator), "synthetic" (tests), a path to a user .npy, or
+        "held-out": rows set aside from the training data, labels dropped (`held_out`; the "public
+        data" of FedMD / FedDF), for data that has no generator.
     seed: generator seed; must differ from the training data's seed (42 by default) so the reference
         holds fresh inputs, never training or test rows. A prime far from the usual small seeds.
     size: rows in the reference set; 20k MNIST-1D rows cost ~3 s once, then come from the cache.
@@ -38,9 +40,10 @@ class ReferenceSpec:
             raise ValueError(f"reference size must be in 1..{MAX_REFERENCE_ROWS}, got {self.size}")
         if not 1 <= self.slice_size <= self.size:
             raise ValueError(f"reference slice_size must be in 1..size={self.size}, got {self.slice_size}")
-        if self.source not in ("mnist1d", "synthetic") and not self.source.endswith(".npy"):
+        if self.source not in ("mnist1d", "synthetic", "held-out") and not self.source.endswith(".npy"):
             raise ValueError(
-                f"unknown reference source {self.source!r}; choose one of: mnist1d, synthetic, or a path ending in .npy"
+                f"unknown reference source {self.source!r}; choose one of: mnist1d, synthetic, held-out, or a path "
+                f"ending in .npy"
             )
 
 
@@ -116,15 +119,40 @@ def build_reference(spec: ReferenceSpec, *, train_seed: int | None = None) -> Re
         )
     if spec.source.endswith(".npy"):
         return Reference(spec, _load_npy(spec.source, spec.size))
+    if spec.source == "held-out":
+        raise ValueError("a held-out reference set is cut from the training data: use held_out(dataset, spec)")
     d = _generated(spec)
     return Reference(spec, np.concatenate([d.x_train, d.x_test])[: spec.size])
+
+
+# A held-out reference takes at most this share of the training rows, so a small dataset keeps most of its
+# labels for the nodes (sklearn digits: 1,437 training rows -> 287 reference rows).
+HELD_OUT_SHARE = 0.2
+
+
+def held_out(data: Dataset, spec: ReferenceSpec) -> tuple[Dataset, Reference]:
+    """Set reference rows aside from the training data: (the data without them, the reference set).
+
+    Takes min(spec.size, HELD_OUT_SHARE of the training rows) rows, drawn with spec.seed, so every
+    node that loads the same data holds the same reference (checked by digest); no node trains on
+    them, and their labels are dropped. The slice is cut to the rows there are."""
+    n = len(data.y_train)
+    size = min(spec.size, int(HELD_OUT_SHARE * n))
+    if size < 1:
+        raise ValueError(f"the training data has {n} rows: too few to hold out a reference set; pass "
+                         f"reference.source = a .npy of unlabeled inputs")
+    rows = np.sort(np.random.default_rng(spec.seed).choice(n, size=size, replace=False))
+    keep = np.setdiff1d(np.arange(n), rows)
+    cut = ReferenceSpec(source="held-out", seed=spec.seed, size=size, slice_size=min(spec.slice_size, size))
+    train = Dataset(data.x_train[keep], data.y_train[keep], data.x_test, data.y_test, data.num_classes, data.name)
+    return train, Reference(cut, np.ascontiguousarray(data.x_train[rows]))
 
 
 def reference_labels(spec: ReferenceSpec) -> np.ndarray:
     """(size,) the labels of a generated reference set, for diagnostics (nodes never use them); a user's
     .npy has none."""
-    if spec.source.endswith(".npy"):
-        raise ValueError(f"reference source {spec.source}: a user's .npy reference set has no labels")
+    if spec.source.endswith(".npy") or spec.source == "held-out":
+        raise ValueError(f"reference source {spec.source}: this reference set has no labels to regenerate")
     d = _generated(spec)
     return np.concatenate([d.y_train, d.y_test])[: spec.size]
 

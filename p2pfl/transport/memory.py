@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
+from p2pfl.lifetime import Lifetime
 from p2pfl.transport import PeerUnreachable
 
 
@@ -25,7 +28,7 @@ class LinkModel:
     bandwidth: float = 0.0  # bytes per second; 0 = unlimited
 
 
-class MemoryNetwork:
+class MemoryNetwork(Lifetime):
     """Owns the delivery tasks; `async with MemoryNetwork(...) as net:` then `net.endpoint(name)`."""
 
     def __init__(self, link: LinkModel = LinkModel(), *, seed: int = 0):
@@ -41,14 +44,15 @@ class MemoryNetwork:
         self.dropped = 0
         self._nursery: trio.Nursery | None = None
 
-    async def __aenter__(self) -> MemoryNetwork:
-        self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc):
-        self._nursery.cancel_scope.cancel()  # undelivered messages die with the network
-        return await self._nursery_cm.__aexit__(*exc)
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[MemoryNetwork]:
+        """The delivery tasks live in a nursery entered with `async with`, whatever raises."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()  # undelivered messages die with the network
 
     def endpoint(self, name: str) -> MemoryEndpoint:
         if name in self._inboxes:
