@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2pfl import shipped
-from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value
+from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
 from p2pfl.files import atomic_write_text
 
 DEFAULT_SCENARIO = shipped.folder("sim") / f"{shipped.DEFAULT_SCENARIO}.toml"  # checkout or installed copy
@@ -163,10 +164,13 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
 # -- sim ----------------------------------------------------------------------------------------
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from p2pfl.sim import Simulation  # torch import: only when simulating
+    from p2pfl.sim import Interrupted, Simulation  # torch import: only when simulating
 
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
-    scenario = load_scenario(path, scenario_overrides(args))
+    overrides = scenario_overrides(args)
+    scenario = load_scenario(path, overrides)
+    if overrides and "name" not in overrides:  # a name that says what this run changes
+        scenario = dataclasses.replace(scenario, name=run_name(scenario.name, overrides))
     out = Console(stderr=args.json == "-")
     n = scenario.topology.nodes
     total = n * scenario.rounds
@@ -185,7 +189,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 f"round {record['round']}/{scenario.rounds}  global acc {acc:.3f}  "
                 f"{_bytes(sent[0] / max(len(latest), 1))}/node"))
 
-        result = Simulation(scenario, run_dir=args.runs, on_record=on_record).run()
+        try:
+            result = Simulation(scenario, run_dir=args.runs, on_record=on_record).run()
+        except Interrupted as stop:
+            progress.stop()
+            where = f"partial results in {stop.result.run_dir}" if stop.result.run_dir else "nothing written"
+            err.print(f"interrupted at round {stop.result.summary.get('rounds_reached', 0)}; {where}",
+                      highlight=False, soft_wrap=True)
+            return 130
     print_summary(out, result.summary, result.run_dir)
     if args.json:
         text = json.dumps(result.summary, indent=2, default=str)

@@ -447,6 +447,34 @@ def parse_key_value(key: str, text: str, hints: dict[str, Any]) -> Any:
     return parse_value(text)
 
 
+_VALUE_ONLY = ("mode", "name", "source", "partition", "profiles")  # keys whose value alone says what differs
+MAX_RUN_NAME = 80
+
+
+def run_name(base: str, overrides: dict[str, Any]) -> str:
+    """A run's default name: the scenario's, then what the overrides change, e.g. quickstart-local-seed3
+    (mode first, then seed, then the rest by key); longer than MAX_RUN_NAME: cut, with a hash of the rest."""
+    order = sorted(overrides, key=lambda k: (k != "mode", k != "seed", k))
+    tokens = []
+    for key in order:
+        value = overrides[key]
+        last = key.rsplit(".", 1)[-1]
+        if isinstance(value, dict):
+            text = "+".join(f"{k}{v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            text = "+".join(Path(str(v)).stem for v in value)
+        else:
+            text = Path(value).stem if isinstance(value, str) and ("/" in value or "." in value) else str(value)
+        tokens.append(text if last in _VALUE_ONLY else f"{last}{text}")
+    name = "-".join([base, *tokens])
+    name = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)
+    if len(name) > MAX_RUN_NAME:
+        import hashlib
+
+        name = name[: MAX_RUN_NAME - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return name
+
+
 def flat_keys(cls: type = Scenario, prefix: str = "") -> list[tuple[str, Any]]:
     """Every overridable dotted key with its type hint (for --help and --set validation)."""
     out = []

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,7 +165,7 @@ class Simulation:
 
     def run(self) -> SimulationResult:
         s = self.scenario
-        wall = time.perf_counter()
+        wall, rid = time.perf_counter(), run_id()
         built = self.build()
         plans, learners = built.plans, built.learners
         run_dir = None
@@ -189,12 +190,12 @@ class Simulation:
         pool = FrozenTimePool(clock, workers) if workers > 1 else None
         torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
 
-        wire_bytes = [0]
+        network = MemoryNetwork(link, seed=s.seed)
         modes: list[Mode] = []
         nodes: list[Node] = []
 
         async def main() -> None:
-            async with MemoryNetwork(link, seed=s.seed) as network:
+            async with network:
                 async with trio.open_nursery() as nursery:
                     for plan, learner in zip(plans, learners):
                         compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
@@ -204,28 +205,67 @@ class Simulation:
                             s, plan, learner=learner, mode=modes[-1], transport=network.endpoint(plan.node_id),
                             reference=built.reference, test=test, compute=compute, on_record=on_record))
                         nursery.start_soon(run_node, nodes[-1])
-                wire_bytes[0] = sum(network.bytes_sent.values())
 
         async def run_node(node: Node) -> None:
             async with node:
                 await node.run()
 
+        interrupted = False
         try:
             trio.run(main, clock=clock)
+        except KeyboardInterrupt:  # Ctrl-C: what ran is kept, and said to be partial
+            interrupted = True
+        except BaseExceptionGroup as group:  # ... raised inside a node's nursery
+            if group.split(KeyboardInterrupt)[1] is not None:
+                raise
+            interrupted = True
         finally:
             if metrics is not None:
                 metrics.close()
-        summary = summarize(records, rounds=s.rounds, wire_bytes=wire_bytes[0])
+        reached = max((r["round"] for r in records), default=0)
+        summary = summarize(records, rounds=reached if interrupted else s.rounds,
+                            wire_bytes=sum(network.bytes_sent.values()))
         summary |= {
-            "name": s.name, "mode": s.mode, "seed": s.seed, "wall_time_s": time.perf_counter() - wall,
+            "name": s.name, "run_id": rid, "mode": s.mode, "seed": s.seed,
+            "wall_time_s": time.perf_counter() - wall,
             "simulated_time_s": max((r["time"] for r in records), default=0.0),
             "topology": {"name": built.topology.name, "nodes": built.topology.n,
                          "edges": built.topology.graph.number_of_edges()},
+            "reference": None if built.reference is None else {
+                "source": built.reference.spec.source, "rows": built.reference.size,
+                "slice_size": built.reference.spec.slice_size, "digest": built.reference.digest},
             "params": {p.node_id: param_count(l.model) for p, l in zip(plans, learners)},
             "fedavg_fp32_bytes_per_node_per_round": float(np.mean([
                 4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
             "scenario": dataclasses.asdict(s),
         }
+        if interrupted:
+            summary |= {"partial": True, "rounds_reached": reached,
+                        "rounds_done_by_all": min(_last_rounds(records, plans), default=0)}
         if run_dir is not None:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-        return SimulationResult(s, summary, records, run_dir, built, modes, nodes)
+        result = SimulationResult(s, summary, records, run_dir, built, modes, nodes)
+        if interrupted:
+            raise Interrupted(result)
+        return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during `Simulation.run`: `result` holds what ran (its summary says "partial": true)."""
+
+    def __init__(self, result: SimulationResult):
+        super().__init__(f"interrupted at round {result.summary.get('rounds_reached', 0)}")
+        self.result = result
+
+
+def _last_rounds(records: list[dict], plans: list[NodePlan]) -> list[int]:
+    """Each node's last completed round (0 for a node with none)."""
+    last = {p.node_id: 0 for p in plans}
+    for r in records:
+        last[r["node"]] = max(last[r["node"]], r["round"])
+    return list(last.values())
+
+
+def run_id() -> str:
+    """A run's id: when it started (UTC) and 4 random bytes, so two runs never share one."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)

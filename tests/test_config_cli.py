@@ -277,3 +277,38 @@ def test_cli_topo_writes_a_loadable_file(tmp_path, capsys):
     assert cli.main(["topo", str(out), "--json"]) == 0  # an existing file is checked and described
     described = json.loads(capsys.readouterr().out)
     assert described["name"] == "ring-8" and described["nodes"] == 8 and described["connected"] is True
+
+
+def test_ctrl_c_during_a_simulation_is_one_line_exit_130_and_a_partial_summary(tmp_path):
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "p2pfl.cli", "sim", "--runs", str(runs), "--rounds", "500", "--nodes", "4",
+           "--topology", "ring", "--archs", "mlp", "--data.source", "synthetic", "--data.samples", "400",
+           "--reference.size", "200", "--reference.slice_size", "100", "--train.warmup_steps", "5",
+           "--train.local_steps", "5", "--workers", "1"]
+    env = os.environ | {"P2PFL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        files = list(runs.glob("*/metrics.jsonl")) if runs.exists() else []
+        if files and len(files[0].read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"no metrics after 120 s: {proc.communicate()}")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    (run_dir,) = runs.iterdir()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted at round ") and lines[-1].endswith(f"partial results in {run_dir}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["partial"] is True and len(records) >= 8
+    assert summary["rounds_reached"] == max(r["round"] for r in records) < 500
+    assert f"interrupted at round {summary['rounds_reached']};" in lines[-1]
+    assert run_dir.name.startswith("quickstart-") and "rounds500" in run_dir.name  # says what differs

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from p2pfl.config import ConfigError, load_scenario
@@ -141,3 +142,49 @@ def test_a_rerun_gets_its_own_folder(tmp_path):
     assert fresh_dir(tmp_path, "q") == tmp_path / "q-2"
     assert fresh_dir(tmp_path, "q") == tmp_path / "q-3"
     assert fresh_dir(tmp_path, "other") == tmp_path / "other"
+
+
+# -- your own data: the reference set follows it ------------------------------------------------------
+
+def _own_npz(path, features=64, rows=600, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, rows)
+    x = rng.normal(size=(rows, features)).astype(np.float32) + y[:, None]  # learnable
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_a_users_npz_gets_a_held_out_reference_of_its_own_rows(cache, tmp_path):
+    npz = _own_npz(tmp_path / "mine.npz")
+    s = load_scenario(None, TINY | {"data.source": str(npz), "reference.source": "auto", "reference.size": 10_000})
+    data, ref = assemble.data_and_reference(s)
+    full = assemble.data_and_reference(load_scenario(None, TINY | {"data.source": str(npz), "mode": "local",
+                                                                    "reference.source": "auto"}))[0]
+    assert ref.spec.source == "held-out" and ref.x.shape[1:] == (64,)
+    assert ref.size == int(0.2 * 480) and ref.spec.slice_size == 96  # a fifth of the 480 training rows, slice cut
+    assert len(data.y_train) == 480 - ref.size == len(full.y_train)  # set aside in every mode alike
+    rows = {r.tobytes() for r in data.x_train}
+    assert not any(r.tobytes() in rows for r in ref.x)  # no node trains on a reference row
+    assert assemble.data_and_reference(s)[1].digest == ref.digest  # every node cuts the same rows
+    run = Simulation(s, run_dir=None).run()
+    assert all(r["rejected"] == {} for r in run.records)
+    assert max(r["contributors"] for r in run.records) >= 1
+
+
+def test_a_reference_shaped_unlike_the_data_is_one_clear_error(cache, tmp_path):
+    npz = _own_npz(tmp_path / "mine.npz")
+    s = load_scenario(None, TINY | {"data.source": str(npz), "reference.source": "synthetic"})
+    with pytest.raises(ConfigError, match=r"reference.source = 'synthetic' gives rows of shape \(\d+,\), but data.source"
+                                          r" = '.*mine.npz' has inputs of shape \(64,\); use reference.source = "
+                                          r"'held-out'"):
+        assemble.data_and_reference(s)
+
+
+def test_generated_data_keeps_its_generator_for_the_reference():
+    s = load_scenario(None, TINY | {"reference.source": "auto"})
+    assert assemble.reference_source(s) == "synthetic"
+    assert assemble.reference_source(load_scenario(None)) == "mnist1d"  # the quickstart's reference is unchanged
+    with pytest.raises(ConfigError, match="reference.slice_size = 600 is more than reference.size = 400"):
+        load_scenario(None, TINY | {"reference.slice_size": 600})
+    with pytest.raises(ConfigError, match="reference.source = 'moon'; choose one of: auto, mnist1d"):
+        load_scenario(None, TINY | {"reference.source": "moon"})
