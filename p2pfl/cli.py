@@ -17,8 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2pfl import shipped
-from p2pfl.config import ConfigError, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
+from p2pfl.config import TOPOLOGY_GENERATORS, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
 from p2pfl.files import atomic_write_text
+from p2pfl.mode_facts import MODES
 
 DEFAULT_SCENARIO = shipped.folder("sim") / f"{shipped.DEFAULT_SCENARIO}.toml"  # checkout or installed copy
 
@@ -74,17 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     sim = sub.add_parser("sim", help="simulate N nodes in one process", description=(
-        "Run a scenario (default: sim/quickstart.toml). Any scenario key can be overridden, "
-        "e.g. --train.lr 0.001 --gossip.consensus mean, or --set key=value."))
-    sim.add_argument("scenario", nargs="?", help="scenario TOML, or a shipped one's name: quickstart (default), two-widths, ...")
-    sim.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-' for stdout)")
-    sim.add_argument("--runs", default="runs", metavar="DIR", help="where runs/<name>/ goes (default: runs)")
-    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any key")
+        "Run a scenario (default: the quickstart). Every scenario key can be overridden: "
+        "--SECTION.KEY VALUE or --set SECTION.KEY=VALUE; `p2pfl sim --help-keys` lists them all with their "
+        "defaults and what they accept."), formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="p2pfl sim [SCENARIO] [--mode M] [--rounds N] [--nodes N] [--topology T] [--archs A,B] ... "
+              "[--SECTION.KEY V] [--set K=V]")
+    sim.add_argument("scenario", nargs="?", help="scenario TOML, or a shipped one's name: "
+                     f"{', '.join(shipped.names('sim'))} (default: {shipped.DEFAULT_SCENARIO})")
+    common = sim.add_argument_group("common (defaults: the quickstart's)")
+    quick = _default_scenario()
+    common.add_argument("--mode", dest="key_mode", metavar="M",
+                        help=f"{' | '.join(MODES)} (default {quick.mode})")
+    common.add_argument("--rounds", dest="key_rounds", metavar="N", help=f"rounds to run (default {quick.rounds})")
+    common.add_argument("--seed", dest="key_seed", metavar="N", help=f"partition, models, network (default {quick.seed})")
     for name, (key, _, text) in SHORTCUTS.items():
-        sim.add_argument(f"--{name}", dest=f"short_{name}", metavar="X", help=f"{text} [{key}]")
-    keys = sim.add_argument_group("scenario keys")
-    for key, hint in flat_keys():
-        keys.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=_hint_name(hint))
+        common.add_argument(f"--{name}", dest=f"short_{name}", metavar="X", help=f"{text} [{key}]")
+    common.add_argument("--name", dest="key_name", metavar="NAME",
+                        help="the run's name and folder (default: the scenario's, plus what the overrides change)")
+    output = sim.add_argument_group("output")
+    output.add_argument("--runs", default="runs", metavar="DIR", help="where runs/<name>/ goes (default: runs)")
+    output.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-' for stdout)")
+    more = sim.add_argument_group("any other scenario key")
+    more.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.001")
+    more.add_argument("--help-keys", action=_HelpKeys, help="list every key with its default and accepted values")
+    for key, _hint in flat_keys():  # --SECTION.KEY for every key, listed by --help-keys rather than here
+        if key not in ("mode", "rounds", "seed", "name"):  # those four are in the common group above
+            sim.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=argparse.SUPPRESS)
     sim.set_defaults(func=cmd_sim)
 
     node = sub.add_parser("node", help="run one real node over libp2p", description=(
@@ -125,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     psk.add_argument("--out", required=True, help="where to write it (refuses to overwrite)")
     psk.set_defaults(func=cmd_psk)
 
-    topo = sub.add_parser("topo", help="write or check a topology file")
+    topo = sub.add_parser("topo", help="write or check a topology file", description=(
+        f"Generate a topology (generators: {', '.join(TOPOLOGY_GENERATORS)}) and print or write it, or check a topology "
+        f"file (shipped: {', '.join(shipped.names('topologies'))})."))
     topo.add_argument("name", help="generator name, or an existing file to check")
     topo.add_argument("--nodes", type=int, help="number of nodes")
     topo.add_argument("--seed", type=int, default=0)
@@ -134,6 +152,35 @@ def build_parser() -> argparse.ArgumentParser:
     topo.add_argument("--json", action="store_true", help="print the description as JSON")
     topo.set_defaults(func=cmd_topo)
     return parser
+
+
+def _default_scenario() -> Scenario:
+    """The quickstart as shipped (its values are what `p2pfl sim` runs with no flags)."""
+    try:
+        return load_scenario(shipped.scenario(None))
+    except ConfigError:  # an edited, broken quickstart: `p2pfl sim` itself will say what is wrong
+        return Scenario()
+
+
+class _HelpKeys(argparse.Action):
+    """`p2pfl sim --help-keys`: every scenario key, its default (the quickstart's) and what it accepts."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        quick = dataclasses.asdict(_default_scenario())
+        table = Table(title="scenario keys: --KEY VALUE or --set KEY=VALUE (defaults: the quickstart's)")
+        for column in ("key", "default", "accepts"):
+            table.add_column(column, overflow="fold")
+        for key, hint in flat_keys():
+            value = quick
+            for part in key.split("."):
+                value = value[part]
+            table.add_row(key, escape(repr(value) if isinstance(value, str) else str(value)),
+                          escape(accepted(key, _hint_name(hint))))
+        Console(soft_wrap=False).print(table)
+        parser.exit()
 
 
 def _hint_name(hint: Any) -> str:
@@ -168,9 +215,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     overrides = scenario_overrides(args)
-    scenario = load_scenario(path, overrides)
-    if overrides and "name" not in overrides:  # a name that says what this run changes
-        scenario = dataclasses.replace(scenario, name=run_name(scenario.name, overrides))
+    from p2pfl.topology import load_topology
+
+    named = {} if "name" in overrides or not overrides else {"name": run_name(load_scenario(path).name, overrides)}
+    topology_file = shipped.find("topologies", overrides.get("topology.name", ""))
+    if topology_file is not None and "topology.nodes" not in overrides:  # the file says how many nodes it has
+        overrides["topology.nodes"] = load_topology(topology_file).n
+    scenario = load_scenario(path, overrides | named)  # the name says what this run changes
     out = Console(stderr=args.json == "-")
     n = scenario.topology.nodes
     total = n * scenario.rounds

@@ -32,6 +32,9 @@ REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
 AVERAGING = ("metropolis", "push-sum")
+# topology.GENERATORS builds each (and asserts it has exactly these); watts-strogatz is small-world's other name
+TOPOLOGY_GENERATORS = ("ring", "line", "star", "complete", "grid", "torus", "erdos-renyi", "small-world",
+                       "watts-strogatz", "barabasi-albert", "random-regular")
 ADAPTER_KINDS = ("bottleneck", "residual", "head", "whole", "lora")  # p2pfl/models/adapter.py builds each
 
 
@@ -473,6 +476,37 @@ def run_name(base: str, overrides: dict[str, Any]) -> str:
 
         name = name[: MAX_RUN_NAME - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return name
+
+
+# What a key accepts, where its type alone does not say (for `p2pfl sim --help-keys`); the grammars
+# are the ones this module checks. Names owned lower down (partitions, topologies) are spelled out.
+_ACCEPTS = {
+    "mode": " | ".join(MODES),
+    "profiles": "node profiles (node/NAME.toml, a path) or architectures, round-robin over the nodes",
+    "workers": "threads computing side by side (0: one per core)",
+    "data.source": "mnist1d | digits | synthetic | path/to/data.npz (x, y[, x_test, y_test])",
+    "data.partition": "iid | dirichlet:A | dirichlet-node:A | shards:K | quantity:A",
+    "reference.source": " | ".join(REFERENCE_SOURCES) + " | path/to/inputs.npy",
+    "topology.name": " | ".join(TOPOLOGY_GENERATORS) + " | a topology file (topologies/ring-8.toml, or its name: "
+                     "ring-8; its node count is then the default of topology.nodes)",
+    "topology.params": "the generator's parameters, e.g. {k = 4, p = 0.2}",
+    "gossip.consensus": " | ".join(CONSENSUS_RULES),
+    "gossip.reliability": "none | agreement | agreement:P (0 < P <= 8)",
+    "gossip.codec": f"auto | {codecs.CODEC_GRAMMAR}",
+    "gossip.params_codec": f"'' (as gossip.codec) | {codecs.CODEC_GRAMMAR}",
+    "gossip.averaging": "auto | " + " | ".join(AVERAGING),
+    "gossip.select": "all | confident:F | uncertain:F | changed:T (0 < F, T <= 1)",
+    "gossip.adaptive_bits": "0 (off) .. 1: total-variation threshold",
+    "adapter.kind": "auto | " + " | ".join(ADAPTER_KINDS),
+    "network.loss": "0 .. 1",
+    "gossip.floor": "0 .. 1",
+    "train.min_lr_ratio": "0 .. 1 (1: constant rate)",
+}
+
+
+def accepted(key: str, type_name: str) -> str:
+    """What `key` accepts, in words: its grammar if it has one, else its type."""
+    return _ACCEPTS.get(key, type_name)
 
 
 def flat_keys(cls: type = Scenario, prefix: str = "") -> list[tuple[str, Any]]:

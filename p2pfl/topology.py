@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from p2pfl import shipped
+from p2pfl.config import TOPOLOGY_GENERATORS
 from p2pfl.files import atomic_write_bytes
 
 # A random generator that keeps producing disconnected graphs is almost always asked for too
@@ -192,6 +193,7 @@ GENERATORS: dict[str, Callable[..., nx.Graph]] = {
     "barabasi-albert": barabasi_albert,
     "random-regular": random_regular,
 }
+assert tuple(GENERATORS) == TOPOLOGY_GENERATORS, "config.TOPOLOGY_GENERATORS must name topology.GENERATORS"
 
 
 def _generator_params(fn: Callable) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from p2pfl import cli
-from p2pfl.config import ConfigError, Scenario, _set_dotted, load_scenario, parse_value
+from p2pfl.config import ConfigError, Scenario, _set_dotted, flat_keys, load_scenario, parse_value
 from p2pfl.topology import load_topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,6 +202,17 @@ def _error_line(capsys) -> str:
      ["--peers '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>", "/ip4/127.0.0.1/tcp/4001/p2p/<peer id>",
       "listening on"]),
     (["status", "/ip4/127.0.0.1/tcp/4001"], ["address '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>"]),
+    # in range for the type, not for the meaning: the config refuses it, naming the key
+    (["sim", "--train.lr", "-1"], ["train.lr = -1.0", "greater than 0"]),
+    (["sim", "--nodes", "0"], ["topology.nodes = 0", "at least 1"]),
+    (["sim", "--network.loss", "1.5"], ["network.loss = 1.5", "between 0 and 1"]),
+    (["sim", "--network.latency", "-0.1"], ["network.latency = -0.1", "at least 0"]),
+    (["sim", "--gossip.wait_timeout", "0"], ["gossip.wait_timeout = 0.0", "greater than 0"]),
+    (["sim", "--gossip.key_every", "0"], ["gossip.key_every = 0", "at least 1"]),
+    (["sim", "--gossip.consensus", "vote"], ["gossip.consensus = 'vote'", "class-weighted"]),
+    (["sim", "--train.batch_size", "0"], ["train.batch_size = 0", "at least 1"]),
+    (["sim", "--reference.slice_size", "30000"], ["reference.slice_size = 30000", "reference.size = 20000"]),
+    (["sim", "--eval_every", "0"], ["eval_every = 0", "at least 1"]),
 ])
 def test_cli_bad_input_exits_2_with_an_error_and_no_traceback(argv, words, capsys):
     assert cli.main(argv) == 2
@@ -312,3 +323,35 @@ def test_ctrl_c_during_a_simulation_is_one_line_exit_130_and_a_partial_summary(t
     assert summary["rounds_reached"] == max(r["round"] for r in records) < 500
     assert f"interrupted at round {summary['rounds_reached']};" in lines[-1]
     assert run_dir.name.startswith("quickstart-") and "rounds500" in run_dir.name  # says what differs
+
+
+def test_help_fits_a_screen_and_points_to_every_key(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sim", "--help"])
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) <= 45, text
+    assert "--help-keys" in text and "(default 50)" in text and "logits | local" in text
+    assert "--train.lr" not in text  # the long tail is listed by --help-keys, not here
+    with pytest.raises(SystemExit):
+        cli.main(["sim", "--help-keys"])
+    keys = " ".join(capsys.readouterr().out.split())
+    for key, _ in flat_keys():
+        assert f" {key} " in keys, key
+    assert "topk:K" in keys and "dirichlet-node:A" in keys and "agreement:P" in keys
+
+
+def test_topo_help_lists_the_generators_and_the_shipped_files(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["topo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "small-world" in text and "barabasi-albert" in text and "ring-8" in text
+
+
+def test_a_topology_file_brings_its_node_count(tmp_path):
+    args = ["sim", "--topology", "topologies/ring-8.toml", "--rounds", "1", "--runs", str(tmp_path),
+            "--data.source", "synthetic", "--archs", "mlp", "--train.warmup_steps", "2", "--train.local_steps", "2",
+            "--reference.source", "synthetic", "--reference.size", "100", "--reference.slice_size", "50"]
+    assert cli.main(args) == 0
+    summary = json.loads((next(tmp_path.iterdir()) / "summary.json").read_text())
+    assert summary["nodes"] == 8 and summary["topology"]["nodes"] == 8
+    assert "ring-8" in summary["name"] and "nodes8" not in summary["name"]

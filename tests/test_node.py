@@ -235,7 +235,7 @@ async def test_a_neighbour_going_down_does_not_stall_the_others(autojump_clock):
     assert all(r["neighbours_up"] == 2 for r in records if r["node"] == "n1")  # far from the crash
 
 
-def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record=lambda r: None):
+def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record=lambda r: None, **runtime):
     """Node "a" (an MLP in adapter mode on synthetic data) with the given transport and neighbours."""
     data = load_source("synthetic", num_samples=200, seed=42)
     model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
@@ -247,7 +247,7 @@ def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record
                       adapter=attach(model, "bottleneck", embed_dim=8, num_classes=data.num_classes, seed=0))
     return assemble.make_node(scenario, plan, learner=learner, mode=make_mode("adapter"), transport=transport,
                               reference=None, test=EvalData(data.x_test, data.y_test),
-                              compute=SimulatedCompute(SECONDS_PER_STEP), on_record=on_record)
+                              compute=SimulatedCompute(SECONDS_PER_STEP), on_record=on_record, **runtime)
 
 
 class ScriptedTransport:
@@ -376,3 +376,38 @@ async def test_a_slow_neighbour_delays_only_itself(autojump_clock):
     slow_times, slow_to_b = await run(slow=True)
     assert slow_times == pytest.approx(fast_times, abs=1e-6), (fast_times, slow_times)
     assert slow_to_b == fast_to_b == ["hello"] + ["knowledge"] * 9 + ["bye"]  # b missed nothing
+
+
+async def test_a_fresh_node_waits_for_its_neighbour_before_its_first_share(autojump_clock):
+    lines = []
+    t = ScriptedTransport()
+    node = _lone_node(t, min_peers=1, start_timeout=30.0, say=lines.append)
+    sent_at = []
+
+    async def on_send(peer, kind):
+        sent_at.append((kind, trio.current_time()))
+
+    t.on_send = on_send
+
+    async def peer_comes_up_late():
+        await trio.sleep(12.0)  # the warm-up takes ~2 s: the node waits ~10 s for b
+        t.say("b", _hello_of(node, "b"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer_comes_up_late)
+        async with node:
+            await node.run()
+    first_knowledge = min(at for kind, at in sent_at if kind == "knowledge")
+    assert first_knowledge >= 12.0
+    assert lines[0].startswith("waiting for neighbours: 0 of 1 greeted")
+    assert any(line.startswith("1 neighbour(s) greeted after") for line in lines)
+
+
+async def test_a_node_nobody_answers_gives_up_waiting_and_says_so(autojump_clock):
+    lines = []
+    node = _lone_node(ScriptedTransport(), min_peers=1, start_timeout=20.0, say=lines.append)
+    async with node:
+        records = await node.run()
+    assert len(records) == 1 and records[0]["contributors"] == 0  # it trained alone, as it said it would
+    assert sum(line.startswith("waiting for neighbours") for line in lines) == 4  # every 5 s of the 20
+    assert lines[-1].startswith("gave up waiting for neighbours after 20s with 0 of 1 greeted")
