@@ -299,14 +299,22 @@ def _stream(k: wire.Knowledge) -> tuple[str, int, int, bytes]:
 
 
 class Inbox:
-    """One peer's incoming knowledge streams."""
+    """One peer's incoming knowledge streams, at most `max_streams` of them held (the least recently
+    updated is forgotten first): a peer naming a new reference slice in every frame cannot grow our
+    memory past what honest rotation over every slice needs."""
 
-    def __init__(self, sender: str, num_classes: int):
+    def __init__(self, sender: str, num_classes: int, max_streams: int = 64):
         self.sender = sender
         self.num_classes = num_classes
+        self.max_streams = max_streams
         self.latest: dict[str, wire.Knowledge] = {}  # per kind, the newest by round
         self._values: dict[tuple[str, int, int, bytes], tuple[int, np.ndarray]] = {}  # per stream, deltas applied
         self._heard: dict[tuple[int, int], _Heard] = {}  # per slice, rows filled from kept frames
+
+    @property
+    def streams(self) -> int:
+        """How many of the peer's streams (kind, slice, rows) we hold values of (at most max_streams)."""
+        return len(self._values)
 
     @property
     def newest_round(self) -> int:
@@ -323,7 +331,9 @@ class Inbox:
         value = apply_delta(self._values.get(stream), msg.base, msg.array())
         if value is None:
             return False
-        self._values[stream] = (msg.round, value)
+        self._values.pop(stream, None)
+        self._values[stream] = (msg.round, value)  # (re)inserted last: the dict is oldest-updated first
+        _forget_oldest(self._values, self.max_streams)
         if msg.kind not in self.latest or msg.round >= self.latest[msg.kind].round:
             self.latest[msg.kind] = msg
         return True
@@ -369,5 +379,12 @@ class Inbox:
         values[rows], known[rows] = r.array, True
         resolved = r if known.all() and r.rows is None else replace(
             r, array=values[known], rows=None if known.all() else np.flatnonzero(known))
+        self._heard.pop(key, None)
         self._heard[key] = _Heard(r.round, values, known, r.array, resolved)
+        _forget_oldest(self._heard, self.max_streams)
         return resolved
+
+
+def _forget_oldest(held: dict, limit: int) -> None:
+    while len(held) > limit:
+        del held[next(iter(held))]

@@ -61,6 +61,20 @@ class Teaching:
     # logits: how far the consensus moved, as the mean total variation between a teacher and the previous
     # teacher of the same reference rows (None until a slice comes round again); adaptive bit width reads it
     drift: float | None = None
+    refused: list[str] = field(default_factory=list)  # senders whose knowledge was refused as implausible
+
+
+# A neighbour's parameter vector farther from ours than this many times our own norm (+1) is no model
+# of the same task (honest ones differ by a fraction of it): refused and counted, never averaged in.
+# Without it one finite but huge vector (weights x 1e36) reaches every model it touches.
+PLAUSIBLE_RADIUS = 100.0
+
+
+def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[str]]:
+    """(the contributions within PLAUSIBLE_RADIUS of `own`, the senders of the others)."""
+    reach = PLAUSIBLE_RADIUS * (float(np.linalg.norm(own.astype(np.float64))) + 1.0)
+    near = [float(np.linalg.norm(r.array.astype(np.float64) - own)) <= reach for r in inbox]
+    return [r for r, ok in zip(inbox, near) if ok], [r.sender for r, ok in zip(inbox, near) if not ok]
 
 
 @dataclass
@@ -233,7 +247,7 @@ class AdapterMode(Mode):
         self.mass = state.get("mass", self.mass)
 
     def absorb(self, ctx, inbox, round_idx):
-        inbox = [r for r in inbox if r.kind == "params"]
+        inbox, refused = plausible(ctx.learner.get_flat(), [r for r in inbox if r.kind == "params"])
         if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
             inbox = [r for r in inbox if self._consumed.get(r.sender, -1) < r.round]
             self._consumed |= {r.sender: r.round for r in inbox}
@@ -242,7 +256,7 @@ class AdapterMode(Mode):
                 ctx.learner.set_flat(flat)
         elif inbox:
             ctx.learner.set_flat(mix(ctx.learner.get_flat(), [(r.weight, r.array) for r in inbox]))
-        return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox])
+        return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox], refused=refused)
 
 
 class FedAvgMode(AdapterMode):
@@ -288,6 +302,7 @@ class HybridMode(LogitsMode):
         averaged = self._adapter.absorb(ctx, inbox, round_idx)
         teaching.contributors = max(teaching.contributors, averaged.contributors)
         teaching.staleness += averaged.staleness
+        teaching.refused += averaged.refused
         teaching.kd_weight = ctx.learner.config.kd_weight * (1.0 - self.kd_decay * round_idx / ctx.rounds)
         return teaching
 

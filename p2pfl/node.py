@@ -36,6 +36,9 @@ from p2pfl.transport import PeerUnreachable, Transport
 log = logging.getLogger(__name__)
 
 BYE_TIMEOUT_S = 3.0  # all byes together; a stopping node must exit within seconds
+# A frame more than this many rounds past the end of our own run is no honest peer's: a round of 2^63-1
+# would otherwise stay a peer's "newest" knowledge forever and hide everything it says after it
+MAX_ROUNDS_AHEAD = 1_000
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
 
@@ -123,6 +126,7 @@ class PeerState:
     weight: float  # mixing weight (Metropolis-Hastings from the topology)
     inbox: Inbox
     up: bool = True  # False after bye or a failed send, until it speaks again
+    silent: bool = False  # it timed out while we waited: only knowledge (not a hello) counts it as up again
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     queue: SendQueue = field(default_factory=SendQueue)
@@ -199,8 +203,10 @@ class Node(Lifetime):
         self._nursery: trio.Nursery | None = None
 
     def _peer_state(self, peer_id: str, weight: float, up: bool = True) -> PeerState:
+        # twice the slices of an honest rotation (delta streams and kept rows), and a few for params
+        slices = -(-self.reference.size // self.reference.spec.slice_size) if self.reference else 0
         return PeerState(wire.PeerSession(self.hello, self._expect), weight,
-                         Inbox(peer_id, self.learner.num_classes), up=up)
+                         Inbox(peer_id, self.learner.num_classes, max_streams=2 * slices + 8), up=up)
 
     # -- lifetime ---------------------------------------------------------------------------------
     @asynccontextmanager
@@ -240,6 +246,9 @@ class Node(Lifetime):
             self._take_back_mass()
             teaching = await self.compute(self.mode.absorb, self.ctx, inbox, r)
             self.drift = teaching.drift
+            for sender in teaching.refused:
+                self._reject(sender, "implausible", f"round {r}: its knowledge is far from anything a model of "
+                                                    f"this task says; not used")
             steps = self.learner.config.local_steps
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._share(r)
@@ -303,7 +312,7 @@ class Node(Lifetime):
                 break
             if trio.current_time() >= deadline:
                 for p in behind:
-                    p.up = False
+                    p.up, p.silent = False, True
                 log.info("%s: round %d: %d neighbour(s) silent for %.1fs, going on without them",
                          self.node_id, r, len(behind), self.gossip.wait_timeout)
                 break
@@ -340,8 +349,12 @@ class Node(Lifetime):
             for msg, mass in frames:
                 if msg is None:
                     self.outbox.reclaim(mass)  # not sent: the share stays ours, so no mass is lost
-                else:
-                    self._queue(p, msg if mass is None else replace(msg, mass=mass), share=mass)
+                elif mass is None:
+                    self._queue(p, msg)
+                else:  # a share past the wire's limit (only liars' inflated masses get there) stays ours
+                    sent = min(mass, wire.MAX_MASS)
+                    self.outbox.reclaim(mass - sent)
+                    self._queue(p, replace(msg, mass=sent), share=sent)
 
     # -- messaging --------------------------------------------------------------------------------
     def _queue(self, p: PeerState, msg: wire.Message, *, share: float | None = None) -> None:
@@ -422,17 +435,23 @@ class Node(Lifetime):
 
     def _handle(self, peer_id: str, p: PeerState, msg: wire.Message) -> None:
         if isinstance(msg, wire.Hello):
-            p.up = True
+            # a hello revives a neighbour that left or failed, not one that went silent on us: a peer that
+            # greets in a loop and never shares costs one wait_timeout, not one per hello
+            p.up = p.up or not p.silent
             if not p.hello_sent or p.session.our_state is wire.State.NEW:
                 self._greet(p)
             self._notify()  # someone waiting for neighbours to greet
         elif isinstance(msg, wire.Knowledge):
+            if msg.round > max(self.round, self.rounds) + MAX_ROUNDS_AHEAD:
+                self._reject(peer_id, "implausible", f"{msg.kind} knowledge of round {msg.round}, more than "
+                                                     f"{MAX_ROUNDS_AHEAD} rounds past our run's end")
+                return
             if not p.inbox.add(msg):  # a difference to a frame we never got: wait for its next key frame
                 self.counters.behind += 1
                 log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
                           peer_id, msg.kind, msg.round, msg.base)
                 return
-            p.up = True
+            p.up, p.silent = True, False
             self._notify()
         elif isinstance(msg, wire.Bye):
             p.up = False

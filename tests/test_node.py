@@ -235,7 +235,8 @@ async def test_a_neighbour_going_down_does_not_stall_the_others(autojump_clock):
     assert all(r["neighbours_up"] == 2 for r in records if r["node"] == "n1")  # far from the crash
 
 
-def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record=lambda r: None, **runtime):
+def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record=lambda r: None, mode=None,
+               **runtime):
     """Node "a" (an MLP in adapter mode on synthetic data) with the given transport and neighbours."""
     data = load_source("synthetic", num_samples=200, seed=42)
     model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
@@ -245,7 +246,7 @@ def _lone_node(transport, *, rounds=1, neighbours=("b",), gossip=None, on_record
     learner = Learner(model, data.x_train, data.y_train, num_classes=data.num_classes, config=TRAIN,
                       total_steps=TRAIN.warmup_steps + rounds * TRAIN.local_steps, seed=0,
                       adapter=attach(model, "bottleneck", embed_dim=8, num_classes=data.num_classes, seed=0))
-    return assemble.make_node(scenario, plan, learner=learner, mode=make_mode("adapter"), transport=transport,
+    return assemble.make_node(scenario, plan, learner=learner, mode=mode or make_mode("adapter"), transport=transport,
                               reference=None, test=EvalData(data.x_test, data.y_test),
                               compute=SimulatedCompute(SECONDS_PER_STEP), on_record=on_record, **runtime)
 

@@ -20,6 +20,7 @@ REASONS = frozenset({
     "codec",  # unknown codec, codec we didn't offer, or a payload that isn't valid for its codec
     "refused",  # transport: a peer the node's policy does not admit (not a neighbour, not allowed)
     "flood",  # transport: too many streams or frames from one peer in a short time
+    "implausible",  # well-formed but beyond any honest value: rounds far ahead of ours, a vector far from any model
 })
 
 class ProtocolError(Exception):

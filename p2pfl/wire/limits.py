@@ -16,3 +16,5 @@ MAX_MAP_LEN = 256  # any msgpack map: messages have <= 12 keys, a status map a f
 MAX_STATUS_DEPTH = 4  # status is {"node": {"peers": [{...}]}} at most; deeper is not a status page
 MAX_STATUS_ITEMS = 10_000  # values in a whole status reply (bounds work, whatever the nesting)
 MAX_PENDING_STATUS = 16  # unanswered status requests remembered per peer; `p2pfl status` sends one
+MAX_MASS = 1e12  # push-sum mass share: each node starts with 1 and mass is conserved, so an honest share is at
+#                  most the network's node count; 1e12 keeps every sum of shares finite

@@ -39,7 +39,7 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     b     int       base            -1: the payload is the value; 0..round-1: it is a difference to
                                     add to the sender's value of that earlier round, which the
                                     receiver holds if it got every frame since (p2pfl/delta.py)
-    w     float     mass            > 0, finite: push-sum, the share of the sender's mass sent with
+    w     float     mass            0 < mass <= MAX_MASS: push-sum, the share of the sender's mass sent with
                                     this frame (1.0 where the mode does not use push-sum)
     rm    bin       row_mask        logits: b"" = every row of the slice; else ceil(rc / 8) bytes,
                                     bit i (numpy packbits order) set = slice row i is in the payload,
@@ -78,7 +78,7 @@ from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 from p2pfl.mode_facts import KNOWLEDGE_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
-    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_PARAMS,
+    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS, MAX_PARAMS,
     MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
 )
 
@@ -255,7 +255,7 @@ class Knowledge:
         _set(self, "base", _int("base", self.base, -1))
         if self.base >= self.round:
             raise LocalProtocolError("malformed", f"base {self.base} must be an earlier round than {self.round} (or -1)")
-        _set(self, "mass", _float("mass", self.mass))
+        _set(self, "mass", _float("mass", self.mass, hi=MAX_MASS))
         if self.mass <= 0:
             raise LocalProtocolError("malformed", f"mass must be > 0; got {self.mass}")
         if not isinstance(self.row_mask, bytes):

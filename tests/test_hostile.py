@@ -1,0 +1,127 @@
+"""A hostile neighbour on the memory of one node: values no honest peer sends are refused and counted,
+and none of them can crash, stall or fill the node (issue: trust no peer; liveness and resources)."""
+
+import msgpack
+import numpy as np
+import trio
+
+from p2pfl import codecs, wire
+from p2pfl.config import GossipConfig
+from p2pfl.modes import make_mode
+from tests.test_node import ScriptedTransport, _hello_of, _lone_node
+
+
+def _params(node, round_idx, values, mass=1.0, sender="evil"):
+    return wire.Knowledge(sender=sender, round=round_idx, time=0.0, kind="params", ref_start=0, ref_count=0,
+                          payload=codecs.encode(np.asarray(values, np.float32), "fp32"), label_counts=(),
+                          samples=100, val_acc=0.0, mass=mass)
+
+
+async def _run_with(node, t, peer_frames, every=1.0):
+    """Run `node` to its end while the scripted peer "evil" says hello, then frames(i) every `every` s."""
+    t.say("evil", _hello_of(node, "evil"))
+
+    async def peer():
+        for i in range(1_000):
+            await trio.sleep(every)
+            for msg in peer_frames(i):
+                t.say("evil", msg)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer)
+        async with node:
+            records = await node.run()
+        nursery.cancel_scope.cancel()
+    return records
+
+
+async def test_a_mass_share_beyond_the_wire_limit_is_refused_and_our_own_mass_stays_sendable(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=6, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0),
+                      mode=make_mode("adapter", averaging="push-sum"))
+    own = node.learner.get_flat()
+    frame = msgpack.unpackb(wire.encode(_params(node, 1, own)))
+    frame["w"] = 1e300  # finite, so only the limit stops it (it once overflowed the node's mass to inf)
+    t.inbound_send.send_nowait(("evil", msgpack.packb(frame)))
+    # then every round the largest share the wire lets through
+    records = await _run_with(node, t, lambda i: [_params(node, i + 1, own + 0.01 * i, mass=wire.MAX_MASS)])
+    assert len(records) == 6
+    assert node.counters.rejected["malformed"] == 1  # "mass must be in [.., 1e12]"
+    assert np.isfinite(node.mode.mass) and np.isfinite(node.learner.get_flat()).all()
+    assert node.counters.send_failures == 0  # every share we sent was one the wire accepts
+
+
+async def test_a_vector_far_from_any_model_is_refused_and_never_averaged_in(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=4, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    own = node.learner.get_flat()
+    records = await _run_with(node, t, lambda i: [_params(node, i + 1, own * 1e36)])
+    flat = node.learner.get_flat()
+    assert np.isfinite(flat).all() and np.abs(flat).max() < 1e3
+    assert node.counters.rejected["implausible"] >= 3 and len(records) == 4
+    assert all(r["contributors"] == 0 for r in records)
+
+
+async def test_a_round_far_past_the_run_is_refused_and_honest_frames_after_it_still_count(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=4, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    own = node.learner.get_flat()
+
+    def frames(i):
+        return [_params(node, wire.MAX_INT, own)] if i == 0 else [_params(node, i, own + 0.001)]
+
+    records = await _run_with(node, t, frames)
+    assert node.counters.rejected["implausible"] == 1
+    assert node.status()["neighbours"]["evil"]["round"] < 10  # status never shows the lie
+    assert any(r["contributors"] == 1 for r in records)
+
+
+async def test_a_peer_naming_a_new_slice_in_every_frame_cannot_grow_our_memory(autojump_clock):
+    from p2pfl.data import ReferenceSpec, build_reference
+
+    t = ScriptedTransport()
+    # a logits node: reference of 400 rows in slices of 100 (4 slices: honest rotation needs <= 8 streams)
+    node2 = _logits_node(t, build_reference(ReferenceSpec(source="synthetic", size=400, slice_size=100)), make_mode)
+    c = node2.learner.num_classes
+
+    def frames(i):
+        return [wire.Knowledge(sender="evil", round=1, time=0.0, kind="logits", ref_start=(7 * i + j) % 399,
+                               ref_count=1 + (i + j) % 50, payload=codecs.encode(
+                                   np.zeros((1 + (i + j) % 50, c), np.float32), "fp32"),
+                               label_counts=(), samples=10, val_acc=0.0) for j in range(20)]
+
+    await _run_with(node2, t, frames, every=0.05)
+    inbox = node2.peers["evil"].inbox
+    assert inbox.streams <= inbox.max_streams == 2 * 4 + 8
+
+
+def _logits_node(t, reference, make_mode):
+    from p2pfl import assemble
+    from p2pfl.config import NodeProfile, Scenario
+    from p2pfl.data import load_source
+    from p2pfl.learner import Learner
+    from p2pfl.models import build_model
+    from p2pfl.node import EvalData
+    from p2pfl.sim import SimulatedCompute
+    from tests.test_node import TRAIN
+
+    data = load_source("synthetic", num_samples=200, seed=42)
+    model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
+    scenario = Scenario(mode="logits", rounds=3, gossip=GossipConfig(wait_timeout=1.0))
+    plan = assemble.node_plan(scenario, 0, "a", NodeProfile(name="mlp", arch="mlp"), np.arange(len(data.y_train)),
+                              {"evil": 0.5})
+    learner = Learner(model, data.x_train, data.y_train, num_classes=data.num_classes, config=TRAIN,
+                      total_steps=100, seed=0)
+    return assemble.make_node(scenario, plan, learner=learner, mode=make_mode("logits"), transport=t,
+                              reference=reference, test=EvalData(data.x_test, data.y_test),
+                              compute=SimulatedCompute(0.1))
+
+
+async def test_a_peer_that_greets_in_a_loop_and_never_shares_costs_one_wait(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=6, neighbours=("evil",), gossip=GossipConfig(wait_timeout=5.0))
+    hello = _hello_of(node, "evil")
+    records = await _run_with(node, t, lambda i: [hello], every=0.25)
+    waited = [r["waited"] for r in records]
+    assert sum(w >= 5.0 - 1e-6 for w in waited) == 1, waited  # one wait_timeout, then it is silent
+    assert len(records) == 6
