@@ -39,6 +39,7 @@ BYE_TIMEOUT_S = 3.0  # all byes together; a stopping node must exit within secon
 # A frame more than this many rounds past the end of our own run is no honest peer's: a round of 2^63-1
 # would otherwise stay a peer's "newest" knowledge forever and hide everything it says after it
 MAX_ROUNDS_AHEAD = 1_000
+MAX_QUEUED_REPLIES = wire.MAX_PENDING_STATUS  # status replies waiting for one peer's sender
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
 
@@ -73,9 +74,17 @@ class SendQueue:
         self._idle = trio.Event()
         self._idle.set()
 
-    def put_control(self, item: Pending) -> None:
+    def put_control(self, item: Pending) -> Pending | None:
+        """Queue a session message; returns one it displaced: a hello replaces a hello still waiting (a
+        peer re-greeting in a loop cannot pile ours up), and past MAX_QUEUED_REPLIES status replies
+        the oldest goes (a peer that asks and never reads cannot fill our memory)."""
+        same = [c for c in self.control if c.kind == item.kind]
+        old = same[0] if item.kind == "hello" and same or len(same) >= MAX_QUEUED_REPLIES else None
+        if old is not None:
+            self.control.remove(old)
         self.control.append(item)
         self._wake()
+        return old
 
     def put_last(self, item: Pending) -> None:
         self.last = item
@@ -370,8 +379,9 @@ class Node(Lifetime):
                 self.counters.superseded += 1
         elif isinstance(msg, wire.Bye):  # after what is queued; nothing may follow it on the wire
             p.queue.put_last(item)
-        else:
-            p.queue.put_control(item)
+        elif (displaced := p.queue.put_control(item)) is not None:
+            self._unsent(displaced)
+            self.counters.superseded += 1
 
     def _unsent(self, item: Pending) -> None:
         self.counters.bytes_out -= len(item.data)

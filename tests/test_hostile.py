@@ -1,6 +1,8 @@
 """A hostile neighbour on the memory of one node: values no honest peer sends are refused and counted,
 and none of them can crash, stall or fill the node (issue: trust no peer; liveness and resources)."""
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 import trio
@@ -125,3 +127,23 @@ async def test_a_peer_that_greets_in_a_loop_and_never_shares_costs_one_wait(auto
     waited = [r["waited"] for r in records]
     assert sum(w >= 5.0 - 1e-6 for w in waited) == 1, waited  # one wait_timeout, then it is silent
     assert len(records) == 6
+
+
+async def test_a_peer_that_asks_and_never_reads_cannot_pile_up_our_replies(autojump_clock):
+    async def never_returns(peer, kind):
+        if kind != "hello":
+            await trio.sleep_forever()
+
+    t = ScriptedTransport(never_returns)
+    node = _lone_node(t, rounds=3, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    hello = _hello_of(node, "evil")
+
+    def frames(i):  # re-greets with a new incarnation (a new session each time) and asks for status
+        return [replace(hello, incarnation=100 + i), *(wire.StatusRequest(nonce=50 * i + j) for j in range(40))]
+
+    records = await _run_with(node, t, frames, every=0.5)
+    queue = node.peers["evil"].queue
+    assert len(records) == 3
+    assert len(queue.control) <= 1 + wire.MAX_PENDING_STATUS  # one hello at most, and a bounded few replies
+    assert sum(c.kind == "hello" for c in queue.control) <= 1
+    assert node.counters.superseded > 0
