@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 
 CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned")  # consensus.teacher; BENCHMARKS.md compares them
 ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node may speak about some rows only
+# consensus defences (consensus.py): "claims" scales a neighbour's label counts down to at most CLAIM_FACTOR
+# times the larger of our own total and the neighbourhood's median, so a claim of 10^15 samples cannot
+# outweigh the honest evidence
+DEFENCES = ("none", "claims")
 REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
@@ -186,6 +190,7 @@ class GossipConfig:
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
+    defence: str = "none"  # DEFENCES; "none" until the robustness benchmark says what a default costs
 
     def __post_init__(self):
         _check(self.consensus in CONSENSUS_RULES,
@@ -215,6 +220,7 @@ class GossipConfig:
         _at_least(self, "gossip.", 1, "key_every")
         _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness")
         _positive(self, "gossip.", "wait_timeout")
+        _check(self.defence in DEFENCES, f"gossip.defence = {self.defence!r}; choose one of: {', '.join(DEFENCES)}")
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,60 @@ class NodeProfile:
             _check_codec("codec", self.codec)
 
 
+# What an attacking node can put in its frames (p2pfl/attacks.py does it); kinds combine with "+",
+# e.g. shift+inflate: a confident wrong class on every row, claimed with 10,000 samples per class
+LOGIT_ATTACKS = ("shift", "uniform", "invert", "reorder", "scale", "replay", "echo", "inflate")
+PARAM_ATTACKS = ("sign-flip", "gaussian", "huge", "alie", "ipm")
+ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS
+
+
+def parse_attack(text: str) -> tuple[str, ...]:
+    """'shift+inflate' -> ("shift", "inflate"); ValueError names the kinds."""
+    kinds = tuple(text.split("+"))
+    if not text or any(k not in ATTACKS for k in kinds):
+        raise ValueError(f"{text!r}: expected one or more of {', '.join(ATTACKS)} joined by +, e.g. shift+inflate")
+    return kinds
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One [[attack]] table: which nodes lie, what they put in their frames, from which round."""
+
+    kind: str = "shift"  # ATTACKS, joined by + (logits attacks in logits/hybrid mode, parameter ones in the others)
+    count: int = 0  # this many nodes (a seeded choice) ...
+    fraction: float = 0.0  # ... or this share of the nodes, rounded (at least one) ...
+    nodes: tuple[int, ...] = ()  # ... or these node indices
+    start: int = 0  # the first round whose knowledge is a lie (0: from the first)
+    strength: float = 0.0  # the attack's parameter (scale, noise, z, claimed count); 0: its default
+
+    def __post_init__(self):
+        try:
+            parse_attack(self.kind)
+        except ValueError as e:
+            raise ConfigError(f"attack.kind = {e}") from None
+        chosen = [bool(self.count), bool(self.fraction), bool(self.nodes)]
+        _check(sum(chosen) == 1, f"attack: give exactly one of count, fraction or nodes (got count = {self.count}, "
+                                 f"fraction = {self.fraction}, nodes = {list(self.nodes)}), e.g. count = 3")
+        _check(self.count >= 0 and 0.0 <= self.fraction < 1.0 and all(i >= 0 for i in self.nodes),
+               f"attack: count >= 0, 0 <= fraction < 1 and node indices >= 0; got {self.count}, {self.fraction}, "
+               f"{list(self.nodes)}")
+        _check(self.start >= 0 and self.strength >= 0, f"attack: start = {self.start} and strength = "
+                                                        f"{self.strength} must be >= 0")
+
+
+def parse_attack_option(text: str) -> dict[str, Any]:
+    """--attack KIND:N: N nodes (an int) or that share of them (a float below 1), e.g. shift:3, uniform:0.2."""
+    kind, _, n = text.partition(":")
+    try:
+        amount = float(n or "1")
+    except ValueError:
+        amount = -1.0
+    if amount <= 0 or amount >= 1 and amount != int(amount):
+        raise ConfigError(f"--attack {text!r}: expected KIND:N (N attacking nodes) or KIND:F (a share, 0 < F < 1), "
+                          f"e.g. --attack shift:3")
+    return {"kind": kind, "count": int(amount)} if amount >= 1 else {"kind": kind, "fraction": amount}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str = "quickstart"
@@ -294,6 +354,7 @@ class Scenario:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    attack: tuple[AttackConfig, ...] = ()  # [[attack]] tables: nodes that lie (simulations and drills)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -396,6 +457,8 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+            if dataclasses.is_dataclass(item):  # an array of tables, such as [[attack]]
+                return tuple(build(item, v, where, f"{key}[{i}].") for i, v in enumerate(value))
             return tuple(_coerce(v, item, where, f"{key}[{i}]") for i, v in enumerate(value))
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
@@ -445,6 +508,8 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def parse_key_value(key: str, text: str, hints: dict[str, Any]) -> Any:
     """One scenario key's value from the command line (`hints`: flat_keys() as a dict)."""
+    if key == "attack" and not text.startswith("["):
+        return [parse_attack_option(text)]
     if typing.get_origin(hints.get(key)) is tuple and not text.startswith("["):
         return [v.strip() for v in text.split(",") if v.strip()]
     return parse_value(text)
@@ -501,6 +566,9 @@ _ACCEPTS = {
     "network.loss": "0 .. 1",
     "gossip.floor": "0 .. 1",
     "train.min_lr_ratio": "0 .. 1 (1: constant rate)",
+    "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes = ..., start, "
+              "strength}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
+    "gossip.defence": " | ".join(DEFENCES),
 }
 
 

@@ -98,6 +98,7 @@ class Frame:
     rows: np.ndarray | None = None  # slice rows `array` holds (None: all)
     keeps: int = -1  # the earlier round whose frame about this slice holds the other rows (-1: none)
     mass: float | None = None  # push-sum: the node's mass, of which each peer gets its weight's share
+    label_counts: tuple[int, ...] | None = None  # the claim it carries (None: the node's own counts)
 
     @property
     def row_mask(self) -> bytes:
@@ -216,6 +217,12 @@ class Outbox:
         return Share(self, round_idx, time, [self._frame(out, round_idx) for out in outgoing], drift)
 
     def _frame(self, out: Outgoing, round_idx: int) -> Frame:
+        frame = self._rows(out, round_idx)
+        if out.label_counts is None:
+            return frame
+        return replace(frame, label_counts=tuple(int(c) for c in out.label_counts))
+
+    def _rows(self, out: Outgoing, round_idx: int) -> Frame:
         if out.kind != "logits":
             return Frame(out.kind, out.array, out.ref_start, out.ref_count, mass=out.mass)
         if self._select == "changed":
@@ -250,10 +257,11 @@ class Outbox:
             payload, base = encoder.encode(f.array, round_idx)
         else:
             payload, base = encode(f.array, codec), -1
+        counts = self.label_counts if f.label_counts is None else f.label_counts
         return wire.Knowledge(
             sender=self.node_id, round=round_idx, time=time, kind=f.kind, ref_start=f.ref_start,
-            ref_count=f.ref_count, payload=payload, label_counts=self.label_counts,
-            samples=sum(self.label_counts), val_acc=0.0, base=base, row_mask=mask, keeps=f.keeps)
+            ref_count=f.ref_count, payload=payload, label_counts=counts,
+            samples=sum(counts), val_acc=0.0, base=base, row_mask=mask, keeps=f.keeps)
 
     # -- push-sum mass that did not go out ----------------------------------------------------------
     def reclaim(self, share: float | None) -> None:

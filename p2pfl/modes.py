@@ -16,7 +16,7 @@ import torch
 
 from p2pfl.averaging import mix, push_sum
 from p2pfl.config import AVERAGING, AdapterConfig, GossipConfig
-from p2pfl.consensus import Contribution, normalize_logits, teacher, total_variation
+from p2pfl.consensus import Contribution, bound_claims, normalize_logits, teacher, total_variation
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.mode_facts import MODE_FACTS
@@ -31,6 +31,7 @@ class Outgoing:
     ref_start: int = 0
     ref_count: int = 0
     mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
+    label_counts: np.ndarray | None = None  # what the frame claims of the sender's data (None: the truth)
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,11 @@ class LogitsMode(Mode):
         stale, moves = [], []
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
-            theirs = [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
+            contribs = [own] + [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
+            if ctx.gossip.defence == "claims":
+                contribs = bound_claims(contribs)
             rows = ctx.reference.rows(start, count)
-            new = teacher([own, *theirs], rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
+            new = teacher(contribs, rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
                           reliability=ctx.gossip.reliability)
             again = self._taught[rows] >= 0
             moves.append(total_variation(new[again], self._table[rows[again]]))

@@ -165,7 +165,8 @@ class Node(Lifetime):
                  rounds: int, gossip: GossipConfig, compute: Compute, codec: str = "auto", params_codec: str = "",
                  on_record: Callable[[dict], None] = lambda record: None, eval_every: int = 1,
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False,
-                 profile: str = "", status_extra: dict[str, Any] | None = None, min_peers: int = 0,
+                 profile: str = "", status_extra: dict[str, Any] | None = None,
+                 record_extra: dict[str, Any] | None = None, min_peers: int = 0,
                  start_timeout: float = 60.0, say: Callable[[str], None] | None = None):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
         # incarnation: new per process start, so neighbours notice a restart (random if None).
@@ -189,6 +190,7 @@ class Node(Lifetime):
         self.eval_every = eval_every
         self.round = start_round
         self.status_extra = dict(status_extra or {})  # what the process adds to status (name, addresses)
+        self.record_extra = dict(record_extra or {})  # what every record says besides (a simulated attacker's kind)
         self.min_peers = min_peers
         self.start_timeout = start_timeout
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
@@ -272,7 +274,7 @@ class Node(Lifetime):
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
-            }
+            } | self.record_extra
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
                 record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}

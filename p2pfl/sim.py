@@ -30,7 +30,8 @@ import trio.testing
 
 from p2pfl import assemble
 from p2pfl.assemble import NodePlan
-from p2pfl.config import Scenario
+from p2pfl.attacks import Attacker, attackers
+from p2pfl.config import AttackConfig, Scenario
 from p2pfl.data.reference import Reference
 from p2pfl.data.sources import Dataset
 from p2pfl.files import atomic_write_text, fresh_dir
@@ -119,6 +120,7 @@ class Built:
     reference: Reference | None
     plans: list[NodePlan]
     learners: list[Learner]
+    attackers: dict[int, AttackConfig] = field(default_factory=dict)  # node index -> the lie it tells
 
 
 @dataclass
@@ -154,14 +156,15 @@ class Simulation:
         self.scenario = scenario
         self.run_root = Path(run_dir) if run_dir is not None else None
         self.on_record = on_record or (lambda record: None)
-        self.make_mode = make_mode or (lambda plan: assemble.mode(scenario, "metropolis"))
+        self.make_mode = make_mode
 
     def build(self) -> Built:
         s = self.scenario
         data, reference = assemble.data_and_reference(s)
         graph = assemble.topology(s)
         plans = assemble.plans(s, data, graph)
-        return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans])
+        return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans],
+                     attackers(s, graph.n))
 
     def run(self) -> SimulationResult:
         s = self.scenario
@@ -200,10 +203,14 @@ class Simulation:
                     for plan, learner in zip(plans, learners):
                         compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
                                                    jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-                        modes.append(self.make_mode(plan))
+                        attack = built.attackers.get(plan.index)
+                        modes.append(self.make_mode(plan) if self.make_mode else assemble.mode(s, "metropolis"))
+                        if attack is not None:  # a liar: it learns as its mode does, and lies in its frames
+                            modes[-1] = Attacker(modes[-1], attack, seed=s.seed * 7_919 + plan.index)
                         nodes.append(assemble.make_node(
                             s, plan, learner=learner, mode=modes[-1], transport=network.endpoint(plan.node_id),
-                            reference=built.reference, test=test, compute=compute, on_record=on_record))
+                            reference=built.reference, test=test, compute=compute, on_record=on_record,
+                            record_extra={"attacker": attack.kind} if attack else {}))
                         nursery.start_soon(run_node, nodes[-1])
 
         async def run_node(node: Node) -> None:
@@ -239,6 +246,11 @@ class Simulation:
                 4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
             "scenario": dataclasses.asdict(s),
         }
+        if built.attackers:  # honest nodes' numbers apart: what the attack cost them
+            honest = summarize([r for r in records if "attacker" not in r], rounds=summary.get("rounds", s.rounds),
+                               wire_bytes=0)
+            summary |= {"attackers": {plans[i].node_id: a.kind for i, a in sorted(built.attackers.items())},
+                        "honest": {k: honest[k] for k in ("nodes", "global", "personal", "per_arch") if k in honest}}
         if interrupted:
             summary |= {"partial": True, "rounds_reached": reached,
                         "rounds_done_by_all": min(_last_rounds(records, plans), default=0)}

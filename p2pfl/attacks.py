@@ -1,0 +1,168 @@
+"""Attacks as a liar mounts them: an attacking node learns like an honest one, then lies in its frames.
+
+`Attacker` wraps the node's honest mode: it trains and absorbs as that mode does (so its lies can be
+informed by what it hears), and rewrites what the mode shares before the node's Outbox encodes it. A
+lie therefore crosses the same wire, codecs and session rules as honest knowledge, and no honest
+node's code knows that attacks exist. Which nodes lie is scenario data (`[[attack]]`, `attackers`).
+
+Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a flat vector:
+
+    shift      all mass on each row's least likely class (LMA-style; the attacker's own view of it)
+    uniform    no opinion on any row
+    invert     the ranking reversed (logits negated)
+    reorder    the confidences reassigned in reverse rank order (FDLA)
+    scale      logits times `strength` (default 10)
+    replay     its first frame, resent every round (stale knowledge, an old slice)
+    echo       a free-rider: the consensus it was taught, sent back as its own
+    inflate    honest logits, but label counts of `strength` (default 10,000) per class
+    sign-flip  -x;  gaussian: noise of std `strength` (default 1);  huge: x * `strength` (default 1e36)
+    alie       the neighbours' mean + z std (z = `strength`, default 1; "a little is enough")
+    ipm        -eps times the neighbours' mean (eps = `strength`, default 0.5; inner-product manipulation)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from p2pfl.config import LOGIT_ATTACKS, AttackConfig, Scenario, parse_attack
+from p2pfl.consensus import normalize_logits
+from p2pfl.modes import Mode, NodeContext, Outgoing, Received, Teaching
+
+
+def attackers(s: Scenario, n: int) -> dict[int, AttackConfig]:
+    """Node index -> the attack it mounts: each [[attack]] table's nodes, a count or share chosen with the
+    scenario seed among nodes no earlier table took."""
+    rng = np.random.default_rng([s.seed, 7_001])
+    free = [int(i) for i in rng.permutation(n)]
+    out: dict[int, AttackConfig] = {}
+    for a in s.attack:
+        chosen = list(a.nodes) if a.nodes else free[: a.count or max(1, round(a.fraction * n))]
+        bad = [i for i in chosen if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"attack.nodes: {bad} are not node indices of a {n}-node topology (0..{n - 1})")
+        out |= {i: a for i in chosen}
+        free = [i for i in free if i not in out]
+    return out
+
+
+class Attacker(Mode):
+    """`honest`'s learning, and `attack`'s lies in what it shares from round `attack.start` on."""
+
+    def __init__(self, honest: Mode, attack: AttackConfig, seed: int = 0):
+        self.honest = honest
+        self.attack = attack
+        self.kinds_of_lie = parse_attack(attack.kind)
+        self.name, self.kinds = honest.name, honest.kinds
+        self._rng = np.random.default_rng(seed)
+        self._heard: list[Received] = []  # what the neighbours said last round (alie, ipm)
+        self._first: dict[str, Outgoing] = {}  # replay: the first frame of each kind
+
+    def warmup(self, ctx: NodeContext) -> Teaching:
+        return self.honest.warmup(ctx)
+
+    def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
+        return self.honest.train(ctx, teaching, steps)
+
+    def absorb(self, ctx: NodeContext, inbox: list[Received], round_idx: int) -> Teaching:
+        self._heard = inbox
+        return self.honest.absorb(ctx, inbox, round_idx)
+
+    def share(self, ctx: NodeContext, round_idx: int) -> list[Outgoing]:
+        honest = self.honest.share(ctx, round_idx)
+        for out in honest:
+            self._first.setdefault(out.kind, out)
+        if round_idx < self.attack.start:
+            return honest
+        return [self._lie(ctx, out) for out in honest]
+
+    def state(self):
+        return self.honest.state()
+
+    def reclaim(self, mass: float) -> None:
+        self.honest.reclaim(mass)
+
+    def load_state(self, state) -> None:
+        self.honest.load_state(state)
+
+    # -- the lies ------------------------------------------------------------------------------------
+    def _lie(self, ctx: NodeContext, out: Outgoing) -> Outgoing:
+        for kind in self.kinds_of_lie:
+            if (kind in LOGIT_ATTACKS) == (out.kind == "logits"):  # each lie applies to its kind of payload
+                out = getattr(self, "_" + kind.replace("-", "_"))(ctx, out)
+        return out
+
+    def _strength(self, default: float) -> float:
+        return self.attack.strength or default
+
+    @staticmethod
+    def _span(ctx: NodeContext, z: np.ndarray) -> tuple[float, float]:
+        """The lowest and highest value an honest frame holds (normalized logits span the logit range)."""
+        half = ctx.gossip.logit_range / 2
+        return (-half, half) if half > 0 else (float(z.min()), float(z.max()))
+
+    def _shift(self, ctx, out):
+        lo, hi = self._span(ctx, out.array)
+        target = out.array.argmin(axis=1)  # the class its own model finds least likely, per row
+        z = np.full_like(out.array, lo)
+        z[np.arange(len(z)), target] = hi
+        return replace(out, array=z)
+
+    def _uniform(self, ctx, out):
+        return replace(out, array=np.zeros_like(out.array))
+
+    def _invert(self, ctx, out):
+        return replace(out, array=-out.array)
+
+    def _reorder(self, ctx, out):
+        order = np.argsort(out.array, axis=1)  # ascending: the least likely class first
+        z = np.empty_like(out.array)
+        rows = np.arange(len(z))[:, None]
+        z[rows, order] = np.sort(out.array, axis=1)[:, ::-1]  # the largest value to the least likely class
+        return replace(out, array=z)
+
+    def _scale(self, ctx, out):
+        return replace(out, array=(out.array * self._strength(10.0)).astype(np.float32))
+
+    def _replay(self, ctx, out):
+        return self._first[out.kind]
+
+    def _echo(self, ctx, out):
+        table, taught = getattr(self.honest, "taught", (None, None))
+        rows = ctx.reference.rows(out.ref_start, out.ref_count)
+        if table is None or (taught[rows] < 0).any():
+            return self._uniform(ctx, out)
+        logp = np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)
+        return replace(out, array=normalize_logits(logp, ctx.gossip.logit_range))
+
+    def _inflate(self, ctx, out):
+        claim = self._strength(10_000.0)
+        return replace(out, label_counts=np.full(ctx.learner.num_classes, int(claim), dtype=np.int64))
+
+    def _sign_flip(self, ctx, out):
+        return replace(out, array=-out.array)
+
+    def _gaussian(self, ctx, out):
+        noise = self._rng.normal(0.0, self._strength(1.0), size=out.array.shape)
+        return replace(out, array=noise.astype(np.float32))
+
+    def _huge(self, ctx, out):
+        return replace(out, array=(out.array.astype(np.float64) * self._strength(1e36)).astype(np.float32))
+
+    def _neighbours(self, out: Outgoing) -> np.ndarray | None:
+        heard = [r.array for r in self._heard if r.kind == out.kind and r.array.shape == out.array.shape]
+        return np.stack(heard).astype(np.float64) if heard else None
+
+    def _alie(self, ctx, out):
+        heard = self._neighbours(out)
+        if heard is None:
+            return out
+        z = self._strength(1.0)
+        return replace(out, array=(heard.mean(axis=0) + z * heard.std(axis=0)).astype(np.float32))
+
+    def _ipm(self, ctx, out):
+        heard = self._neighbours(out)
+        if heard is None:
+            return out
+        return replace(out, array=(-self._strength(0.5) * heard.mean(axis=0)).astype(np.float32))
