@@ -1,0 +1,92 @@
+"""Robustness: honest nodes' accuracy with attackers among them, with and without a defence.
+
+    python scripts/bench_robustness.py                                        # the default grid
+    python scripts/bench_robustness.py --rounds 15 --attacks shift+inflate invert --shares 0.2 --defences none claims
+
+For each attack x attacker share x defence: the scenario (default the quickstart) with that share of
+its nodes attacking (`[[attack]]`, a seeded choice), and the honest nodes' final personal and global
+means and worst decile; share 0 is the clean run of each defence. Writes
+scripts/results/bench_robustness.json and a table in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from p2pfl import shipped  # noqa: E402
+from p2pfl.config import load_scenario, parse_sets  # noqa: E402
+from p2pfl.files import atomic_write_text  # noqa: E402
+from p2pfl.sim import Simulation  # noqa: E402
+
+
+def run(scenario_path, overrides: dict, attack: str | None, share: float, defence: str) -> dict:
+    over = overrides | {"gossip.defence": defence}
+    if attack and share > 0:
+        over["attack"] = [{"kind": attack, "fraction": share}]
+    s = load_scenario(scenario_path, over)
+    result = Simulation(s, run_dir=None).run()
+    honest = result.summary.get("honest", result.summary)
+    final = {}  # each node's last global accuracy, to compare the same honest nodes with the clean run
+    for r in result.records:
+        if "global_acc" in r:
+            final[r["node"]] = r["global_acc"]
+    return {"attack": attack if share > 0 else "none", "share": share, "defence": defence,
+            "attackers": sorted(result.summary.get("attackers", {})),
+            "personal": honest["personal"]["mean"], "global": honest["global"]["mean"],
+            "personal_worst10": honest["personal"]["worst_decile"], "global_worst10": honest["global"]["worst_decile"],
+            "wall_s": result.summary["wall_time_s"], "final_global": final}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", nargs="?", default=None, help="scenario (default: the quickstart)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--attacks", nargs="+", default=["shift+inflate", "shift", "uniform", "invert", "reorder",
+                                                     "scale", "replay", "echo", "inflate"])
+    ap.add_argument("--shares", nargs="+", type=float, default=[0.1, 0.2, 0.3])
+    ap.add_argument("--defences", nargs="+", default=["none", "claims"])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_robustness.json"))
+    args = ap.parse_args()
+    path = shipped.scenario(args.scenario)
+    overrides = parse_sets(args.set) | {"rounds": args.rounds}
+    rows = []
+    for defence in args.defences:
+        rows.append(run(path, overrides, None, 0.0, defence))
+        print(json.dumps(rows[-1]), flush=True)
+        for attack in args.attacks:
+            for share in args.shares:
+                rows.append(run(path, overrides, attack, share, defence))
+                print(json.dumps(rows[-1]), flush=True)
+    command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
+    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
+           "scenario": str(path), "rounds": args.rounds, "rows": rows}
+    atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
+    clean = {r["defence"]: r["final_global"] for r in rows if r["attack"] == "none"}
+    for r in rows:  # the same honest nodes in the clean run of the same defence, and in the undefended clean run
+        same = [n for n in r["final_global"] if n not in r["attackers"]]
+        r["vs_clean"] = sum(r["final_global"][n] - clean[r["defence"]][n] for n in same) / len(same)
+        r["vs_undefended_clean"] = sum(r["final_global"][n] - clean["none"][n] for n in same) / len(same) \
+            if "none" in clean else None
+    atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
+    table = [f"| {out['date']} | {Path(str(path)).stem}, {args.rounds} rounds | {r['attack']} | {r['share']:.0%} "
+             f"| {r['defence']} | {r['personal']:.3f} | {r['global']:.3f} | {r['vs_clean']:+.3f} "
+             f"| {r['global_worst10']:.3f} |" for r in rows]
+    add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_robustness rows -->",
+             "### Robustness (`scripts/bench_robustness.py`): honest nodes only\n\n"
+             f"Machine: {machine()}. Command: `{command}`.\n\n"
+             "| date | scenario | attack | attackers | defence | personal | global | global vs clean (same nodes) | "
+             "global worst 10% |\n|---|---|---|---|---|---|---|---|---|", table)
+    print(f"wrote {args.out} and a table in BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
