@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2pfl import shipped
-from p2pfl.config import TOPOLOGY_GENERATORS, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
+from p2pfl.config import TOPOLOGY_GENERATORS, AttackConfig, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
 from p2pfl.files import atomic_write_text
 from p2pfl.mode_facts import MODES
 
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "answered (default: all of --peers, at least 1)")
     node.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
                       help="... for at most S seconds, then train with whoever answers (default 60)")
+    node.add_argument("--attack", metavar="KIND", help="a drill: this node lies to its neighbours (kinds as in "
+                      "[[attack]], e.g. shift+inflate); refused without --attack-drill")
+    node.add_argument("--attack-drill", action="store_true", help="confirm --attack: this node is a test liar")
     node.add_argument("--state-dir", required=True, metavar="DIR", help="identity, checkpoint and metrics (reuse it to resume)")
     node.add_argument("--psk-file", metavar="PATH", help="pre-shared key of a private network (make one with `p2pfl psk`)")
     node.add_argument("--allow", metavar="PATH", help="file of peer ids (one per line) that may connect besides --peers")
@@ -315,12 +318,16 @@ def cmd_node(args: argparse.Namespace) -> int:
         resolve_profile(args.profile)  # a bad profile is an error now, not inside the running node
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.attack and not args.attack_drill:
+        raise UsageError(f"--attack {args.attack}: this node would lie to its neighbours; it is for testing "
+                         f"defences: add --attack-drill to confirm")
     cfg = RealNodeConfig(
         scenario=scenario, shard=shard, shards=shards, state_dir=Path(args.state_dir).expanduser(),
         listen=args.listen, peers=tuple(args.peers), profile=args.profile,
         psk=read_psk(Path(args.psk_file)) if args.psk_file else None,
         policy=Policy(allow=read_allowlist(Path(args.allow)) if args.allow else frozenset(), accept_any=args.accept_any),
         name=args.name, min_peers=args.min_peers, start_timeout=args.start_timeout,
+        attack=AttackConfig(kind=args.attack, count=1) if args.attack else None,
     )
     if args.min_peers is not None and args.min_peers < 0 or args.start_timeout <= 0:
         raise UsageError(f"--min-peers {args.min_peers} / --start-timeout {args.start_timeout}: need N >= 0 and S > 0, "

@@ -3,6 +3,7 @@
 Every address is loopback; every process a test starts is stopped by `Launch.__exit__`.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -310,6 +311,31 @@ def test_knowledge_crosses_the_wire_and_accuracy_rises(ring_run):
         assert max(r["contributors"] for r in records) >= 2  # taught by both neighbours at some round
     curve = summary["curve"]
     assert curve[-1]["global"] > curve[0]["global"] + 0.05, curve
+
+
+def test_a_liar_joins_a_ring_of_real_processes_and_nobody_crashes(cache, tmp_path):
+    # four `p2pfl node` processes on a ring; n2 is a drill liar (a confident wrong class on every row,
+    # claimed with 10,000 samples per class) that the honest nodes running the claims defence hear
+    topo = Topology.from_graph("ring-4", make_topology("ring", 4))
+    port = 20_000 + (os.getpid() + 7) % 20_000
+    sets = TINY_SETS + ("gossip.defence=claims",)
+    plans = plan_nodes(topo, tmp_path, rounds=4, overrides=sets, base_port=port)
+    liar = plans[2]
+    plans[2] = dataclasses.replace(liar, argv=liar.argv + ("--attack", "shift+inflate", "--attack-drill"))
+    with Launch(plans) as launch:
+        launch.wait(timeout=240)
+    assert launch.exit_codes() == {p.name: 0 for p in plans}, [
+        (p.state_dir / "node.log").read_text()[-2000:] for p in plans]
+    assert all(r["attacker"] == "shift+inflate" for r in node_records(liar))
+    for honest in (plans[1], plans[3]):  # the liar's neighbours heard it and went on
+        records = node_records(honest)
+        assert records[-1]["round"] == 4 and "attacker" not in records[-1]
+        assert max(r["contributors"] for r in records) >= 2
+
+
+def test_a_node_lies_only_in_a_drill(capsys):
+    assert cli.main(["node", "--attack", "shift", "--state-dir", "unused"]) == 2
+    assert "add --attack-drill to confirm" in capsys.readouterr().err
 
 
 def test_restarted_node_resumes_from_its_checkpoint(ring_run):
