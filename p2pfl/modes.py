@@ -16,7 +16,7 @@ import torch
 
 from p2pfl.averaging import mix, push_sum
 from p2pfl.config import AVERAGING, AdapterConfig, GossipConfig
-from p2pfl.consensus import Contribution, bound_claims, normalize_logits, teacher, total_variation
+from p2pfl.consensus import Contribution, agreement, bound_claims, normalize_logits, teacher, total_variation
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.mode_facts import MODE_FACTS
@@ -63,6 +63,9 @@ class Teaching:
     # teacher of the same reference rows (None until a slice comes round again); adaptive bit width reads it
     drift: float | None = None
     refused: list[str] = field(default_factory=list)  # senders whose knowledge was refused as implausible
+    # logits: per sender, the share of rows where its top class matched the others' pool (what
+    # gossip.reliability weighs by; a liar's is low), for status and metrics
+    agreement: dict[str, float] = field(default_factory=dict)
 
 
 # A neighbour's parameter vector farther from ours than this many times our own norm (+1) is no model
@@ -179,7 +182,7 @@ class LogitsMode(Mode):
         if self._table is None:
             self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
             self._taught = np.full(ctx.reference.size, -1, dtype=np.int64)
-        stale, moves = [], []
+        stale, moves, agreed = [], [], {}
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             contribs = [own] + [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
@@ -196,6 +199,8 @@ class LogitsMode(Mode):
                 spoken[slice(None) if r.rows is None else r.rows] = True
             self._taught[rows[spoken]] = round_idx
             stale += [round_idx - 1 - r.round for r in received]
+            agreed |= {r.sender: a for r, a in zip(received, agreement(contribs, ctx.gossip.floor)[1:])
+                       if not np.isnan(a)}
         self._own.clear()  # training is about to change the model
         if not groups:
             return Teaching(drift=self._drift)
@@ -203,7 +208,7 @@ class LogitsMode(Mode):
         self._drift = float(moved.mean()) if moved.size else None
         rows = np.flatnonzero(self._taught >= round_idx - ctx.gossip.teacher_memory)
         return Teaching(torch.from_numpy(ctx.reference.x[rows]), torch.from_numpy(self._table[rows]),
-                        contributors=len(inbox), staleness=stale, drift=self._drift)
+                        contributors=len(inbox), staleness=stale, drift=self._drift, agreement=agreed)
 
     def _own_logits(self, ctx, start, count):
         key = (start, count)

@@ -40,6 +40,7 @@ BYE_TIMEOUT_S = 3.0  # all byes together; a stopping node must exit within secon
 # would otherwise stay a peer's "newest" knowledge forever and hide everything it says after it
 MAX_ROUNDS_AHEAD = 1_000
 MAX_QUEUED_REPLIES = wire.MAX_PENDING_STATUS  # status replies waiting for one peer's sender
+TRUST_MEMORY = 0.7  # a neighbour's trust: this much of the old value, the rest this round's agreement
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
 
@@ -138,6 +139,7 @@ class PeerState:
     silent: bool = False  # it timed out while we waited: only knowledge (not a hello) counts it as up again
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
+    trust: float | None = None  # how often its predictions agree with the others' (a running mean; None: unknown)
     queue: SendQueue = field(default_factory=SendQueue)
 
 
@@ -257,6 +259,9 @@ class Node(Lifetime):
             self._take_back_mass()
             teaching = await self.compute(self.mode.absorb, self.ctx, inbox, r)
             self.drift = teaching.drift
+            for sender, agreed in teaching.agreement.items():
+                if (p := self.peers.get(sender)) is not None:
+                    p.trust = agreed if p.trust is None else TRUST_MEMORY * p.trust + (1 - TRUST_MEMORY) * agreed
             for sender in teaching.refused:
                 self._reject(sender, "implausible", f"round {r}: its knowledge is far from anything a model of "
                                                     f"this task says; not used")
@@ -274,6 +279,7 @@ class Node(Lifetime):
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
+                "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
             } | self.record_extra
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
@@ -498,5 +504,6 @@ class Node(Lifetime):
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
             "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             "send_failures": self.counters.send_failures, "superseded": self.counters.superseded,
-            "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round} for pid, p in self.peers.items()},
+            "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round, "trust": p.trust}
+                           for pid, p in self.peers.items()},
         } | self.status_extra

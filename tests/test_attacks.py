@@ -132,3 +132,25 @@ def test_bounding_claims_never_moves_an_honest_consensus_whose_claims_are_plausi
             assert b.label_counts.sum() == pytest.approx(cap)
     if (totals <= cap).all():
         np.testing.assert_array_equal(teacher(bounded), teacher(contribs))
+
+
+def test_in_a_simulation_liars_are_marked_reported_apart_and_trusted_less(cache):
+    from p2pfl.sim import Simulation
+    from tests.test_sim import TINY
+
+    s = load_scenario(None, TINY | {"topology.name": "ring", "topology.nodes": 6, "rounds": 4,
+                                    "attack": [{"kind": "shift+inflate", "nodes": [2]}]})
+    result = Simulation(s, run_dir=None).run()
+    liar = result.built.plans[2].node_id
+    assert result.summary["attackers"] == {liar: "shift+inflate"}
+    assert result.summary["honest"]["nodes"] == 5
+    assert all(("attacker" in r) == (r["node"] == liar) for r in result.records)
+    # what its frames carried: the claim went over the wire to its neighbours
+    neighbour = next(n for n in result.nodes if liar in n.peers)
+    assert neighbour.peers[liar].inbox.latest["logits"].label_counts == (10_000,) * 2 * 2  # C = 4 classes
+    # every honest node keeps a trust per neighbour it heard (agreement with the others' pool, in [0, 1])
+    last = [r for r in result.records if r["round"] == 4]
+    assert all(0.0 <= v <= 1.0 for r in last for v in r["trust"].values())
+    peers = {n.node_id: set(n.peers) for n in result.nodes}
+    assert all(set(r["trust"]) <= peers[r["node"]] for r in last)
+    assert any(liar in r["trust"] for r in last)
