@@ -29,6 +29,9 @@ SHORTCUTS = {
     "topology": ("topology.name", str, "generator name (ring, small-world, erdos-renyi, ...) or a topology file"),
     "alpha": ("data.partition", lambda a: f"dirichlet:{float(a)}", "Dirichlet label skew (sets data.partition)"),
     "archs": ("profiles", lambda a: a.split(","), "comma-separated profiles/architectures, round-robin"),
+    "attack": ("attack", lambda a: parse_key_value("attack", a, {}),
+               "KIND:N: N nodes (or a share F < 1) lie, e.g. shift:3 (or [[attack]] tables, see --help-keys)"),
+    "defence": ("gossip.defence", str, "auto | none | claims: what consensus does about lying peers"),
 }
 
 err = Console(stderr=True)
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.001")
     more.add_argument("--help-keys", action=_HelpKeys, help="list every key with its default and accepted values")
     for key, _hint in flat_keys():  # --SECTION.KEY for every key, listed by --help-keys rather than here
-        if key not in ("mode", "rounds", "seed", "name"):  # those four are in the common group above
+        if key not in ("mode", "rounds", "seed", "name", *SHORTCUTS):  # those are in the common group above
             sim.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=argparse.SUPPRESS)
     sim.set_defaults(func=cmd_sim)
 

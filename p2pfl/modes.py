@@ -186,7 +186,7 @@ class LogitsMode(Mode):
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             contribs = [own] + [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
-            if ctx.gossip.defence == "claims":
+            if ctx.gossip.defence in ("auto", "claims"):
                 contribs = bound_claims(contribs)
             rows = ctx.reference.rows(start, count)
             new = teacher(contribs, rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
