@@ -14,6 +14,7 @@ itself. Nodes are built by `assemble.make_node`.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -197,6 +198,7 @@ class Node(Lifetime):
         self.start_timeout = start_timeout
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
         self.counters = Counters()
+        self._refusals: Counter = Counter()  # (peer, reason) -> refusals, for logging
         self.outbox = Outbox(node_id, gossip, resolve_codecs(mode.kinds, codec, params_codec), learner.label_counts)
         self.hello = wire.Hello(
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
@@ -494,8 +496,14 @@ class Node(Lifetime):
         log.info("%s: %s joined as a neighbour (%d now)", self.node_id, peer_id, len(self.peers))
 
     def _reject(self, peer_id: str, reason: str, detail: str) -> None:
+        """Count a refusal; log the 1st, 10th, 100th, ... of each peer and reason (a liar that repeats
+        itself every round cannot flood the log; every refusal is counted)."""
         self.counters.rejected[reason] += 1
-        log.warning("%s: rejected a message from %s (%s): %s", self.node_id, peer_id, reason, detail)
+        self._refusals[peer_id, reason] += 1
+        n = self._refusals[peer_id, reason]
+        if n == 10 ** round(math.log10(n)):
+            log.warning("%s: rejected a message from %s (%s%s): %s", self.node_id, peer_id, reason,
+                        "" if n == 1 else f", {n} times so far", detail)
 
     def status(self) -> dict:
         """What `p2pfl status` shows, over the status protocol and over a session alike."""

@@ -53,15 +53,17 @@ async def test_a_mass_share_beyond_the_wire_limit_is_refused_and_our_own_mass_st
     assert node.counters.send_failures == 0  # every share we sent was one the wire accepts
 
 
-async def test_a_vector_far_from_any_model_is_refused_and_never_averaged_in(autojump_clock):
+async def test_a_vector_far_from_any_model_is_refused_and_never_averaged_in(autojump_clock, caplog):
     t = ScriptedTransport()
-    node = _lone_node(t, rounds=4, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    node = _lone_node(t, rounds=12, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
     own = node.learner.get_flat()
     records = await _run_with(node, t, lambda i: [_params(node, i + 1, own * 1e36)])
     flat = node.learner.get_flat()
     assert np.isfinite(flat).all() and np.abs(flat).max() < 1e3
-    assert node.counters.rejected["implausible"] >= 3 and len(records) == 4
+    assert node.counters.rejected["implausible"] >= 10 and len(records) == 12
     assert all(r["contributors"] == 0 for r in records)
+    logged = [r for r in caplog.records if "implausible" in r.getMessage()]
+    assert len(logged) == 2 and "10 times so far" in logged[1].getMessage()  # counted every time, logged twice
 
 
 async def test_a_round_far_past_the_run_is_refused_and_honest_frames_after_it_still_count(autojump_clock):
