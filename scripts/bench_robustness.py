@@ -77,7 +77,8 @@ def main() -> None:
         r["vs_undefended_clean"] = sum(r["final_global"][n] - clean["none"][n] for n in same) / len(same) \
             if "none" in clean else None
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
-    table = [f"| {out['date']} | {Path(str(path)).stem}, {args.rounds} rounds | {r['attack']} | {r['share']:.0%} "
+    label = "; ".join([Path(str(path)).stem, *args.set])
+    table = [f"| {out['date']} | {label}, {args.rounds} rounds | {r['attack']} | {r['share']:.0%} "
              f"| {r['defence']} | {r['personal']:.3f} | {r['global']:.3f} | {r['vs_clean']:+.3f} "
              f"| {r['global_worst10']:.3f} |" for r in rows]
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_robustness rows -->",
