@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     psk.add_argument("--out", required=True, help="where to write it (refuses to overwrite)")
     psk.set_defaults(func=cmd_psk)
 
+    rep = sub.add_parser("report", help="pictures of a run: PNGs and one HTML page", description=(
+        "Figures of one or more runs (accuracy per round, per node, bytes, staleness and refusals, the graph) "
+        "and a self-contained HTML page; RUN is a run folder of p2pfl sim or of scripts/launch_local.py."))
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), e.g. runs/quickstart")
+    rep.add_argument("--compare", action="store_true", help="the runs side by side (two: the difference per node)")
+    rep.add_argument("--out", metavar="DIR", help="where the files go (default: RUN/report/, or RUN/compare/)")
+    rep.set_defaults(func=cmd_report)
+
     topo = sub.add_parser("topo", help="write or check a topology file", description=(
         f"Generate a topology (generators: {', '.join(TOPOLOGY_GENERATORS)}) and print or write it, or check a topology "
         f"file (shipped: {', '.join(shipped.names('topologies'))})."))
@@ -400,6 +408,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else "none"))
     if st.get("delta_behind"):
         console.print(f"delta frames dropped while waiting for a key frame: {st['delta_behind']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from p2pfl.report import report  # matplotlib: only when drawing
+
+    page = report(args.runs, out=args.out, compare=args.compare)
+    Console(highlight=False, soft_wrap=True).print(f"wrote {page} and its figures in {page.parent}")
     return 0
 
 

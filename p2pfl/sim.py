@@ -238,6 +238,9 @@ class Simulation:
             "simulated_time_s": max((r["time"] for r in records), default=0.0),
             "topology": {"name": built.topology.name, "nodes": built.topology.n,
                          "edges": built.topology.graph.number_of_edges()},
+            "graph": {"nodes": list(built.topology.names),  # for `p2pfl report`'s picture of the graph
+                      "edges": [[built.topology.names[a], built.topology.names[b]]
+                                for a, b in built.topology.graph.edges]},
             "reference": None if built.reference is None else {
                 "source": built.reference.spec.source, "rows": built.reference.size,
                 "slice_size": built.reference.spec.slice_size, "digest": built.reference.digest},

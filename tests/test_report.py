@@ -1,0 +1,44 @@
+"""`p2pfl report`: a tiny run's figures and page exist, are images, and a folder with no run is one line."""
+
+import pytest
+
+from p2pfl import cli
+from p2pfl.config import load_scenario
+from p2pfl.sim import Simulation
+from tests.test_sim import TINY
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def two_runs(cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    clean = Simulation(load_scenario(None, TINY | {"name": "clean"}), run_dir=root).run()
+    lied = Simulation(load_scenario(None, TINY | {"name": "lied", "attack": [{"kind": "invert", "nodes": [1]}]}),
+                      run_dir=root).run()
+    return clean.run_dir, lied.run_dir
+
+
+def test_a_run_gets_its_figures_and_one_self_contained_page(two_runs, capsys):
+    clean, _ = two_runs
+    assert cli.main(["report", str(clean)]) == 0
+    folder = clean / "report"
+    for name in ("accuracy", "nodes", "bytes", "graph"):
+        data = (folder / f"{name}.png").read_bytes()
+        assert data.startswith(PNG) and len(data) > 5_000, name
+    page = (folder / "index.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "global accuracy" in page and "clean" in page
+    assert "src=\"accuracy.png\"" not in page  # the page embeds its pictures: it travels alone
+
+
+def test_two_runs_side_by_side(two_runs, tmp_path):
+    clean, lied = two_runs
+    assert cli.main(["report", str(clean), str(lied), "--compare", "--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert "clean vs lied" in page and "honest nodes" in page
+    assert (tmp_path / "cmp" / "nodes.png").read_bytes().startswith(PNG)
+
+
+def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == 2
+    assert "no metrics.jsonl here or in its sub-folders" in capsys.readouterr().err
