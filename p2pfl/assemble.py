@@ -187,8 +187,9 @@ def mode(s: Scenario, averaging: str) -> Mode:
 def make_node(s: Scenario, plan: NodePlan, *, learner: Learner, mode: Mode, transport: Transport,
               reference: Reference | None, test: EvalData, compute: Compute,
               on_record: Callable[[dict], None] = lambda record: None, **runtime: Any) -> Node:
-    """The one place a `Node` is built. `runtime`: what only the runtime knows (start_round,
-    accept_new_peers, status_extra, incarnation); everything else comes from the scenario and plan."""
+    """The one place a `Node` is built. `runtime`: what only the runtime knows (start_round, incarnation,
+    accept_new_peers, min_peers, start_timeout, say, status_extra, record_extra); everything else comes
+    from the scenario and the plan."""
     return Node(node_id=plan.node_id, arch=plan.profile.arch, mode=mode, learner=learner, transport=transport,
                 neighbours=plan.neighbours, reference=reference, test=test, rounds=s.rounds, gossip=s.gossip,
                 compute=compute, codec=plan.profile.codec or s.gossip.codec, params_codec=s.gossip.params_codec,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import codecs
-from p2pfl.mode_facts import MODES  # the one table: a mode the wire does not know cannot be configured
+from p2pfl.mode_facts import MODE_FACTS, MODES  # the one table: a mode the wire does not know cannot be configured
 
 
 class ConfigError(ValueError):
@@ -31,7 +31,7 @@ ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node
 # consensus defences (consensus.py): "claims" scales a neighbour's label counts down to at most CLAIM_FACTOR
 # times the larger of our own total and the neighbourhood's median, so a claim of 10^15 samples cannot
 # outweigh the honest evidence. "auto" is the measured default: claims (on quickstart and two-widths, seeds
-# 0-2, no honest claim reaches half the bound, so clean runs are unchanged; BENCHMARKS.md, robustness)
+# 0-2, no honest claim reaches 60% of the bound, so clean runs are unchanged; BENCHMARKS.md, robustness)
 DEFENCES = ("auto", "none", "claims")
 REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
@@ -170,9 +170,9 @@ class GossipConfig:
     # "agreement:P": scale each node's weight by the odds, to the power P, that its top class matches the
     # others' consensus (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
     reliability: str = "agreement:4"  # +0.028 / +0.030 global on quickstart, two seeds (BENCHMARKS.md)
-    codec: str = "auto"  # "auto": per kind, logits topk:3+int3+ans, params fp32; see codecs.py
+    codec: str = "auto"  # "auto": per kind, logits topk:2+int3+ans, params fp32 (gossip.DEFAULT_CODECS)
     params_codec: str = ""  # params payloads (adapter, hybrid, fedavg) if set; "" = as codec
-    delta: bool = False  # send differences to the last frame, with error feedback (p2pfl/delta.py)
+    delta: bool = False  # send differences to the last frame, with error feedback (gossip.DeltaEncoder)
     key_every: int = 10  # delta, select = changed:T: every Nth frame of a stream is whole, to resync receivers
     # parameter modes: "metropolis" (symmetric weights from the topology), "push-sum" (any weights), or
     # "auto": metropolis in simulations, push-sum on real nodes (their uniform weights are not symmetric)
@@ -365,6 +365,13 @@ class Scenario:
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
         _at_least(self, "", 1, "embed_dim", "eval_every")
+        kinds = MODE_FACTS[self.mode].kinds
+        for a in self.attack:
+            lies = parse_attack(a.kind)
+            useless = [k for k in lies if ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
+            _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
+                                f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
+                                f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
 
 

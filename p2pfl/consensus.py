@@ -66,12 +66,13 @@ CLAIM_FACTOR = 4.0  # honest quickstart neighbours hold up to ~3x the median's d
 
 def bound_claims(contribs: list[Contribution], factor: float = CLAIM_FACTOR) -> list[Contribution]:
     """The "claims" defence: each neighbour's label counts (contribs[1:]; contribs[0] is our own) scaled
-    down so their total is at most `factor` x the larger of our own total and the median total of all
-    contributions. Counts are what a peer says about itself; this bounds how far a lie can move the
+    down so their total is at most `factor` x the larger of our own total and the (lower) median total
+    of all contributions. Counts are what a peer says about itself; this bounds how far a lie can move the
     class weights without any label of its own (a liar's share of a class stays at most that of a node
     with `factor` times the typical data)."""
-    totals = np.array([float(c.label_counts.sum()) for c in contribs])
-    cap = factor * max(totals[0], float(np.median(totals)), 1.0)
+    totals = np.array([float(c.label_counts.astype(np.float64).sum()) for c in contribs])  # int64 sums wrap
+    # the lower median: a liar among two contributions (or half of an even number) cannot raise it
+    cap = factor * max(totals[0], float(np.percentile(totals, 50, method="lower")), 1.0)
     return [contribs[0]] + [c if t <= cap else replace(c, label_counts=c.label_counts * (cap / t))
                             for c, t in zip(contribs[1:], totals[1:])]
 

@@ -11,7 +11,7 @@ frames before it lives here, and the same rules serve the sender and the receive
 - **Inbox** (one per peer): deltas applied, the newest frame per kind, kept rows filled in from
   the frame they refer to, and whole rows handed to the mode within the staleness bound.
 
-Modes see only whole arrays (`modes.Outgoing` out, `modes.Received` in). No trio, no clock: the
+Modes see only whole arrays (`knowledge.Outgoing` out, `knowledge.Received` in). No trio, no clock: the
 node passes the time and the round in. Tested like `wire.PeerSession`, without a network.
 """
 
@@ -26,7 +26,7 @@ from p2pfl import wire
 from p2pfl.codecs import BIT_LADDER, CODECS, Encoded, codec_bits, decode, encode, with_bits
 from p2pfl.config import GossipConfig, parse_select
 from p2pfl.consensus import softmax, total_variation
-from p2pfl.modes import Outgoing, Received
+from p2pfl.knowledge import Outgoing, Received
 
 # What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
 # bench_codecs): normalized logits (gossip.logit_range), each row's two largest in int3, rANS-coded
@@ -86,6 +86,8 @@ def changed_rows(new: np.ndarray, sent: np.ndarray, threshold: float) -> np.ndar
 
 
 # -- the sending side ---------------------------------------------------------------------------------
+
+MAX_ENCODERS = 256  # delta streams a node keeps: every slice of a rotation, both kinds, a few codecs
 
 @dataclass(frozen=True)
 class Frame:
@@ -253,7 +255,9 @@ class Outbox:
         mask = f.row_mask
         if self.gossip.delta:
             stream = (f.kind, f.ref_start, f.ref_count, mask, codec)
-            encoder = self._encoders.setdefault(stream, DeltaEncoder(codec, self.gossip.key_every))
+            encoder = self._encoders.pop(stream, None) or DeltaEncoder(codec, self.gossip.key_every)
+            self._encoders[stream] = encoder  # last: the least recently used stream is forgotten first
+            _forget_oldest(self._encoders, MAX_ENCODERS)  # a row selection makes a new stream of most frames
             payload, base = encoder.encode(f.array, round_idx)
         else:
             payload, base = encode(f.array, codec), -1
@@ -287,7 +291,8 @@ def apply_delta(held: tuple[int, np.ndarray] | None, base: int, frame: np.ndarra
         return frame
     if held is None or held[0] != base or held[1].shape != frame.shape:
         return None
-    return held[1] + frame
+    with np.errstate(over="ignore"):  # an overflow is the caller's to refuse (Inbox.add), not a warning
+        return held[1] + frame
 
 
 @dataclass
@@ -330,15 +335,26 @@ class Inbox:
         return max((k.round for k in self.latest.values()), default=-1)
 
     def new_session(self) -> None:
-        """The peer left and came back (or restarted): its delta streams start over with key frames."""
+        """The peer left and came back (or restarted): its streams start over with key frames, and its
+        rounds may start over too, so nothing of the old session is kept."""
         self._values.clear()
+        self._heard.clear()
+        self.latest.clear()
 
     def add(self, msg: wire.Knowledge) -> bool:
-        """Take a frame; False when it is a difference to a frame we never got (wait for a key frame)."""
+        """Take a frame; False when it is a difference to a frame we never got (wait for a key frame).
+        Raises RemoteProtocolError ("non-finite") for a difference that overflows what we hold."""
         stream = _stream(msg)
-        value = apply_delta(self._values.get(stream), msg.base, msg.array())
+        held = self._values.get(stream)
+        if held is not None and held[0] > msg.round and msg.base == -1:
+            return True  # a key frame older than what we hold (frames out of order): it teaches nothing new
+        value = apply_delta(held, msg.base, msg.array())
         if value is None:
             return False
+        if msg.base != -1 and not np.isfinite(value).all():  # each frame is finite; their sum need not be
+            del self._values[stream]
+            raise wire.RemoteProtocolError("non-finite", f"{msg.kind} delta of round {msg.round} on round {msg.base} "
+                                                         f"sums past float32; the stream waits for a key frame")
         self._values.pop(stream, None)
         self._values[stream] = (msg.round, value)  # (re)inserted last: the dict is oldest-updated first
         _forget_oldest(self._values, self.max_streams)

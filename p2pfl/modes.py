@@ -15,39 +15,12 @@ import numpy as np
 import torch
 
 from p2pfl.averaging import mix, push_sum
-from p2pfl.config import AVERAGING, AdapterConfig, GossipConfig
+from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig
 from p2pfl.consensus import Contribution, agreement, bound_claims, normalize_logits, teacher, total_variation
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
+from p2pfl.knowledge import Outgoing, Received
 from p2pfl.mode_facts import MODE_FACTS
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """Knowledge ready to send: a whole payload array and, for logits, the reference slice it is about."""
-
-    kind: str  # "logits" | "params"
-    array: np.ndarray
-    ref_start: int = 0
-    ref_count: int = 0
-    mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
-    label_counts: np.ndarray | None = None  # what the frame claims of the sender's data (None: the truth)
-
-
-@dataclass(frozen=True)
-class Received:
-    """A neighbour's knowledge as a mode reads it: whole rows, plus what consensus needs."""
-
-    sender: str
-    round: int
-    kind: str
-    array: np.ndarray
-    ref_start: int
-    ref_count: int
-    label_counts: np.ndarray
-    weight: float  # this node's mixing weight for the sender
-    mass: float = 1.0  # push-sum: the share of the sender's mass that came with it
-    rows: np.ndarray | None = None  # logits: the slice rows `array` holds (None: all of them)
 
 
 @dataclass
@@ -62,7 +35,8 @@ class Teaching:
     # logits: how far the consensus moved, as the mean total variation between a teacher and the previous
     # teacher of the same reference rows (None until a slice comes round again); adaptive bit width reads it
     drift: float | None = None
-    refused: list[str] = field(default_factory=list)  # senders whose knowledge was refused as implausible
+    # (sender, reason, why) of knowledge refused by the mode: counted and logged by the node as a rejection
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
     # logits: per sender, the share of rows where its top class matched the others' pool (what
     # gossip.reliability weighs by; a liar's is low), for status and metrics
     agreement: dict[str, float] = field(default_factory=dict)
@@ -74,11 +48,13 @@ class Teaching:
 PLAUSIBLE_RADIUS = 100.0
 
 
-def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[str]]:
-    """(the contributions within PLAUSIBLE_RADIUS of `own`, the senders of the others)."""
+def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
+    """(the contributions within PLAUSIBLE_RADIUS of `own`, Teaching.refused entries for the others)."""
     reach = PLAUSIBLE_RADIUS * (float(np.linalg.norm(own.astype(np.float64))) + 1.0)
     near = [float(np.linalg.norm(r.array.astype(np.float64) - own)) <= reach for r in inbox]
-    return [r for r, ok in zip(inbox, near) if ok], [r.sender for r, ok in zip(inbox, near) if not ok]
+    why = f"a parameter vector more than {PLAUSIBLE_RADIUS:.0f}x our own norm away from ours; not averaged in"
+    return ([r for r, ok in zip(inbox, near) if ok],
+            [(r.sender, "implausible", why) for r, ok in zip(inbox, near) if not ok])
 
 
 @dataclass
@@ -177,7 +153,12 @@ class LogitsMode(Mode):
         #    is written into a table over the whole reference set,
         # 3) every row taught within the last `teacher_memory` rounds is distilled on.
         groups: dict[tuple[int, int], list[Received]] = {}
+        refused = []
         for r in inbox:
+            if r.rows is not None and ctx.gossip.consensus not in ROW_RULES:  # this rule pools whole slices only
+                refused.append((r.sender, "shape", f"a frame about some rows of a slice; consensus "
+                                                   f"{ctx.gossip.consensus!r} needs every row"))
+                continue
             groups.setdefault((r.ref_start, r.ref_count), []).append(r)
         if self._table is None:
             self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
@@ -203,12 +184,13 @@ class LogitsMode(Mode):
                        if not np.isnan(a)}
         self._own.clear()  # training is about to change the model
         if not groups:
-            return Teaching(drift=self._drift)
+            return Teaching(drift=self._drift, refused=refused)
         moved = np.concatenate(moves)
         self._drift = float(moved.mean()) if moved.size else None
         rows = np.flatnonzero(self._taught >= round_idx - ctx.gossip.teacher_memory)
         return Teaching(torch.from_numpy(ctx.reference.x[rows]), torch.from_numpy(self._table[rows]),
-                        contributors=len(inbox), staleness=stale, drift=self._drift, agreement=agreed)
+                        contributors=len(inbox) - len(refused), staleness=stale, drift=self._drift,
+                        agreement=agreed, refused=refused)
 
     def _own_logits(self, ctx, start, count):
         key = (start, count)

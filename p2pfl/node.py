@@ -41,6 +41,8 @@ BYE_TIMEOUT_S = 3.0  # all byes together; a stopping node must exit within secon
 # would otherwise stay a peer's "newest" knowledge forever and hide everything it says after it
 MAX_ROUNDS_AHEAD = 1_000
 MAX_QUEUED_REPLIES = wire.MAX_PENDING_STATUS  # status replies waiting for one peer's sender
+MAX_PEERS = 64  # neighbours a node keeps (real nodes accept peers that dial in); status must fit a frame
+MAX_REFUSERS = 1_024  # (peer, reason) pairs whose refusals are counted for logging; the oldest is forgotten
 TRUST_MEMORY = 0.7  # a neighbour's trust: this much of the old value, the rest this round's agreement
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
@@ -73,7 +75,8 @@ class SendQueue:
         self.knowledge: dict[str, Pending] = {}
         self.last: Pending | None = None
         self._ready = trio.Event()
-        self._idle = trio.Event()
+        self._busy = False  # the sender holds an item get() gave it
+        self._idle = trio.Event()  # set while nothing is queued or in hand
         self._idle.set()
 
     def put_control(self, item: Pending) -> Pending | None:
@@ -101,6 +104,7 @@ class SendQueue:
 
     def drop_knowledge(self) -> list[Pending]:
         dropped, self.knowledge = list(self.knowledge.values()), {}
+        self._settle()
         return dropped
 
     def __bool__(self) -> bool:
@@ -110,6 +114,7 @@ class SendQueue:
         while not self:
             self._ready = trio.Event()
             await self._ready.wait()
+        self._busy = True
         if self.control:
             return self.control.popleft()
         if self.knowledge:
@@ -119,7 +124,11 @@ class SendQueue:
 
     def done(self) -> None:
         """The sender finished with what get() gave it."""
-        if not self:
+        self._busy = False
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self and not self._busy:
             self._idle.set()
 
     async def drained(self) -> None:
@@ -199,6 +208,7 @@ class Node(Lifetime):
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
         self.counters = Counters()
         self._refusals: Counter = Counter()  # (peer, reason) -> refusals, for logging
+        self._stopping = False  # saying bye: nothing new is accepted
         self.outbox = Outbox(node_id, gossip, resolve_codecs(mode.kinds, codec, params_codec), learner.label_counts)
         self.hello = wire.Hello(
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
@@ -264,9 +274,8 @@ class Node(Lifetime):
             for sender, agreed in teaching.agreement.items():
                 if (p := self.peers.get(sender)) is not None:
                     p.trust = agreed if p.trust is None else TRUST_MEMORY * p.trust + (1 - TRUST_MEMORY) * agreed
-            for sender in teaching.refused:
-                self._reject(sender, "implausible", f"round {r}: its knowledge is far from anything a model of "
-                                                    f"this task says; not used")
+            for sender, reason, why in teaching.refused:
+                self._reject(sender, reason, f"round {r}: {why}")
             steps = self.learner.config.local_steps
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._share(r)
@@ -377,7 +386,11 @@ class Node(Lifetime):
 
     # -- messaging --------------------------------------------------------------------------------
     def _queue(self, p: PeerState, msg: wire.Message, *, share: float | None = None) -> None:
-        """Encode `msg` for this peer's session now (its state moves on) and queue it for the sender."""
+        """Encode `msg` for this peer's session now (its state moves on) and queue it for the sender;
+        nothing once we said bye (a peer may still greet or ask while our bye waits to go out)."""
+        if p.session.our_state is wire.State.CLOSED:
+            self.outbox.reclaim(share)
+            return
         knowledge = isinstance(msg, wire.Knowledge)
         item = Pending(p.session.send(msg), wire.kind_of(msg), share, msg.kind if knowledge else "")
         self.counters.bytes_out += len(item.data)
@@ -419,10 +432,11 @@ class Node(Lifetime):
                 p.queue.done()
 
     async def _say_bye(self, reason: str) -> None:
-        for p in self.peers.values():
+        self._stopping = True  # no new neighbours from here on
+        for p in list(self.peers.values()):
             if p.session.our_state is not wire.State.CLOSED:
                 self._queue(p, wire.Bye(self.node_id, reason))
-        for p in self.peers.values():
+        for p in list(self.peers.values()):
             await p.queue.drained()
 
     async def _receive_loop(self) -> None:
@@ -435,11 +449,16 @@ class Node(Lifetime):
             self.counters.msgs_in += 1
             p = self.peers.get(peer_id)
             if p is None:
-                if not self.accept_new_peers:
+                if not self.accept_new_peers or self._stopping:
                     self._reject(peer_id, "state", "not a neighbour of this node")
                     continue
-                # a stranger: it becomes a neighbour only once its hello is accepted below
+                if len(self.peers) >= MAX_PEERS:
+                    self._reject(peer_id, "refused", f"already {MAX_PEERS} neighbours")
+                    continue
+                # a stranger: it becomes a neighbour once its hello is accepted below, and counts as up
+                # (is waited for) only once it shares knowledge: fresh identities cannot stall our rounds
                 p = self._peer_state(peer_id, 0.0, up=False)
+                p.silent = True
             try:
                 msg = p.session.receive(data)
             except wire.RemoteProtocolError as e:
@@ -466,7 +485,12 @@ class Node(Lifetime):
                 self._reject(peer_id, "implausible", f"{msg.kind} knowledge of round {msg.round}, more than "
                                                      f"{MAX_ROUNDS_AHEAD} rounds past our run's end")
                 return
-            if not p.inbox.add(msg):  # a difference to a frame we never got: wait for its next key frame
+            try:
+                taken = p.inbox.add(msg)
+            except wire.RemoteProtocolError as e:
+                self._reject(peer_id, e.reason, str(e))
+                return
+            if not taken:  # a difference to a frame we never got: wait for its next key frame
                 self.counters.behind += 1
                 log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
                           peer_id, msg.kind, msg.round, msg.base)
@@ -478,7 +502,7 @@ class Node(Lifetime):
             for item in p.queue.drop_knowledge():  # it left: nothing queued for it is of use any more
                 self._unsent(item)
             self._notify()  # someone waiting on this peer can stop waiting
-        elif isinstance(msg, wire.StatusRequest):
+        elif isinstance(msg, wire.StatusRequest) and peer_id in self.peers:  # strangers: the status protocol
             self._queue(p, wire.StatusReply(msg.nonce, self.status()))
 
     def _notify(self) -> None:
@@ -499,8 +523,10 @@ class Node(Lifetime):
         """Count a refusal; log the 1st, 10th, 100th, ... of each peer and reason (a liar that repeats
         itself every round cannot flood the log; every refusal is counted)."""
         self.counters.rejected[reason] += 1
-        self._refusals[peer_id, reason] += 1
-        n = self._refusals[peer_id, reason]
+        n = self._refusals.pop((peer_id, reason), 0) + 1
+        self._refusals[peer_id, reason] = n  # last: the dict forgets the least recent first
+        while len(self._refusals) > MAX_REFUSERS:
+            del self._refusals[next(iter(self._refusals))]
         if n == 10 ** round(math.log10(n)):
             log.warning("%s: rejected a message from %s (%s%s): %s", self.node_id, peer_id, reason,
                         "" if n == 1 else f", {n} times so far", detail)

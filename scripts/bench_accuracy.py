@@ -26,6 +26,7 @@ from p2pfl.learner import Learner
 from benchrows import add_rows, machine
 from p2pfl.files import atomic_write_text
 from p2pfl.models import build_model
+from p2pfl import assemble
 from p2pfl.assemble import resolve_profile
 from p2pfl.sim import Simulation
 
@@ -84,7 +85,7 @@ def main() -> int:
             entry["fedavg"] = run_mode(args.scenario, FEDAVG_SCHEDULE | over | {
                 "mode": "fedavg", "profiles": ["cnn1d"], "name": f"bench-fedavg-{seed}"}, args.runs)
         if "centralized" in args.modes:
-            dataset = Simulation(scenario, run_dir=None).dataset()
+            dataset = assemble.data_and_reference(scenario)[0]
             archs = sorted({resolve_profile(p).arch for p in scenario.profiles} | {"cnn1d"})
             t = time.perf_counter()
             entry["centralized"] = {a: centralized(scenario, dataset, a, args.central_steps) for a in archs}

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import msgpack
 import numpy as np
+import pytest
 import trio
 
 from p2pfl import codecs, wire
@@ -99,7 +100,7 @@ async def test_a_peer_naming_a_new_slice_in_every_frame_cannot_grow_our_memory(a
     assert inbox.streams <= inbox.max_streams == 2 * 4 + 8
 
 
-def _logits_node(t, reference, make_mode):
+def _logits_node(t, reference, make_mode, gossip=None):
     from p2pfl import assemble
     from p2pfl.config import NodeProfile, Scenario
     from p2pfl.data import load_source
@@ -111,7 +112,7 @@ def _logits_node(t, reference, make_mode):
 
     data = load_source("synthetic", num_samples=200, seed=42)
     model = build_model("mlp", input_length=data.input_shape[-1], num_classes=data.num_classes, embed_dim=8)
-    scenario = Scenario(mode="logits", rounds=3, gossip=GossipConfig(wait_timeout=1.0))
+    scenario = Scenario(mode="logits", rounds=3, gossip=gossip or GossipConfig(wait_timeout=1.0))
     plan = assemble.node_plan(scenario, 0, "a", NodeProfile(name="mlp", arch="mlp"), np.arange(len(data.y_train)),
                               {"evil": 0.5})
     learner = Learner(model, data.x_train, data.y_train, num_classes=data.num_classes, config=TRAIN,
@@ -149,3 +150,84 @@ async def test_a_peer_that_asks_and_never_reads_cannot_pile_up_our_replies(autoj
     assert len(queue.control) <= 1 + wire.MAX_PENDING_STATUS  # one hello at most, and a bounded few replies
     assert sum(c.kind == "hello" for c in queue.control) <= 1
     assert node.counters.superseded > 0
+
+
+def test_counts_that_would_wrap_an_int64_sum_are_refused_on_the_wire_and_bounded_in_consensus():
+    from p2pfl.consensus import Contribution, bound_claims
+
+    node = _lone_node(ScriptedTransport())
+    frame = msgpack.unpackb(wire.encode(replace(_params(node, 1, [1.0]), label_counts=(1, 2))))
+    frame["lc"] = [2**62, 2**62]  # legal ints, whose sum wraps int64
+    with pytest.raises(wire.RemoteProtocolError, match="label_counts"):
+        wire.decode(msgpack.packb(frame))
+    # below the wire's limit but summing past int64 in a naive sum: still bounded (float sums)
+    z = np.zeros((3, 3), np.float32)
+    big = Contribution(z, np.array([2**62, 2**62, 0], dtype=np.int64))
+    bounded = bound_claims([Contribution(z, np.array([10, 10, 10])), big])[1]
+    assert bounded.label_counts.sum() == pytest.approx(4.0 * 30)
+
+
+async def test_deltas_that_sum_past_float32_are_refused_and_the_stream_resyncs(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=4, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    own = node.learner.get_flat()
+    huge = np.full_like(own, 3e38)
+
+    def frames(i):  # a key frame of 3e38, then a difference of 3e38 on it (each finite, the sum is not)
+        key = _params(node, 2 * i + 1, huge)
+        return [key, replace(_params(node, 2 * i + 2, huge), base=2 * i + 1)]
+
+    records = await _run_with(node, t, frames)
+    assert len(records) == 4 and node.counters.rejected["non-finite"] >= 3
+    assert np.isfinite(node.learner.get_flat()).all()
+
+
+async def test_a_masked_frame_under_a_rule_that_needs_every_row_is_refused_not_a_crash(autojump_clock):
+    from p2pfl.data import ReferenceSpec, build_reference
+
+    t = ScriptedTransport()
+    node = _logits_node(t, build_reference(ReferenceSpec(source="synthetic", size=400, slice_size=100)), make_mode,
+                        gossip=GossipConfig(wait_timeout=1.0, consensus="pairwise"))
+    c = node.learner.num_classes
+
+    def frames(i):
+        rows = np.array([1, 5])
+        return [wire.Knowledge(sender="evil", round=i + 1, time=0.0, kind="logits", ref_start=0, ref_count=100,
+                               payload=codecs.encode(np.zeros((2, c), np.float32), "fp32"), label_counts=(),
+                               samples=10, val_acc=0.0, row_mask=wire.row_mask(rows, 100))]
+
+    records = await _run_with(node, t, frames)
+    assert len(records) == 3 and node.counters.rejected["shape"] >= 1
+
+
+async def test_a_node_saying_bye_answers_nothing_and_takes_no_new_neighbour(autojump_clock):
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=1, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0),
+                      accept_new_peers=True)
+
+    async def slow_bye(peer, kind):  # our bye is slow to leave: meanwhile peers greet and ask
+        if kind == "bye":
+            t.say(peer, wire.StatusRequest(nonce=1))
+            t.say("stranger", _hello_of(node, "stranger"))
+            await trio.sleep(1.0)
+
+    t.on_send = slow_bye
+    t.say("evil", _hello_of(node, "evil"))
+    async with node:
+        await node.run()
+    assert "stranger" not in node.peers
+    assert [k for p, k in t.sent if p == "evil"].count("status_reply") == 0
+
+
+async def test_strangers_are_neighbours_only_up_to_a_limit_and_waited_for_only_once_they_share(autojump_clock):
+    from p2pfl.node import MAX_PEERS
+
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=2, neighbours=(), gossip=GossipConfig(wait_timeout=5.0), accept_new_peers=True)
+    for i in range(MAX_PEERS + 5):  # sybils: fresh ids that greet and never share
+        t.say(f"s{i}", _hello_of(node, f"s{i}"))
+    async with node:
+        records = await node.run()
+    assert len(node.peers) == MAX_PEERS and node.counters.rejected["refused"] == 5
+    assert all(r["waited"] < 5.0 for r in records)  # nobody who never shared was waited for
+    assert len(node.status()["neighbours"]) == MAX_PEERS

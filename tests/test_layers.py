@@ -80,7 +80,7 @@ def test_imports_point_down(module, forbidden):
     assert not bad, f"{module} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(("p2pfl.wire", "p2pfl.gossip",
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(("p2pfl.wire", "p2pfl.gossip", "p2pfl.knowledge",
                                                                           "p2pfl.config", "p2pfl.mode_facts"))])
 def test_protocol_and_stream_logic_never_touch_io_or_torch(module):
     bad = {m for m in _external(module) if m.split(".")[0] in ("trio", "torch", "libp2p", "socket")}
@@ -100,3 +100,13 @@ def test_nodes_are_built_in_one_place():
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Node":
                 builders.append(str(path.relative_to(REPO)))
     assert builders == ["p2pfl/assemble.py"], builders
+
+
+def test_the_sans_io_layers_load_no_io_or_torch_even_indirectly():
+    import subprocess
+    import sys
+
+    code = ("import sys, p2pfl.wire, p2pfl.gossip, p2pfl.knowledge, p2pfl.config, p2pfl.mode_facts; "
+            "print(sorted(m for m in ('torch', 'trio', 'libp2p') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

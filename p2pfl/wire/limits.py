@@ -18,3 +18,5 @@ MAX_STATUS_ITEMS = 10_000  # values in a whole status reply (bounds work, whatev
 MAX_PENDING_STATUS = 16  # unanswered status requests remembered per peer; `p2pfl status` sends one
 MAX_MASS = 1e12  # push-sum mass share: each node starts with 1 and mass is conserved, so an honest share is at
 #                  most the network's node count; 1e12 keeps every sum of shares finite
+MAX_COUNT = 2**53 // MAX_CLASSES  # a class's label count (and a node's samples: 2^53): every sum of them stays
+#                                   exact in float64 and fits int64; 9e12 samples per class is past any dataset

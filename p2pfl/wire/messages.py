@@ -33,12 +33,12 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     p     map       payload         {"c": str codec, "sh": [int] shape, "d": bin data, "sc": bin scale}
                                     logits: shape (rc, num_classes); params: (param_count,);
                                     <= MAX_PAYLOAD_ELEMENTS values, all finite once decoded
-    lc    [int]     label_counts    [] (not shared) or num_classes counts >= 0
-    n     int       samples         0..MAX_INT training samples behind this knowledge
+    lc    [int]     label_counts    [] (not shared) or num_classes counts in 0..MAX_COUNT
+    n     int       samples         0..MAX_COUNT * MAX_CLASSES training samples behind this knowledge
     acc   float     val_acc         0..1, sender's validation accuracy
     b     int       base            -1: the payload is the value; 0..round-1: it is a difference to
                                     add to the sender's value of that earlier round, which the
-                                    receiver holds if it got every frame since (p2pfl/delta.py)
+                                    receiver holds if it got every frame since (gossip.DeltaEncoder)
     w     float     mass            0 < mass <= MAX_MASS: push-sum, the share of the sender's mass sent with
                                     this frame (1.0 where the mode does not use push-sum)
     rm    bin       row_mask        logits: b"" = every row of the slice; else ceil(rc / 8) bytes,
@@ -78,7 +78,7 @@ from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 from p2pfl.mode_facts import KNOWLEDGE_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
-    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS, MAX_PARAMS,
+    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_COUNT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS, MAX_PARAMS,
     MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
 )
 
@@ -249,8 +249,8 @@ class Knowledge:
         _set(self, "ref_start", _int("ref_start", self.ref_start, 0, MAX_REF_ROWS))
         _set(self, "ref_count", _int("ref_count", self.ref_count, 0, MAX_REF_ROWS))
         _set(self, "payload", _check_payload(self.payload))
-        _set(self, "label_counts", _ints("label_counts", self.label_counts, MAX_CLASSES))
-        _set(self, "samples", _int("samples", self.samples))
+        _set(self, "label_counts", _ints("label_counts", self.label_counts, MAX_CLASSES, hi=MAX_COUNT))
+        _set(self, "samples", _int("samples", self.samples, hi=MAX_COUNT * MAX_CLASSES))
         _set(self, "val_acc", _float("val_acc", self.val_acc, 0.0, 1.0))
         _set(self, "base", _int("base", self.base, -1))
         if self.base >= self.round:
