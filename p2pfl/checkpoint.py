@@ -69,8 +69,14 @@ def load(path: Path, learner: Trainable, *, meta: dict[str, str | int]) -> Resum
                          for k, v in meta.items() if state["meta"].get(k) != v)
         raise ValueError(f"{path} belongs to a different node ({diff}); use another --state-dir, "
                          f"or delete the checkpoint to start from round 0")
-    learner.model.load_state_dict(state["model"])
-    learner.optimizer.load_state_dict(state["optimizer"])
+    try:
+        learner.model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # the same kind of node, another shape of model
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"{path} holds a model of another shape than this node's ({first}); the scenario's "
+                         f"embed_dim, arch_options or adapter settings changed: use another --state-dir, or delete "
+                         f"the checkpoint to start from round 0") from None
     learner.step = int(state["step"])
     learner.gen.set_state(state["rng"])
     return Resumed(int(state["round"]), {str(k): int(v) for k, v in state["peers"].items()},

@@ -314,10 +314,17 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
     from p2pfl.assemble import resolve_profile
+    import multiaddr
+
     from p2pfl.transport.libp2p import Policy, parse_peer, read_allowlist, read_psk
 
     for addr in args.peers:
         parse_peer(addr)  # a bad address is an error now, not after the data is loaded
+    try:
+        multiaddr.Multiaddr(args.listen)
+    except Exception as e:  # multiaddr raises its own error types for every malformed part
+        raise UsageError(f"--listen {args.listen!r} is not a multiaddr ({e}); expected e.g. /ip4/0.0.0.0/tcp/4001 "
+                         f"(any interface, port 4001) or /ip4/127.0.0.1/tcp/0 (this machine, any free port)") from None
     overrides = scenario_overrides(args)
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:

@@ -202,6 +202,10 @@ def _error_line(capsys) -> str:
      ["--peers '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>", "/ip4/127.0.0.1/tcp/4001/p2p/<peer id>",
       "listening on"]),
     (["status", "/ip4/127.0.0.1/tcp/4001"], ["address '/ip4/127.0.0.1/tcp/4001' has no /p2p/<peer id>"]),
+    (["node", "--state-dir", "unused", "--listen", "tcp:4001"], ["--listen 'tcp:4001' is not a multiaddr",
+                                                                  "/ip4/0.0.0.0/tcp/4001"]),
+    (["sim", "--mode", "fedavg", "--archs", "mlp", "--attack", "shift:2"],
+     ["attack.kind = 'shift'", "cannot lie in mode 'fedavg'", "parameter attacks"]),
     # in range for the type, not for the meaning: the config refuses it, naming the key
     (["sim", "--train.lr", "-1"], ["train.lr = -1.0", "greater than 0"]),
     (["sim", "--nodes", "0"], ["topology.nodes = 0", "at least 1"]),

@@ -148,6 +148,19 @@ def test_cli_status_of_an_unreachable_node_is_a_clear_error(tmp_path, capsys):
     assert "Traceback" not in err and "error: cannot reach" in err and "is the node running" in err
 
 
+def test_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path):
+    x = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
+
+    def learner(embed_dim):
+        return Learner(build_model("mlp", input_length=40, num_classes=10, embed_dim=embed_dim), x, np.arange(64) % 10,
+                       num_classes=10, config=TrainConfig(batch_size=16), total_steps=100, seed=0)
+
+    path = tmp_path / checkpoint.FILENAME
+    checkpoint.save(path, learner(32), round=3, meta={"arch": "mlp"}, peers={})
+    with pytest.raises(ValueError, match="holds a model of another shape .* embed_dim, arch_options or adapter"):
+        checkpoint.load(path, learner(64), meta={"arch": "mlp"})
+
+
 def test_cli_node_refuses_another_nodes_checkpoint(cache, tmp_path, capsys):
     args = ["node", "--state-dir", str(tmp_path), "--rounds", "1", "--listen", LOOPBACK]
     for kv in TINY_SETS:
