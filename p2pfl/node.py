@@ -209,6 +209,7 @@ class Node(Lifetime):
         self.counters = Counters()
         self._refusals: Counter = Counter()  # (peer, reason) -> refusals, for logging
         self._stopping = False  # saying bye: nothing new is accepted
+        self._weights_stale = False  # a neighbour joined: uniform weights are due at the next round
         self.outbox = Outbox(node_id, gossip, resolve_codecs(mode.kinds, codec, params_codec), learner.label_counts)
         self.hello = wire.Hello(
             node_id=node_id, version=wire.PROTOCOL_VERSION, arch=arch, mode=mode.name,
@@ -263,10 +264,12 @@ class Node(Lifetime):
             teaching = self.mode.warmup(self.ctx)
             await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._wait_for_peers()  # a fresh node only: a resumed one goes on where it stopped
+            self._reweigh()
             await self._share(0)
         while self.round < self.rounds:
             r = self.round + 1
             waited = await self._wait_for_neighbours(r)
+            self._reweigh()
             inbox = self.usable_inbox(r)
             self._take_back_mass()
             teaching = await self.compute(self.mode.absorb, self.ctx, inbox, r)
@@ -510,14 +513,22 @@ class Node(Lifetime):
         self._arrived = trio.Event()
 
     def _add_peer(self, peer_id: str, p: PeerState) -> None:
-        """A new neighbour: every mixing weight, ours included, becomes 1 / (neighbours + 1)."""
+        """A new neighbour: every mixing weight, ours included, becomes 1 / (neighbours + 1), from the
+        next round on (`_reweigh`): a share computed in a worker thread meanwhile keeps the weights it split
+        its push-sum mass by."""
         self.peers[peer_id] = p
         self._nursery.start_soon(self._sender, peer_id, p)
-        w = 1.0 / (len(self.peers) + 1)
-        for q in self.peers.values():
-            q.weight = w
-        self.ctx.self_weight = w
+        self._weights_stale = True
         log.info("%s: %s joined as a neighbour (%d now)", self.node_id, peer_id, len(self.peers))
+
+    def _reweigh(self) -> None:
+        """Uniform mixing weights over whoever is a neighbour now (between a round's steps, in the loop)."""
+        if self._weights_stale:
+            w = 1.0 / (len(self.peers) + 1)
+            for q in self.peers.values():
+                q.weight = w
+            self.ctx.self_weight = w
+            self._weights_stale = False
 
     def _reject(self, peer_id: str, reason: str, detail: str) -> None:
         """Count a refusal; log the 1st, 10th, 100th, ... of each peer and reason (a liar that repeats
