@@ -44,3 +44,21 @@ def push_sum(own: np.ndarray, kept_mass: float, received: Sequence[tuple[float, 
     if kept_mass <= 0 or any(m <= 0 for m, _ in received):
         raise ValueError(f"push-sum masses must be > 0; got kept {kept_mass}, received {[m for m, _ in received]}")
     return mix(own, [(m / total, x) for m, x in received]), total
+
+
+CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
+
+
+def clip_around(own: np.ndarray, received: Sequence[np.ndarray], factor: float = CLIP_FACTOR) -> list[np.ndarray]:
+    """Self-centred clipping (ClippedGossip; He, Karimireddy and Jaggi 2022): each vector moved to within
+    `factor` x the lower median of the neighbours' distances from `own`, in the direction it lies. A
+    minority of neighbours, however far they send us, then pulls us at most a bounded distance each;
+    honest neighbours within that radius are unchanged."""
+    if not received:
+        return []
+    own64 = own.astype(np.float64)
+    gaps = [x.astype(np.float64) - own64 for x in received]
+    dist = np.array([float(np.linalg.norm(g)) for g in gaps])
+    radius = factor * float(np.percentile(dist, 50, method="lower"))
+    return [x if d <= radius else (own64 + g * (radius / d)).astype(np.float32)
+            for x, g, d in zip(received, gaps, dist)]

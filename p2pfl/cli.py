@@ -31,7 +31,7 @@ SHORTCUTS = {
     "archs": ("profiles", lambda a: a.split(","), "comma-separated profiles/architectures, round-robin"),
     "attack": ("attack", lambda a: parse_key_value("attack", a, {}),
                "KIND:N: N nodes (or a share F < 1) lie, e.g. shift:3 (or [[attack]] tables, see --help-keys)"),
-    "defence": ("gossip.defence", str, "auto | none | claims: what consensus does about lying peers"),
+    "defence": ("gossip.defence", str, "auto | none | claims | clip | claims+clip: what is done about lying peers"),
 }
 
 err = Console(stderr=True)

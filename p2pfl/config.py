@@ -28,11 +28,28 @@ class ConfigError(ValueError):
 
 CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned")  # consensus.teacher; BENCHMARKS.md compares them
 ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node may speak about some rows only
-# consensus defences (consensus.py): "claims" scales a neighbour's label counts down to at most CLAIM_FACTOR
-# times the larger of our own total and the neighbourhood's median, so a claim of 10^15 samples cannot
-# outweigh the honest evidence. "auto" is the measured default: claims (on quickstart and two-widths, seeds
-# 0-2, no honest claim reaches 60% of the bound, so clean runs are unchanged; BENCHMARKS.md, robustness)
-DEFENCES = ("auto", "none", "claims")
+# consensus defences, combined with "+" (e.g. claims+clip):
+# - claims (consensus.bound_claims): a neighbour's label counts scaled down to at most CLAIM_FACTOR times the
+#   larger of our own total and the neighbourhood's lower median, so a claim of 10^15 samples cannot outweigh
+#   the honest evidence;
+# - clip (averaging.clip_around): parameter modes average each neighbour's vector clipped to a ball around
+#   our own (self-centred clipping, ClippedGossip), of radius CLIP_FACTOR times the lower median distance
+# "auto" is the measured default: claims (on quickstart and two-widths, seeds 0-2, no honest claim reaches 60%
+# of the bound, so clean runs are unchanged; BENCHMARKS.md, robustness). "none": no defence.
+DEFENCES = ("claims", "clip")
+AUTO_DEFENCE = ("claims",)
+
+
+def parse_defence(text: str) -> frozenset[str]:
+    """'auto' -> the default set; 'none' -> none; 'claims+clip' -> both. ValueError names the grammar."""
+    if text == "auto":
+        return frozenset(AUTO_DEFENCE)
+    if text == "none":
+        return frozenset()
+    parts = text.split("+")
+    if any(p not in DEFENCES for p in parts):
+        raise ValueError(f"{text!r}: expected auto, none, or {', '.join(DEFENCES)} joined by +, e.g. claims+clip")
+    return frozenset(parts)
 REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
@@ -191,7 +208,7 @@ class GossipConfig:
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
-    defence: str = "auto"  # DEFENCES; auto = claims
+    defence: str = "auto"  # parse_defence: auto (= claims) | none | claims | clip | claims+clip
 
     def __post_init__(self):
         _check(self.consensus in CONSENSUS_RULES,
@@ -221,7 +238,10 @@ class GossipConfig:
         _at_least(self, "gossip.", 1, "key_every")
         _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness")
         _positive(self, "gossip.", "wait_timeout")
-        _check(self.defence in DEFENCES, f"gossip.defence = {self.defence!r}; choose one of: {', '.join(DEFENCES)}")
+        try:
+            parse_defence(self.defence)
+        except ValueError as e:
+            raise ConfigError(f"gossip.defence = {e}") from None
 
 
 @dataclass(frozen=True)
@@ -576,7 +596,7 @@ _ACCEPTS = {
     "train.min_lr_ratio": "0 .. 1 (1: constant rate)",
     "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes = ..., start, "
               "strength}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
-    "gossip.defence": " | ".join(DEFENCES),
+    "gossip.defence": "auto (= " + "+".join(AUTO_DEFENCE) + ") | none | " + " | ".join(DEFENCES) + ", joined by +",
 }
 
 

@@ -9,13 +9,13 @@ and the node loop never looks inside a mode. Adding a mode is a row in `mode_fac
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from p2pfl.averaging import mix, push_sum
-from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig
+from p2pfl.averaging import clip_around, mix, push_sum
+from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
 from p2pfl.consensus import Contribution, agreement, bound_claims, normalize_logits, teacher, total_variation
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
@@ -167,7 +167,7 @@ class LogitsMode(Mode):
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             contribs = [own] + [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
-            if ctx.gossip.defence in ("auto", "claims"):
+            if "claims" in parse_defence(ctx.gossip.defence):
                 contribs = bound_claims(contribs)
             rows = ctx.reference.rows(start, count)
             new = teacher(contribs, rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
@@ -237,7 +237,10 @@ class AdapterMode(Mode):
         self.mass = state.get("mass", self.mass)
 
     def absorb(self, ctx, inbox, round_idx):
-        inbox, refused = plausible(ctx.learner.get_flat(), [r for r in inbox if r.kind == "params"])
+        own = ctx.learner.get_flat()
+        inbox, refused = plausible(own, [r for r in inbox if r.kind == "params"])
+        if "clip" in parse_defence(ctx.gossip.defence):  # each neighbour pulls us at most a bounded distance
+            inbox = [replace(r, array=v) for r, v in zip(inbox, clip_around(own, [r.array for r in inbox]))]
         if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
             inbox = [r for r in inbox if self._consumed.get(r.sender, -1) < r.round]
             self._consumed |= {r.sender: r.round for r in inbox}

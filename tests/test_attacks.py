@@ -154,3 +154,43 @@ def test_in_a_simulation_liars_are_marked_reported_apart_and_trusted_less(cache)
     peers = {n.node_id: set(n.peers) for n in result.nodes}
     assert all(set(r["trust"]) <= peers[r["node"]] for r in last)
     assert any(liar in r["trust"] for r in last)
+
+
+# -- self-centred clipping of parameters ----------------------------------------------------------------
+
+def test_clipping_leaves_honest_neighbours_and_bounds_a_far_one():
+    from p2pfl.averaging import clip_around
+
+    own = np.zeros(4, np.float32)
+    honest = [np.array([1.0, 0, 0, 0], np.float32), np.array([0, 1.2, 0, 0], np.float32),
+              np.array([0, 0, 0.9, 0], np.float32)]
+    liar = np.array([-1e6, 0, 0, 0], np.float32)
+    out = clip_around(own, [*honest, liar])
+    for h, o in zip(honest, out[:3]):
+        assert o is h  # within the radius: untouched
+    assert np.linalg.norm(out[3]) == pytest.approx(2.0 * 1.0)  # 2 x the lower median distance (1.0)
+    assert out[3][0] < 0  # in the direction it lies
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=3, max_size=3), st.integers(1, 6), st.integers(0, 99))
+def test_clipped_vectors_never_leave_the_ball(own, n, seed):
+    from p2pfl.averaging import clip_around
+
+    rng = np.random.default_rng(seed)
+    own = np.asarray(own, np.float32)
+    received = [(own + rng.normal(scale=10.0 ** rng.integers(-2, 7), size=3)).astype(np.float32) for _ in range(n)]
+    dist = sorted(float(np.linalg.norm(x.astype(np.float64) - own)) for x in received)
+    radius = 2.0 * dist[(n - 1) // 2]
+    rounding = 8 * np.finfo(np.float32).eps * (float(np.abs(own).max()) + 1.0)  # float32 at own's magnitude
+    for x in clip_around(own, received):
+        assert np.linalg.norm(x.astype(np.float64) - own) <= radius * (1 + 1e-5) + rounding
+
+
+def test_defences_combine_and_bad_ones_are_named():
+    from p2pfl.config import parse_defence
+
+    assert parse_defence("auto") == {"claims"} and parse_defence("none") == set()
+    assert parse_defence("claims+clip") == {"claims", "clip"}
+    with pytest.raises(ConfigError, match="gossip.defence = 'shield'"):
+        GossipConfig(defence="shield")
