@@ -17,7 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from p2pfl import shipped
-from p2pfl.config import TOPOLOGY_GENERATORS, AttackConfig, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value, parse_sets, parse_value, run_name
+from p2pfl.config import (
+    TOPOLOGY_GENERATORS, AttackConfig, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value,
+    parse_sets, parse_value, run_name,
+)
 from p2pfl.files import atomic_write_text
 from p2pfl.mode_facts import MODES
 

@@ -1,4 +1,4 @@
-"""What a mode hands to the gossip streams and gets back: whole arrays, torch-free (gossip and wire never load torch)."""
+"""What a mode hands to the gossip streams and gets back: whole arrays, torch-free (gossip never loads torch)."""
 
 from __future__ import annotations
 

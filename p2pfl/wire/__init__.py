@@ -15,8 +15,8 @@ Every name is re-exported here, so callers write `from p2pfl import wire; wire.K
 from p2pfl.wire.errors import REASONS, LocalProtocolError, ProtocolError, RemoteProtocolError
 from p2pfl.wire.framing import FrameDecoder, frame
 from p2pfl.wire.limits import (
-    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_COUNT, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS, MAX_PARAMS,
-    MAX_PAYLOAD_ELEMENTS, MAX_PENDING_STATUS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
+    MAX_CLASSES, MAX_CODECS, MAX_COUNT, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS,
+    MAX_PARAMS, MAX_PAYLOAD_ELEMENTS, MAX_PENDING_STATUS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
 )
 from p2pfl.wire.messages import (
     KNOWLEDGE_KINDS, PROTOCOL_VERSION, Bye, Expectations, Hello, Knowledge, Message, StatusReply, StatusRequest,
@@ -30,8 +30,8 @@ __all__ = [
     # errors
     "REASONS", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     # limits
-    "MAX_CLASSES", "MAX_CODECS", "MAX_FRAME_BYTES", "MAX_ID_LEN", "MAX_COUNT", "MAX_INT", "MAX_LIST_LEN", "MAX_MAP_LEN", "MAX_MASS",
-    "MAX_PARAMS", "MAX_PAYLOAD_ELEMENTS", "MAX_PENDING_STATUS", "MAX_REF_ROWS", "MAX_STATUS_DEPTH",
+    "MAX_CLASSES", "MAX_CODECS", "MAX_COUNT", "MAX_FRAME_BYTES", "MAX_ID_LEN", "MAX_INT", "MAX_LIST_LEN",
+    "MAX_MAP_LEN", "MAX_MASS", "MAX_PARAMS", "MAX_PAYLOAD_ELEMENTS", "MAX_PENDING_STATUS", "MAX_REF_ROWS", "MAX_STATUS_DEPTH",
     "MAX_STATUS_ITEMS", "MAX_STR_LEN",
     # messages
     "PROTOCOL_VERSION", "KNOWLEDGE_KINDS", "Hello", "Knowledge", "Bye", "StatusRequest", "StatusReply", "Message",

@@ -78,8 +78,8 @@ from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 from p2pfl.mode_facts import KNOWLEDGE_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
-    MAX_CLASSES, MAX_CODECS, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_COUNT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS, MAX_PARAMS,
-    MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
+    MAX_CLASSES, MAX_CODECS, MAX_COUNT, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS,
+    MAX_PARAMS, MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
 )
 
 # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection); 3: "kp" (keeps)
