@@ -43,11 +43,13 @@ from p2pfl.transport import PeerUnreachable
 log = logging.getLogger(__name__)
 
 PROTOCOLS: dict[str, TProtocol] = {
-    "hello": TProtocol("/p2pfl/hello/1.0.0"),  # session control: hello and bye, each acknowledged
-    "knowledge": TProtocol("/p2pfl/knowledge/1.0.0"),  # knowledge (and status between neighbours)
+    "hello": TProtocol("/p2pfl/hello/1.0.0"),  # session control: the hello, acknowledged
+    "knowledge": TProtocol("/p2pfl/knowledge/1.0.0"),  # knowledge, then bye (and status between neighbours)
     "status": TProtocol("/p2pfl/status/1.0.0"),  # one request, one reply, answered by the transport
 }
-FAMILY_OF_KIND = {"hello": "hello", "bye": "hello", "knowledge": "knowledge",
+# A bye travels behind the knowledge it follows, on the same stream: on the hello stream it could overtake
+# a node's last (larger) knowledge frame and have it refused as knowledge after bye
+FAMILY_OF_KIND = {"hello": "hello", "bye": "knowledge", "knowledge": "knowledge",
                   "status_request": "knowledge", "status_reply": "knowledge"}
 # The receiver writes ACK once a hello-family frame is in its node's inbox; the sender waits for it,
 # so a hello is always ahead of the knowledge that follows on the other stream.
