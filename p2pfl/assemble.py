@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from p2pfl import shipped
-from p2pfl.config import GENERATED_SOURCES, ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
+from p2pfl.attacks import Attacker
+from p2pfl.config import GENERATED_SOURCES, AttackConfig, ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
 from p2pfl.data import build_reference, load_source, partition
 from p2pfl.data.reference import Reference, ReferenceSpec, held_out
 from p2pfl.data.sources import Dataset
@@ -29,6 +30,7 @@ from p2pfl.modes import Mode, make_mode
 from p2pfl.node import Compute, EvalData, Node
 from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
 from p2pfl.transport import Transport
+
 
 def resolve_profile(name: str) -> NodeProfile:
     """A profile file path, a shipped profile by name or repository path (node/cnn1d.toml), or a bare architecture."""
@@ -186,10 +188,15 @@ def mode(s: Scenario, averaging: str) -> Mode:
 
 def make_node(s: Scenario, plan: NodePlan, *, learner: Learner, mode: Mode, transport: Transport,
               reference: Reference | None, test: EvalData, compute: Compute,
-              on_record: Callable[[dict], None] = lambda record: None, **runtime: Any) -> Node:
-    """The one place a `Node` is built. `runtime`: what only the runtime knows (start_round, incarnation,
-    accept_new_peers, min_peers, start_timeout, say, status_extra, record_extra); everything else comes
-    from the scenario and the plan."""
+              on_record: Callable[[dict], None] = lambda record: None, attack: AttackConfig | None = None,
+              **runtime: Any) -> Node:
+    """The one place a `Node` is built. `attack`: this node lies (it learns as `mode` does and its
+    records say which lie). `runtime`: what only the runtime knows (start_round, incarnation,
+    accept_new_peers, min_peers, start_timeout, say, status_extra); everything else comes from the
+    scenario and the plan."""
+    if attack is not None:
+        mode = Attacker(mode, attack, seed=s.seed * 7_919 + plan.index)
+        runtime["record_extra"] = {"attacker": attack.kind}
     return Node(node_id=plan.node_id, arch=plan.profile.arch, mode=mode, learner=learner, transport=transport,
                 neighbours=plan.neighbours, reference=reference, test=test, rounds=s.rounds, gossip=s.gossip,
                 compute=compute, codec=plan.profile.codec or s.gossip.codec, params_codec=s.gossip.params_codec,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pfl import assemble, checkpoint
-from p2pfl.attacks import Attacker
 from p2pfl.config import AttackConfig, ConfigError, Scenario
 from p2pfl.metrics import MetricsLog
 from p2pfl.node import EvalData, Node, thread_compute
@@ -101,15 +100,13 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
             neighbours = {p: 1.0 / (len(transport.neighbours) + 1) for p in transport.neighbours}
             # uniform weights are not symmetric (neighbours differ in degree): push-sum keeps the plain mean
             mode = assemble.mode(s, "push-sum")
-            if cfg.attack is not None:  # a drill: it learns honestly and lies in what it shares
-                mode = Attacker(mode, cfg.attack, seed=s.seed * 7_919 + cfg.shard)
             if resumed:
                 mode.load_state(resumed.mode_state)
             node = assemble.make_node(
                 s, dataclasses.replace(plan, neighbours=neighbours), learner=learner, mode=mode, transport=transport,
                 reference=reference, test=EvalData(dataset.x_test, dataset.y_test), compute=thread_compute,
                 on_record=record_round, start_round=start, accept_new_peers=True, say=say,
-                record_extra={"attacker": cfg.attack.kind} if cfg.attack else {},
+                attack=cfg.attack,  # a drill: it learns honestly and lies in what it shares
                 min_peers=max(1, len(cfg.peers)) if cfg.min_peers is None else cfg.min_peers,
                 start_timeout=cfg.start_timeout,
                 status_extra={"name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs,

@@ -30,7 +30,7 @@ import trio.testing
 
 from p2pfl import assemble
 from p2pfl.assemble import NodePlan
-from p2pfl.attacks import Attacker, attackers
+from p2pfl.attacks import attackers
 from p2pfl.config import AttackConfig, Scenario
 from p2pfl.data.reference import Reference
 from p2pfl.data.sources import Dataset
@@ -203,14 +203,12 @@ class Simulation:
                     for plan, learner in zip(plans, learners):
                         compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
                                                    jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-                        attack = built.attackers.get(plan.index)
-                        modes.append(self.make_mode(plan) if self.make_mode else assemble.mode(s, "metropolis"))
-                        if attack is not None:  # a liar: it learns as its mode does, and lies in its frames
-                            modes[-1] = Attacker(modes[-1], attack, seed=s.seed * 7_919 + plan.index)
+                        mode = self.make_mode(plan) if self.make_mode else assemble.mode(s, "metropolis")
                         nodes.append(assemble.make_node(
-                            s, plan, learner=learner, mode=modes[-1], transport=network.endpoint(plan.node_id),
+                            s, plan, learner=learner, mode=mode, transport=network.endpoint(plan.node_id),
                             reference=built.reference, test=test, compute=compute, on_record=on_record,
-                            record_extra={"attacker": attack.kind} if attack else {}))
+                            attack=built.attackers.get(plan.index)))
+                        modes.append(nodes[-1].mode)  # an attacker's wraps the honest mode
                         nursery.start_soon(run_node, nodes[-1])
 
         async def run_node(node: Node) -> None:
