@@ -18,6 +18,8 @@ Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a f
     sign-flip  -x;  gaussian: noise of std `strength` (default 1);  huge: x * `strength` (default 1e36)
     alie       the neighbours' mean + z std (z = `strength`, default 1; "a little is enough")
     ipm        -eps times the neighbours' mean (eps = `strength`, default 0.5; inner-product manipulation)
+    silent     no knowledge at all, in any mode (a free-rider that only listens; with it the benchmark
+               measures what honest nodes lose when the liars' data is simply absent: a defence's ceiling)
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Attacker(Mode):
         return self.honest.absorb(ctx, inbox, round_idx)
 
     def share(self, ctx: NodeContext, round_idx: int) -> list[Outgoing]:
+        if "silent" in self.kinds_of_lie and round_idx >= self.attack.start:
+            return []  # nothing given out, so a push-sum share keeps its mass
         honest = self.honest.share(ctx, round_idx)
         for out in honest:
             self._first.setdefault(out.kind, out)

@@ -409,10 +409,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"[bold]{st.get('name', st.get('node'))}[/bold]  {st.get('arch')}  mode {st.get('mode')}  "
                   f"round {st.get('round')}/{st.get('rounds')}  shard {st.get('shard', '-')}  "
                   f"out {_bytes(st.get('bytes_out', 0))}  in {_bytes(st.get('bytes_in', 0))}")
-    table = Table("neighbour", "up", "last round", "trust")
+    table = Table("neighbour", "up", "last round", "trust", "weight kept")
     for pid, p in sorted(st.get("neighbours", {}).items()):
-        trust = p.get("trust")
-        table.add_row(pid, "yes" if p.get("up") else "no", str(p.get("round")), "-" if trust is None else f"{trust:.2f}")
+        trust, kept = p.get("trust"), p.get("reputation")
+        table.add_row(pid, "yes" if p.get("up") else "no", str(p.get("round")), "-" if trust is None else f"{trust:.2f}",
+                      "-" if kept is None else f"{kept:.2f}")
     console.print(table)
     rejected = st.get("rejected", {})
     console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else "none"))

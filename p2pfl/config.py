@@ -32,11 +32,14 @@ ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node
 # - claims (consensus.bound_claims): a neighbour's label counts scaled down to at most CLAIM_FACTOR times the
 #   larger of our own total and the neighbourhood's lower median, so a claim of 10^15 samples cannot outweigh
 #   the honest evidence;
+# - reputation (consensus.self_support, reputation_factor): logits; a neighbour's weight scaled by what it says
+#   where our own labelled classes let us judge (its running mean probability of our confident top class,
+#   full weight from chance level up), so a liar that moves, inverts or reorders classes loses its say;
 # - clip (averaging.clip_around): parameter modes average each neighbour's vector clipped to a ball around
 #   our own (self-centred clipping, ClippedGossip), of radius CLIP_FACTOR times the lower median distance
 # "auto" is the measured default: claims (on quickstart and two-widths, seeds 0-2, no honest claim reaches 60%
 # of the bound, so clean runs are unchanged; BENCHMARKS.md, robustness). "none": no defence.
-DEFENCES = ("claims", "clip")
+DEFENCES = ("claims", "reputation", "clip")
 AUTO_DEFENCE = ("claims",)
 
 
@@ -208,7 +211,7 @@ class GossipConfig:
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
-    defence: str = "auto"  # parse_defence: auto (= claims) | none | claims | clip | claims+clip
+    defence: str = "auto"  # parse_defence: auto | none | claims, reputation, clip joined by +
 
     def __post_init__(self):
         _check(self.consensus in CONSENSUS_RULES,
@@ -308,7 +311,7 @@ class NodeProfile:
 # e.g. shift+inflate: a confident wrong class on every row, claimed with 10,000 samples per class
 LOGIT_ATTACKS = ("shift", "uniform", "invert", "reorder", "scale", "replay", "echo", "inflate")
 PARAM_ATTACKS = ("sign-flip", "gaussian", "huge", "alie", "ipm")
-ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS
+ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS + ("silent",)  # silent: listens, sends no knowledge (any mode)
 
 
 def parse_attack(text: str) -> tuple[str, ...]:
@@ -388,7 +391,7 @@ class Scenario:
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
             lies = parse_attack(a.kind)
-            useless = [k for k in lies if ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
+            useless = [k for k in lies if k != "silent" and ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
             _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")

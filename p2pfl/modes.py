@@ -16,7 +16,8 @@ import torch
 
 from p2pfl.averaging import clip_around, mix, push_sum
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
-from p2pfl.consensus import Contribution, agreement, bound_claims, normalize_logits, teacher, total_variation
+from p2pfl.consensus import (Contribution, agreement, bound_claims, normalize_logits, reputation_factor, self_support,
+                             teacher, total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -40,12 +41,17 @@ class Teaching:
     # logits: per sender, the share of rows where its top class matched the others' pool (what
     # gossip.reliability weighs by; a liar's is low), for status and metrics
     agreement: dict[str, float] = field(default_factory=dict)
+    # logits, gossip.defence "reputation": per sender, the factor its weight was multiplied by (1: full)
+    weighed: dict[str, float] = field(default_factory=dict)
 
 
 # A neighbour's parameter vector farther from ours than this many times our own norm (+1) is no model
 # of the same task (honest ones differ by a fraction of it): refused and counted, never averaged in.
 # Without it one finite but huge vector (weights x 1e36) reaches every model it touches.
 PLAUSIBLE_RADIUS = 100.0
+# The reputation defence's memory: this much of a sender's old self_support, the rest this round's. One
+# honest-looking round after many lies lifts a liar's weight by 30% of the way, not all of it.
+REPUTATION_MEMORY = 0.7
 
 
 def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
@@ -125,6 +131,7 @@ class LogitsMode(Mode):
         self._table: np.ndarray | None = None  # (reference size, C) latest teacher of every row
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
         self._drift: float | None = None  # the last drift measured (Teaching.drift)
+        self._support: dict[str, float] = {}  # sender -> running mean of its self_support (the reputation defence)
 
     @property
     def taught(self) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -163,12 +170,17 @@ class LogitsMode(Mode):
         if self._table is None:
             self._table = np.zeros((ctx.reference.size, ctx.learner.num_classes), dtype=np.float32)
             self._taught = np.full(ctx.reference.size, -1, dtype=np.int64)
-        stale, moves, agreed = [], [], {}
+        stale, moves, agreed, weighed = [], [], {}, {}
+        defence = parse_defence(ctx.gossip.defence)
         for (start, count), received in sorted(groups.items()):
             own = Contribution(self._own_logits(ctx, start, count), ctx.learner.label_counts, ctx.self_weight)
             contribs = [own] + [Contribution(r.array, r.label_counts, r.weight, r.rows) for r in received]
-            if "claims" in parse_defence(ctx.gossip.defence):
+            if "claims" in defence:
                 contribs = bound_claims(contribs)
+            if "reputation" in defence:
+                factors = self._reputation(received, self_support(contribs))
+                weighed |= {r.sender: f for r, f in zip(received, factors)}
+                contribs = [contribs[0]] + [replace(c, weight=c.weight * f) for c, f in zip(contribs[1:], factors)]
             rows = ctx.reference.rows(start, count)
             new = teacher(contribs, rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
                           reliability=ctx.gossip.reliability)
@@ -190,7 +202,19 @@ class LogitsMode(Mode):
         rows = np.flatnonzero(self._taught >= round_idx - ctx.gossip.teacher_memory)
         return Teaching(torch.from_numpy(ctx.reference.x[rows]), torch.from_numpy(self._table[rows]),
                         contributors=len(inbox) - len(refused), staleness=stale, drift=self._drift,
-                        agreement=agreed, refused=refused)
+                        agreement=agreed, weighed=weighed, refused=refused)
+
+    def _reputation(self, received: list[Received], support: np.ndarray) -> list[float]:
+        """Each sender's weight factor: its running self_support (REPUTATION_MEMORY of the old value; a
+        slice without rows to judge leaves it as it was, a stranger starts at full weight) through
+        `reputation_factor`."""
+        out = []
+        for r, s in zip(received, support[1:]):
+            old = self._support.get(r.sender)
+            if not np.isnan(s):
+                self._support[r.sender] = s if old is None else REPUTATION_MEMORY * old + (1 - REPUTATION_MEMORY) * s
+            out.append(reputation_factor(self._support.get(r.sender, 1.0)))
+        return out
 
     def _own_logits(self, ctx, start, count):
         key = (start, count)

@@ -43,6 +43,8 @@ MAX_ROUNDS_AHEAD = 1_000
 MAX_QUEUED_REPLIES = wire.MAX_PENDING_STATUS  # status replies waiting for one peer's sender
 MAX_PEERS = 64  # neighbours a node keeps (real nodes accept peers that dial in); status must fit a frame
 MAX_REFUSERS = 1_024  # (peer, reason) pairs whose refusals are counted for logging; the oldest is forgotten
+# a neighbour whose weight the reputation defence cut below this share is counted (rejected: distrusted)
+DISTRUSTED = 0.5
 TRUST_MEMORY = 0.7  # a neighbour's trust: this much of the old value, the rest this round's agreement
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
@@ -150,6 +152,7 @@ class PeerState:
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     trust: float | None = None  # how often its predictions agree with the others' (a running mean; None: unknown)
+    reputation: float | None = None  # the reputation defence's factor on its weight (1: full; None: not judged)
     queue: SendQueue = field(default_factory=SendQueue)
 
 
@@ -277,6 +280,12 @@ class Node(Lifetime):
             for sender, agreed in teaching.agreement.items():
                 if (p := self.peers.get(sender)) is not None:
                     p.trust = agreed if p.trust is None else TRUST_MEMORY * p.trust + (1 - TRUST_MEMORY) * agreed
+            for sender, factor in teaching.weighed.items():
+                if (p := self.peers.get(sender)) is not None:
+                    p.reputation = factor
+                if factor < DISTRUSTED:
+                    self._reject(sender, "distrusted", f"round {r}: its predictions contradict the classes our "
+                                                       f"own labels know; its weight x {factor:.2f}")
             for sender, reason, why in teaching.refused:
                 self._reject(sender, reason, f"round {r}: {why}")
             steps = self.learner.config.local_steps
@@ -294,6 +303,7 @@ class Node(Lifetime):
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
                 "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
+                "reputation": {pid: round(p.reputation, 4) for pid, p in self.peers.items() if p.reputation is not None},
             } | self.record_extra
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
@@ -549,6 +559,6 @@ class Node(Lifetime):
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
             "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             "send_failures": self.counters.send_failures, "superseded": self.counters.superseded,
-            "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round, "trust": p.trust}
+            "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round, "trust": p.trust, "reputation": p.reputation}
                            for pid, p in self.peers.items()},
         } | self.status_extra

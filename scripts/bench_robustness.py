@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,18 +56,18 @@ def main() -> None:
     ap.add_argument("--shares", nargs="+", type=float, default=[0.1, 0.2, 0.3])
     ap.add_argument("--defences", nargs="+", default=["none", "claims"])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_robustness.json"))
     args = ap.parse_args()
     path = shipped.scenario(args.scenario)
     overrides = parse_sets(args.set) | {"rounds": args.rounds}
-    rows = []
-    for defence in args.defences:
-        rows.append(run(path, overrides, None, 0.0, defence))
-        print(json.dumps(rows[-1]), flush=True)
-        for attack in args.attacks:
-            for share in args.shares:
-                rows.append(run(path, overrides, attack, share, defence))
-                print(json.dumps(rows[-1]), flush=True)
+    grid = [(path, overrides, attack, share, defence) for defence in args.defences
+            for attack, share in [(None, 0.0)] + [(a, f) for a in args.attacks for f in args.shares]]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = []
+        for row in pool.map(run, *zip(*grid)):  # in grid order, each printed as soon as it and those before are done
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
     out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
            "scenario": str(path), "rounds": args.rounds, "rows": rows}

@@ -194,3 +194,71 @@ def test_defences_combine_and_bad_ones_are_named():
     assert parse_defence("claims+clip") == {"claims", "clip"}
     with pytest.raises(ConfigError, match="gossip.defence = 'shield'"):
         GossipConfig(defence="shield")
+
+
+# -- the reputation defence -----------------------------------------------------------------------------
+
+def _confident(rng, classes, rows=60, strength=6.0):
+    """Logits confident in `classes[r % len(classes)]` on row r."""
+    z = rng.normal(size=(rows, C)).astype(np.float32)
+    z[np.arange(rows), [classes[r % len(classes)] for r in range(rows)]] += strength
+    return z
+
+
+def test_self_support_judges_neighbours_on_the_classes_our_labels_know():
+    from p2pfl.consensus import reputation_factor, self_support
+
+    rng = np.random.default_rng(0)
+    own = Contribution(_confident(rng, [0, 1]), np.array([100, 100, 0, 0]))
+    peer = Contribution(_confident(rng, [0, 1]), np.array([50, 50, 50, 0]))  # knows our classes, says so
+    unaware = Contribution(np.zeros((60, C), np.float32), np.array([0, 0, 80, 80]))  # never saw them: chance
+    liar = Contribution(-_confident(rng, [0, 1]), np.array([50, 50, 50, 0]))  # claims our classes, inverts them
+    support = self_support([own, peer, unaware, liar])
+    assert support[0] == 1.0 and support[1] == pytest.approx(1.0, abs=1e-3) and support[2] == pytest.approx(1.0)
+    assert support[3] < 0.01
+    assert [reputation_factor(s) for s in support] == [1.0, pytest.approx(1.0, abs=0.01), 1.0, 0.0]
+    # rows we are unsure of, or of classes we hold no labels of, judge nobody
+    unsure = Contribution(np.zeros((60, C), np.float32), np.array([100, 100, 0, 0]))
+    assert np.isnan(self_support([unsure, liar])[1])
+    elsewhere = Contribution(_confident(rng, [2, 3]), np.array([100, 100, 0, 0]))
+    assert np.isnan(self_support([elsewhere, liar])[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 99), st.integers(1, 5), st.floats(0.0, 1.0))
+def test_a_neighbour_that_says_what_we_say_is_never_down_weighted(seed, n, noise):
+    """Whatever the rows and claims: a neighbour whose probabilities are ours, or sharper in our top
+    class, keeps its full weight (a reputation cut needs a contradiction of what our labels know)."""
+    from p2pfl.consensus import reputation_factor, self_support
+
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(size=(40, C)) * 4).astype(np.float32)
+    own = Contribution(z, rng.integers(0, 100, size=C))
+    sharper = z.copy()
+    sharper[np.arange(40), z.argmax(1)] += noise * 5
+    others = [Contribution(z if k % 2 else sharper, rng.integers(0, 100, size=C)) for k in range(n)]
+    for s in self_support([own, *others])[1:]:
+        assert np.isnan(s) or reputation_factor(s) == 1.0
+
+
+def test_in_a_simulation_reputation_cuts_a_liar_with_honest_counts_and_counts_it(cache):
+    from p2pfl.node import DISTRUSTED
+    from p2pfl.sim import Simulation
+    from tests.test_sim import TINY
+
+    s = load_scenario(None, TINY | {"topology.name": "ring", "topology.nodes": 6, "rounds": 4,
+                                    "gossip.defence": "claims+reputation",
+                                    "attack": [{"kind": "shift", "nodes": [2]}]})
+    result = Simulation(s, run_dir=None).run()
+    liar = result.built.plans[2].node_id
+    last = [r for r in result.records if r["round"] == 4 and r["node"] != liar]
+    kept = {r["node"]: r["reputation"] for r in last}
+    near = [k[liar] for k in kept.values() if liar in k]
+    honest = [v for k in kept.values() for pid, v in k.items() if pid != liar]
+    # a neighbour that could judge it (confident rows of its own classes; tiny models have few) cut it; no
+    # honest neighbour lost its weight
+    assert near and min(near) < DISTRUSTED <= min(honest)
+    neighbours = [n for n in result.nodes if liar in n.peers]
+    assert any(n.counters.rejected["distrusted"] > 0 for n in neighbours)
+    assert all(n.counters.rejected["distrusted"] == 0 for n in result.nodes if n not in neighbours)
+    assert all(n.status()["neighbours"][liar]["reputation"] == n.peers[liar].reputation for n in neighbours)
