@@ -28,6 +28,7 @@ from p2pfl.models import MODELS, build_model
 from p2pfl.models.adapter import Adapter, attach
 from p2pfl.modes import Mode, make_mode
 from p2pfl.node import Compute, EvalData, Node
+from p2pfl.privacy import private_model
 from p2pfl.topology import Topology, metropolis_hastings_weights, resolve_topology
 from p2pfl.transport import Transport
 
@@ -169,6 +170,8 @@ def learner(s: Scenario, plan: NodePlan, data: Dataset) -> Learner:
     options = {"embed_dim": s.embed_dim} | plan.profile.arch_options  # a profile may pick its own width
     model = build_model(plan.profile.arch, input_length=data.input_shape[-1], num_classes=data.num_classes,
                         **options)
+    if s.privacy.on:  # DP-SGD needs per-sample gradients of every layer (a GRU becomes opacus's DPGRU)
+        model = private_model(model)
     adapter: Adapter | None = None
     if kind is not None:
         a = s.adapter
@@ -178,7 +181,7 @@ def learner(s: Scenario, plan: NodePlan, data: Dataset) -> Learner:
     total = plan.train.warmup_steps + s.rounds * plan.train.local_steps
     return Learner(model, data.x_train[plan.train_idx], data.y_train[plan.train_idx],
                    num_classes=data.num_classes, config=plan.train, total_steps=total,
-                   seed=s.seed * 1_000 + plan.index, adapter=adapter)
+                   seed=s.seed * 1_000 + plan.index, adapter=adapter, privacy=s.privacy)
 
 
 def mode(s: Scenario, averaging: str) -> Mode:

@@ -8,6 +8,7 @@ Python is checked as one read from TOML. Mode names come from `mode_facts`, code
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import tomllib
 import types
@@ -362,6 +363,28 @@ def parse_attack_option(text: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy of everything a node releases (p2pfl/privacy.py: DP-SGD and the accountant)."""
+
+    epsilon: float = 0.0  # the (epsilon, delta)-DP target over the whole run, per node; 0 or inf: off
+    delta: float = 1e-5
+    clip: float = 1.0  # each private sample's gradient clipped to this L2 norm
+    batch: int = 100  # expected private samples per step (Poisson sampling at batch / samples)
+    count_noise: float = 5.0  # std of the Gaussian noise on the label counts a node claims (released once)
+
+    def __post_init__(self):
+        _check(self.epsilon >= 0 and not math.isnan(self.epsilon),
+               f"privacy.epsilon = {self.epsilon}: the DP target over the whole run, > 0 (0 or inf: off), e.g. 8")
+        _check(0 < self.delta < 1, f"privacy.delta = {self.delta}: between 0 and 1, e.g. 1e-5")
+        _positive(self, "privacy.", "clip", "count_noise")
+        _at_least(self, "privacy.", 1, "batch")
+
+    @property
+    def on(self) -> bool:
+        return 0 < self.epsilon < math.inf
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str = "quickstart"
     seed: int = 0
@@ -379,6 +402,7 @@ class Scenario:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     attack: tuple[AttackConfig, ...] = ()  # [[attack]] tables: nodes that lie (simulations and drills)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self):
         if self.mode not in MODES:

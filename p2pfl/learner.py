@@ -7,15 +7,17 @@ for real nodes, inline under a simulated clock for simulations).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from p2pfl.config import TrainConfig
+from p2pfl.config import PrivacyConfig, TrainConfig
 from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
 from p2pfl.models.adapter import Adapter
+from p2pfl.privacy import PrivateSteps, noisy_counts
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,9 @@ class Learner:
     """One model, its optimizer and its private data."""
 
     def __init__(self, model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int, config: TrainConfig,
-                 total_steps: int, seed: int, adapter: Adapter | None = None):
+                 total_steps: int, seed: int, adapter: Adapter | None = None, privacy: PrivacyConfig | None = None):
+        """privacy: train under DP-SGD (p2pfl/privacy.py) for `total_steps` private steps, and release
+        noisy label counts; the model must be `privacy.private_model`'s."""
         self.model = model
         # what the parameter modes gossip: an attached adapter, else the whole model
         self.adapter = adapter or Adapter.whole(model)
@@ -38,15 +42,29 @@ class Learner:
         self.num_classes = num_classes
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.y = torch.as_tensor(y, dtype=torch.long)
-        self.label_counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+        self.gen = torch.Generator().manual_seed(seed)
+        own_counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+        self.private: PrivateSteps | None = None
+        self._per_sample: nn.Module | None = None
+        # what the node claims in its frames and trains its prior on: under DP, its counts' release
+        self.label_counts = own_counts
+        if privacy is not None and privacy.on:
+            from opacus import GradSampleModule  # opacus loads scipy: only a private node pays for it
+
+            # opacus's per-sample hooks see inputs that need no gradient (the data): expected, not a problem
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+            self.private = PrivateSteps(privacy, len(y), max(1, total_steps))
+            self.label_counts = noisy_counts(own_counts, privacy.count_noise, np.random.default_rng([seed, 9_001]))
+            self._per_sample = GradSampleModule(model, loss_reduction="sum")
         counts = torch.as_tensor(self.label_counts)
         self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
-        self.personal_log_p = log_prior(counts)
+        self._mix = own_counts / max(own_counts.sum(), 1)  # evaluation only: nothing of it is released
+        self.personal_log_p = log_prior(torch.as_tensor(own_counts))
         # frozen parameters (a LoRA backbone) are not the optimizer's
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         self.total_steps = max(1, total_steps)
         self.step = 0
-        self.gen = torch.Generator().manual_seed(seed)
 
     # -- training -----------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -66,6 +84,9 @@ class Learner:
         for _ in range(steps):
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr()
+            if self.private is not None:
+                total += self._private_step(teacher_x, teacher_p, kd_weight)
+                continue
             idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
             x = shift_augment(self.x[idx], c.augment_shift, self.gen) if c.augment_shift else self.x[idx]
             if teacher_p is None:
@@ -87,6 +108,46 @@ class Learner:
             total += loss.item()
         return total / max(steps, 1)
 
+    def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float) -> float:
+        """One DP-SGD step (privacy.PrivateSteps): a Poisson sample of private rows, their per-sample
+        gradients clipped and noised, plus the distillation rows' plain gradient. Past the planned
+        private steps only the distillation part (no private row is touched)."""
+        c = self.config
+        rows = self.private.sample(self.gen) if self.step < self.private.planned else torch.zeros(0, dtype=torch.long)
+        x = self.x[rows]
+        if c.augment_shift and len(rows):
+            x = shift_augment(x, c.augment_shift, self.gen)
+        parts = [x]
+        if teacher_p is not None:
+            kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
+            kd_x = shift_augment(teacher_x[kd_idx], c.augment_reference, self.gen) if c.augment_reference else teacher_x[kd_idx]
+            parts.append(kd_x)
+        if sum(len(p) for p in parts) == 0:  # no private row drawn and nothing to distill: only noise to add
+            parts = [self.x[:0]]
+        z = self._per_sample(torch.cat(parts))
+        # summed, not averaged, over private rows: each row's gradient is clipped on its own, then the sum
+        # is noised and divided by the expected batch size (PrivateSteps.set_grads)
+        loss = nn.functional.cross_entropy(z[:len(rows)] + self.log_p, self.y[rows], reduction="sum") if len(rows) \
+            else z.sum() * 0.0
+        if teacher_p is not None:
+            loss = loss + kd_weight * distill_loss(z[len(rows):], teacher_p[kd_idx], c.temperature)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.step < self.private.planned:
+            self.private.set_grads(params, len(rows), self.gen)
+        else:
+            for p in params:
+                p.grad = p.grad_sample.sum(0) if p.grad_sample is not None else None
+                p.grad_sample = None
+        self.optimizer.step()
+        self.step += 1
+        return loss.item() / max(len(rows), 1)
+
+    def epsilon_spent(self) -> float | None:
+        """The accountant's epsilon for what this learner's private data went into so far (None: not private)."""
+        return None if self.private is None else self.private.epsilon(self.step)
+
     # -- inference ----------------------------------------------------------------------------
     @torch.inference_mode()
     def logits(self, x: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
@@ -101,7 +162,7 @@ class Learner:
         loss = float(nn.functional.cross_entropy(z, y))
         per_class = _recall(z.argmax(1), y, self.num_classes)
         personal = _recall((z + self.personal_log_p).argmax(1), y, self.num_classes)
-        mix = self.label_counts / self.label_counts.sum()
+        mix = self._mix
         return Evaluation(
             global_acc=float((z.argmax(1) == y).float().mean()),
             personal_acc=float((personal * mix).sum()),

@@ -71,6 +71,9 @@ def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) ->
         "rejected": dict(sum((Counter(final[n].get("rejected", {})) for n in nodes), Counter())),
         "curve": per_round,
     }
+    spent = {r["node"]: r["epsilon"] for r in sorted(records, key=lambda r: r["round"]) if "epsilon" in r}
+    if spent:  # differential privacy: what each node's private data has cost, the accountant's epsilon
+        out["epsilon_spent"] = {"max": max(spent.values()), "per_node": dict(sorted(spent.items()))}
     profiles = _groups([final[n] for n in nodes if "profile" in final[n]], "profile")
     if set(profiles) - set(out["per_arch"]):  # profiles say more than architectures (two widths of one)
         out["per_profile"] = profiles

@@ -305,6 +305,8 @@ class Node(Lifetime):
                 "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
                 "reputation": {pid: round(p.reputation, 4) for pid, p in self.peers.items() if p.reputation is not None},
             } | self.record_extra
+            if (spent := self.learner.epsilon_spent()) is not None:
+                record["epsilon"] = spent
             if r % self.eval_every == 0 or r == self.rounds:
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
                 record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}
@@ -561,4 +563,4 @@ class Node(Lifetime):
             "send_failures": self.counters.send_failures, "superseded": self.counters.superseded,
             "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round, "trust": p.trust, "reputation": p.reputation}
                            for pid, p in self.peers.items()},
-        } | self.status_extra
+        } | ({} if (spent := self.learner.epsilon_spent()) is None else {"epsilon": spent}) | self.status_extra

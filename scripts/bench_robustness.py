@@ -20,6 +20,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
@@ -29,40 +31,43 @@ from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.sim import Simulation  # noqa: E402
 
 
-def run(scenario_path, overrides: dict, attack: str | None, share: float, defence: str) -> dict:
-    over = overrides | {"gossip.defence": defence}
+def run(scenario_path, overrides: dict, attack: str | None, share: float, defence: str, seed: int) -> dict:
+    over = overrides | {"gossip.defence": defence, "seed": seed}
     if attack and share > 0:
         over["attack"] = [{"kind": attack, "fraction": share}]
     s = load_scenario(scenario_path, over)
     result = Simulation(s, run_dir=None).run()
     honest = result.summary.get("honest", result.summary)
-    final = {}  # each node's last global accuracy, to compare the same honest nodes with the clean run
+    final, final_personal = {}, {}  # each node's last accuracies, to compare the same honest nodes with a clean run
     for r in result.records:
         if "global_acc" in r:
-            final[r["node"]] = r["global_acc"]
-    return {"attack": attack if share > 0 else "none", "share": share, "defence": defence,
+            final[r["node"]], final_personal[r["node"]] = r["global_acc"], r["personal_acc"]
+    return {"attack": attack if share > 0 else "none", "share": share, "defence": defence, "seed": seed,
             "attackers": sorted(result.summary.get("attackers", {})),
             "personal": honest["personal"]["mean"], "global": honest["global"]["mean"],
             "personal_worst10": honest["personal"]["worst_decile"], "global_worst10": honest["global"]["worst_decile"],
-            "wall_s": result.summary["wall_time_s"], "final_global": final}
+            "wall_s": result.summary["wall_time_s"], "final_global": final, "final_personal": final_personal}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", nargs="?", default=None, help="scenario (default: the quickstart)")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--attacks", nargs="+", default=["shift+inflate", "shift", "uniform", "invert", "reorder",
-                                                     "scale", "replay", "echo", "inflate"])
+    ap.add_argument("--attacks", nargs="*", default=["shift+inflate", "shift", "uniform", "invert", "reorder",
+                                                     "scale", "replay", "echo", "inflate"],
+                    help="attacks to run (none given: the clean runs only)")
     ap.add_argument("--shares", nargs="+", type=float, default=[0.1, 0.2, 0.3])
-    ap.add_argument("--defences", nargs="+", default=["none", "claims"])
+    ap.add_argument("--defences", nargs="+", default=["none", "auto"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_robustness.json"))
     args = ap.parse_args()
     path = shipped.scenario(args.scenario)
     overrides = parse_sets(args.set) | {"rounds": args.rounds}
-    grid = [(path, overrides, attack, share, defence) for defence in args.defences
-            for attack, share in [(None, 0.0)] + [(a, f) for a in args.attacks for f in args.shares]]
+    grid = [(path, overrides, attack, share, defence, seed) for defence in args.defences
+            for attack, share in [(None, 0.0)] + [(a, f) for a in args.attacks for f in args.shares]
+            for seed in args.seeds]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = []
         for row in pool.map(run, *zip(*grid)):  # in grid order, each printed as soon as it and those before are done
@@ -71,24 +76,44 @@ def main() -> None:
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
     out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
            "scenario": str(path), "rounds": args.rounds, "rows": rows}
-    atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
-    clean = {r["defence"]: r["final_global"] for r in rows if r["attack"] == "none"}
-    for r in rows:  # the same honest nodes in the clean run of the same defence, and in the undefended clean run
-        same = [n for n in r["final_global"] if n not in r["attackers"]]
-        r["vs_clean"] = sum(r["final_global"][n] - clean[r["defence"]][n] for n in same) / len(same)
-        r["vs_undefended_clean"] = sum(r["final_global"][n] - clean["none"][n] for n in same) / len(same) \
-            if "none" in clean else None
+    compare_to_clean(rows)
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     label = "; ".join([Path(str(path)).stem, *args.set])
-    table = [f"| {out['date']} | {label}, {args.rounds} rounds | {r['attack']} | {r['share']:.0%} "
-             f"| {r['defence']} | {r['personal']:.3f} | {r['global']:.3f} | {r['vs_clean']:+.3f} "
-             f"| {r['global_worst10']:.3f} |" for r in rows]
+    table = [f"| {out['date']} | {label}, {args.rounds} rounds, seeds {' '.join(map(str, args.seeds))} "
+             f"| {g['attack']} | {g['share']:.0%} | {g['defence']} | {g['personal']:.3f} | {g['personal_kept']:.1%} "
+             f"| {g['global']:.3f} | {g['vs_clean']:+.3f} | {g['vs_clean_worst']:+.3f} | {g['global_worst10']:.3f} |"
+             for g in by_setting(rows)]
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_robustness rows -->",
              "### Robustness (`scripts/bench_robustness.py`): honest nodes only\n\n"
              f"Machine: {machine()}. Command: `{command}`.\n\n"
-             "| date | scenario | attack | attackers | defence | personal | global | global vs clean (same nodes) | "
-             "global worst 10% |\n|---|---|---|---|---|---|---|---|---|", table)
+             "| date | scenario | attack | attackers | defence | personal | of clean personal | global "
+             "| global vs clean (same nodes) | worst seed | global worst 10% |\n|---|---|---|---|---|---|---|---|---|---|---|",
+             table)
     print(f"wrote {args.out} and a table in BENCHMARKS.md")
+
+
+def compare_to_clean(rows: list[dict]) -> None:
+    """Add each row's honest nodes' change against the same nodes in the clean run of the same seed: the
+    undefended clean run when the grid has one (what these nodes get with no attacker and no defence),
+    else the clean run of the same defence."""
+    clean = {(r["defence"], r["seed"]): r for r in rows if r["attack"] == "none"}
+    for r in rows:
+        base = clean.get(("none", r["seed"])) or clean[r["defence"], r["seed"]]
+        same = [n for n in r["final_global"] if n not in r["attackers"]]
+        r["vs_clean"] = float(np.mean([r["final_global"][n] - base["final_global"][n] for n in same]))
+        r["personal_kept"] = float(np.mean([r["final_personal"][n] for n in same])
+                                   / np.mean([base["final_personal"][n] for n in same]))
+
+
+def by_setting(rows: list[dict]) -> list[dict]:
+    """One row per attack x share x defence: the means over seeds, and the worst seed's global change."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["attack"], r["share"], r["defence"]), []).append(r)
+    return [{"attack": a, "share": f, "defence": d, "vs_clean_worst": min(r["vs_clean"] for r in rs)}
+            | {k: float(np.mean([r[k] for r in rs])) for k in ("personal", "personal_kept", "global", "vs_clean",
+                                                               "global_worst10")}
+            for (a, f, d), rs in groups.items()]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""Differential privacy of what a node releases: DP-SGD on its private samples, an accountant's epsilon.
+
+The mechanism (chosen by measurement; BENCHMARKS.md, privacy): every step that touches a private
+sample is a DP-SGD step -- Poisson sampling at rate q, each sample's gradient clipped to norm
+`clip`, Gaussian noise of std `noise x clip` on their sum -- and the label counts a node claims in its
+frames (and trains its prior on) are released once through the Gaussian mechanism. Everything a node
+sends afterwards (logits on public reference rows, label counts, parameters) is a function of these
+outputs, public data and what neighbours sent: post-processing, free. Distillation on reference rows
+is public data and is not clipped or noised.
+
+The epsilon is opacus's RDP accountant's (no arithmetic of our own): `Ledger` records the count
+release and each private step as the accountant's history, and `plan_noise` searches the noise that
+spends the target over the steps the run will take.
+"""
+
+from __future__ import annotations
+
+import logging
+import numpy as np
+import torch
+
+from p2pfl.config import PrivacyConfig
+
+log = logging.getLogger(__name__)
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
+    """The RDP accountant's epsilon at `delta` for these Gaussian mechanisms composed (0 for none)."""
+    from opacus.accountants import RDPAccountant  # opacus loads scipy: only private nodes pay for it
+
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return float(accountant.get_epsilon(delta))
+
+
+def plan_noise(target: float, delta: float, sample_rate: float, steps: int, prefix: list[tuple[float, float, int]],
+               tolerance: float = 0.01) -> float:
+    """The smallest noise multiplier (to `tolerance`) whose `steps` DP-SGD steps at `sample_rate`, after
+    the `prefix` releases, spend at most `target`. ValueError when the prefix alone spends it."""
+    if epsilon_of(prefix, delta) >= target:
+        raise ValueError(f"privacy.epsilon = {target}: the label-count release alone spends "
+                         f"{epsilon_of(prefix, delta):.2f}; raise privacy.epsilon or privacy.count_noise")
+
+    def spent(noise: float) -> float:
+        return epsilon_of(prefix + [(noise, sample_rate, steps)], delta)
+
+    lo, hi = 0.0, 1.0
+    while spent(hi) > target:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ValueError(f"privacy.epsilon = {target}: no noise below 1e6 spends so little over {steps} steps")
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if spent(mid) > target else (lo, mid)
+    return hi
+
+
+def noisy_counts(counts: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Label counts through the Gaussian mechanism (L2 sensitivity 1: one sample moves one count by one),
+    rounded and floored at 0 (post-processing)."""
+    return np.maximum(np.rint(counts + rng.normal(0.0, noise, size=counts.shape)), 0).astype(np.int64)
+
+
+class PrivateSteps:
+    """DP-SGD for one learner: which private rows a step samples, and the noisy gradient it applies.
+
+    The model is wrapped by opacus's GradSampleModule (per-sample gradients by hooks; an nn.GRU must
+    have been replaced by opacus's DPGRU, see `private_model`). Every learner step is a private step
+    until the planned ones are taken; after that (only a node run past its plan) the learner trains on
+    the teacher alone. A resumed node restores its step and random generator from its checkpoint, so
+    the steps it redoes draw the same samples and the same noise as before the crash."""
+
+    def __init__(self, config: PrivacyConfig, n: int, planned_steps: int):
+        self.config = config
+        self.n = n
+        self.planned = planned_steps
+        self.sample_rate = min(1.0, config.batch / max(n, 1))
+        self.prefix = [(config.count_noise, 1.0, 1)]  # the label counts, released once
+        self.noise = plan_noise(config.epsilon, config.delta, self.sample_rate, planned_steps, self.prefix)
+
+    def epsilon(self, steps: int) -> float:
+        """What this node has spent after `steps` private steps (and its count release)."""
+        return epsilon_of(self.prefix + [(self.noise, self.sample_rate, min(steps, self.planned))], self.config.delta)
+
+    def sample(self, gen: torch.Generator) -> torch.Tensor:
+        """Poisson sampling: each private row in with probability sample_rate (what the accountant assumes)."""
+        return torch.nonzero(torch.rand(self.n, generator=gen) < self.sample_rate).flatten()
+
+    def set_grads(self, params: list[torch.nn.Parameter], private_rows: int, gen: torch.Generator) -> None:
+        """From per-sample gradients (p.grad_sample, one row per input: the first `private_rows` private,
+        the rest public), set p.grad to the clipped, noised private mean plus the public rows' sum."""
+        per_sample = [p.grad_sample for p in params]
+        norms = torch.sqrt(sum(g[:private_rows].flatten(1).square().sum(1) for g in per_sample))
+        scale = (self.config.clip / (norms + 1e-6)).clamp(max=1.0)
+        expected = self.sample_rate * self.n  # the mean over the expected batch: its size is not private
+        for p, g in zip(params, per_sample):
+            private = torch.einsum("i,i...->...", scale, g[:private_rows])
+            noise = torch.normal(0.0, self.noise * self.config.clip, size=private.shape, generator=gen)
+            p.grad = (private + noise) / expected + g[private_rows:].sum(0)
+            p.grad_sample = None
+
+
+def private_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with layers opacus cannot compute per-sample gradients of replaced (nn.GRU -> DPGRU,
+    the same function with its own parameters). ValueError names what cannot be made private."""
+    from opacus.validators import ModuleValidator
+
+    fixed = ModuleValidator.fix(model) if ModuleValidator.validate(model, strict=False) else model
+    left = ModuleValidator.validate(fixed, strict=False)
+    if left:
+        raise ValueError(f"privacy: {type(model).__name__} has layers DP-SGD cannot train: {left[0]}")
+    return fixed
