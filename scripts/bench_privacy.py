@@ -1,0 +1,82 @@
+"""Privacy: accuracy and bytes against the epsilon each node's release is held to (DP-SGD, opacus's RDP accountant).
+
+    python scripts/bench_privacy.py                                   # quickstart, epsilon 1 2 4 8 inf, and local
+    python scripts/bench_privacy.py --epsilons 8 --rounds 30 --jobs 2
+
+For each epsilon: the scenario with `privacy.epsilon` at it (inf: no privacy) at `privacy.delta`, the
+nodes' final personal and global means, bytes per node per round and the largest epsilon any node
+spent (the accountant's). `--local` adds the local baseline (no sharing, no privacy) the bar is
+measured against. Writes scripts/results/bench_privacy.json and a table in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import multiprocessing
+import shlex
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from p2pfl import shipped  # noqa: E402
+from p2pfl.config import load_scenario, parse_sets  # noqa: E402
+from p2pfl.files import atomic_write_text  # noqa: E402
+from p2pfl.sim import Simulation  # noqa: E402
+
+
+def run(scenario_path, overrides: dict, epsilon: float | None) -> dict:
+    """One run at `epsilon` (None: the local baseline)."""
+    over = overrides | ({"mode": "local"} if epsilon is None else {"privacy.epsilon": epsilon})
+    s = load_scenario(scenario_path, over)
+    summary = Simulation(s, run_dir=None).run().summary
+    return {"epsilon": "local" if epsilon is None else epsilon, "delta": s.privacy.delta,
+            "personal": summary["personal"]["mean"], "global": summary["global"]["mean"],
+            "global_worst10": summary["global"]["worst_decile"],
+            "bytes_per_node_per_round": summary["bytes_per_node_per_round"],
+            "epsilon_spent_max": summary.get("epsilon_spent", {}).get("max"), "wall_s": summary["wall_time_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", nargs="?", default=None, help="scenario (default: the quickstart)")
+    ap.add_argument("--epsilons", nargs="+", type=float, default=[1, 2, 4, 8, math.inf])
+    ap.add_argument("--local", action="store_true", help="also the local baseline")
+    ap.add_argument("--rounds", type=int, default=None, help="default: the scenario's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_privacy.json"))
+    args = ap.parse_args()
+    path = shipped.scenario(args.scenario)
+    overrides = parse_sets(args.set) | ({"rounds": args.rounds} if args.rounds else {})
+    grid = [None] * args.local + list(args.epsilons)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = []
+        for row in pool.map(run, [path] * len(grid), [overrides] * len(grid), grid):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    rounds = load_scenario(path, overrides).rounds
+    command = "python scripts/bench_privacy.py " + shlex.join(sys.argv[1:])
+    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "scenario": str(path),
+           "rounds": rounds, "rows": rows}
+    atomic_write_text(Path(args.out), json.dumps(out, indent=1, default=str) + "\n")
+    label = "; ".join([Path(str(path)).stem, *args.set])
+    table = [f"| {out['date']} | {label}, {rounds} rounds | {r['epsilon']} | {r['delta']:g} | {r['personal']:.3f} "
+             f"| {r['global']:.3f} | {r['global_worst10']:.3f} | {r['bytes_per_node_per_round'] / 1e3:.1f} KB "
+             f"| {'-' if r['epsilon_spent_max'] is None else format(r['epsilon_spent_max'], '.3f')} "
+             f"| {r['wall_s']:.0f} s |" for r in rows]
+    add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_privacy rows -->",
+             "### Privacy (`scripts/bench_privacy.py`): DP-SGD on private samples, opacus RDP accountant\n\n"
+             f"Machine: {machine()}. Command: `{command}`.\n\n"
+             "| date | scenario | epsilon | delta | personal | global | global worst 10% | bytes / node / round "
+             "| epsilon spent (max node) | wall |\n|---|---|---|---|---|---|---|---|---|---|", table)
+    print(f"wrote {args.out} and a table in BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
