@@ -38,10 +38,11 @@ ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node
 #   full weight from chance level up), so a liar that moves, inverts or reorders classes loses its say;
 # - clip (averaging.clip_around): parameter modes average each neighbour's vector clipped to a ball around
 #   our own (self-centred clipping, ClippedGossip), of radius CLIP_FACTOR times the lower median distance
-# "auto" is the measured default: claims (on quickstart and two-widths, seeds 0-2, no honest claim reaches 60%
-# of the bound, so clean runs are unchanged; BENCHMARKS.md, robustness). "none": no defence.
+# "auto" is the measured default: claims+reputation (claims: on quickstart and two-widths, seeds 0-2, no honest
+# claim reaches 60% of the bound, so clean runs are unchanged; reputation: clean quickstart, 30 rounds, seeds 0-2,
+# moved global by -0.0015 / +0.0014 / +0.0011; BENCHMARKS.md, robustness). "none": no defence.
 DEFENCES = ("claims", "reputation", "clip")
-AUTO_DEFENCE = ("claims",)
+AUTO_DEFENCE = ("claims", "reputation")
 
 
 def parse_defence(text: str) -> frozenset[str]:

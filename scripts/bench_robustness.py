@@ -62,7 +62,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_robustness.json"))
+    ap.add_argument("--table-from", metavar="JSON", help="run nothing: add the table rows of an earlier run's JSON")
     args = ap.parse_args()
+    if args.table_from:
+        write_table(json.loads(Path(args.table_from).read_text()), Path(args.table_from))
+        return
     path = shipped.scenario(args.scenario)
     overrides = parse_sets(args.set) | {"rounds": args.rounds}
     grid = [(path, overrides, attack, share, defence, seed) for defence in args.defences
@@ -75,21 +79,25 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
     out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
-           "scenario": str(path), "rounds": args.rounds, "rows": rows}
+           "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]), "rounds": args.rounds,
+           "seeds": args.seeds, "rows": rows}
     compare_to_clean(rows)
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
-    label = "; ".join([Path(str(path)).stem, *args.set])
-    table = [f"| {out['date']} | {label}, {args.rounds} rounds, seeds {' '.join(map(str, args.seeds))} "
+    write_table(out, Path(args.out))
+
+
+def write_table(out: dict, json_path: Path) -> None:
+    table = [f"| {out['date']} | {out['label']}, {out['rounds']} rounds, seeds {' '.join(map(str, out['seeds']))} "
              f"| {g['attack']} | {g['share']:.0%} | {g['defence']} | {g['personal']:.3f} | {g['personal_kept']:.1%} "
-             f"| {g['global']:.3f} | {g['vs_clean']:+.3f} | {g['vs_clean_worst']:+.3f} | {g['global_worst10']:.3f} |"
-             for g in by_setting(rows)]
-    add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_robustness rows -->",
-             "### Robustness (`scripts/bench_robustness.py`): honest nodes only\n\n"
-             f"Machine: {machine()}. Command: `{command}`.\n\n"
+             f"| {g['global']:.3f} | {g['vs_clean']:+.3f} | {g['vs_clean_worst']:+.3f} | {g['global_worst10']:.3f} "
+             f"| {json_path.name} |" for g in by_setting(out["rows"])]
+    add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_robustness grid rows -->",
+             "### Robustness grid (`scripts/bench_robustness.py`): honest nodes only, against the undefended clean run\n\n"
+             f"Machine: {out['machine']}. Each row's command is in its JSON (scripts/results/).\n\n"
              "| date | scenario | attack | attackers | defence | personal | of clean personal | global "
-             "| global vs clean (same nodes) | worst seed | global worst 10% |\n|---|---|---|---|---|---|---|---|---|---|---|",
-             table)
-    print(f"wrote {args.out} and a table in BENCHMARKS.md")
+             "| global vs clean (same nodes) | worst seed | global worst 10% | JSON |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|", table)
+    print(f"wrote {json_path} and a table in BENCHMARKS.md")
 
 
 def compare_to_clean(rows: list[dict]) -> None:

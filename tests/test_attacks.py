@@ -190,7 +190,7 @@ def test_clipped_vectors_never_leave_the_ball(own, n, seed):
 def test_defences_combine_and_bad_ones_are_named():
     from p2pfl.config import parse_defence
 
-    assert parse_defence("auto") == {"claims"} and parse_defence("none") == set()
+    assert parse_defence("auto") == {"claims", "reputation"} and parse_defence("none") == set()
     assert parse_defence("claims+clip") == {"claims", "clip"}
     with pytest.raises(ConfigError, match="gossip.defence = 'shield'"):
         GossipConfig(defence="shield")
