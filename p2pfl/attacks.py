@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import networkx as nx
 import numpy as np
 
 from p2pfl.config import LOGIT_ATTACKS, AttackConfig, Scenario, parse_attack
@@ -33,20 +34,40 @@ from p2pfl.consensus import normalize_logits
 from p2pfl.modes import Mode, NodeContext, Outgoing, Received, Teaching
 
 
-def attackers(s: Scenario, n: int) -> dict[int, AttackConfig]:
+def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
     """Node index -> the attack it mounts: each [[attack]] table's nodes, a count or share chosen with the
-    scenario seed among nodes no earlier table took."""
+    scenario seed among nodes no earlier table took, or a cover of every honest node's neighbourhood."""
+    n = graph.number_of_nodes()
     rng = np.random.default_rng([s.seed, 7_001])
     free = [int(i) for i in rng.permutation(n)]
     out: dict[int, AttackConfig] = {}
     for a in s.attack:
-        chosen = list(a.nodes) if a.nodes else free[: a.count or max(1, round(a.fraction * n))]
+        if a.neighbours:
+            chosen = neighbourhood_cover(graph, a.neighbours, free, set(out))
+        else:
+            chosen = list(a.nodes) if a.nodes else free[: a.count or max(1, round(a.fraction * n))]
         bad = [i for i in chosen if not 0 <= i < n]
         if bad:
             raise ValueError(f"attack.nodes: {bad} are not node indices of a {n}-node topology (0..{n - 1})")
         out |= {i: a for i in chosen}
         free = [i for i in free if i not in out]
     return out
+
+
+def neighbourhood_cover(graph: nx.Graph, k: int, order: list[int], taken: set[int]) -> list[int]:
+    """Nodes (from `order`, not in `taken`) chosen greedily until every other node has at least `k`
+    attacking neighbours (already taken ones count), or no choice brings any node closer: each pick is
+    the candidate adjacent to the most nodes still short of `k`, ties in `order`."""
+    bad = set(taken)
+    chosen: list[int] = []
+    while True:
+        short = {v for v in graph if v not in bad and sum(u in bad for u in graph[v]) < k}
+        candidates = [c for c in order if c not in bad]
+        best = max(candidates, key=lambda c: sum(u in short for u in graph[c]), default=None)
+        if best is None or not short or sum(u in short for u in graph[best]) == 0:
+            return chosen
+        bad.add(best)
+        chosen.append(best)
 
 
 class Attacker(Mode):

@@ -331,7 +331,10 @@ class AttackConfig:
     kind: str = "shift"  # ATTACKS, joined by + (logits attacks in logits/hybrid mode, parameter ones in the others)
     count: int = 0  # this many nodes (a seeded choice) ...
     fraction: float = 0.0  # ... or this share of the nodes, rounded (at least one) ...
-    nodes: tuple[int, ...] = ()  # ... or these node indices
+    nodes: tuple[int, ...] = ()  # ... or these node indices ...
+    # ... or enough nodes that every honest node has this many attacking neighbours (a seeded greedy cover;
+    # "2 of each honest node's 4 neighbours", where the graph allows it)
+    neighbours: int = 0
     start: int = 0  # the first round whose knowledge is a lie (0: from the first)
     strength: float = 0.0  # the attack's parameter (scale, noise, z, claimed count); 0: its default
 
@@ -340,9 +343,11 @@ class AttackConfig:
             parse_attack(self.kind)
         except ValueError as e:
             raise ConfigError(f"attack.kind = {e}") from None
-        chosen = [bool(self.count), bool(self.fraction), bool(self.nodes)]
-        _check(sum(chosen) == 1, f"attack: give exactly one of count, fraction or nodes (got count = {self.count}, "
-                                 f"fraction = {self.fraction}, nodes = {list(self.nodes)}), e.g. count = 3")
+        chosen = [bool(self.count), bool(self.fraction), bool(self.nodes), bool(self.neighbours)]
+        _check(sum(chosen) == 1, f"attack: give exactly one of count, fraction, nodes or neighbours (got count = "
+                                 f"{self.count}, fraction = {self.fraction}, nodes = {list(self.nodes)}, neighbours = "
+                                 f"{self.neighbours}), e.g. count = 3")
+        _check(self.neighbours >= 0, f"attack.neighbours = {self.neighbours}: attacking neighbours per honest node, >= 1")
         _check(self.count >= 0 and 0.0 <= self.fraction < 1.0 and all(i >= 0 for i in self.nodes),
                f"attack: count >= 0, 0 <= fraction < 1 and node indices >= 0; got {self.count}, {self.fraction}, "
                f"{list(self.nodes)}")

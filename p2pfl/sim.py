@@ -164,7 +164,7 @@ class Simulation:
         graph = assemble.topology(s)
         plans = assemble.plans(s, data, graph)
         return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans],
-                     attackers(s, graph.n))
+                     attackers(s, graph.graph))
 
     def run(self) -> SimulationResult:
         s = self.scenario

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import networkx as nx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -81,16 +82,34 @@ def test_parameter_lies():
 
 def test_attackers_are_chosen_by_count_share_or_index_and_checked():
     s = load_scenario(None, {"attack": [{"kind": "shift", "count": 3}, {"kind": "uniform", "nodes": [0]}]})
-    chosen = attackers(s, 16)
+    g16 = nx.cycle_graph(16)
+    chosen = attackers(s, g16)
     assert len(chosen) == 4 and chosen[0].kind == "uniform"
-    assert chosen == attackers(s, 16)  # seeded: the same run picks the same liars
-    assert len(attackers(load_scenario(None, {"attack": [{"kind": "invert", "fraction": 0.2}]}), 16)) == 3
-    with pytest.raises(ConfigError, match="exactly one of count, fraction or nodes"):
+    assert chosen == attackers(s, g16)  # seeded: the same run picks the same liars
+    assert len(attackers(load_scenario(None, {"attack": [{"kind": "invert", "fraction": 0.2}]}), g16)) == 3
+    with pytest.raises(ConfigError, match="exactly one of count, fraction, nodes or neighbours"):
         load_scenario(None, {"attack": [{"kind": "shift"}]})
     with pytest.raises(ConfigError, match="attack.kind = 'lies'"):
         load_scenario(None, {"attack": [{"kind": "lies", "count": 1}]})
     with pytest.raises(ValueError, match="not node indices"):
-        attackers(load_scenario(None, {"attack": [{"kind": "shift", "nodes": [40]}]}), 16)
+        attackers(load_scenario(None, {"attack": [{"kind": "shift", "nodes": [40]}]}), g16)
+
+
+def test_attackers_can_surround_every_honest_node():
+    """neighbours = 2: enough liars that each honest node has two attacking neighbours, where the graph
+    allows it (a greedy cover: on a ring of 8 the best is every other node, 4; greedy may take 5)."""
+    from p2pfl.assemble import topology
+
+    ring = nx.cycle_graph(8)
+    bad = attackers(load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2}]}), ring)
+    assert 4 <= len(bad) <= 5 and all(sum(u in bad for u in ring[v]) == 2 for v in ring if v not in bad)
+    s = load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2}]})  # quickstart: small-world, k = 4
+    graph = topology(s).graph
+    bad = attackers(s, graph)
+    honest = [v for v in graph if v not in bad]
+    assert honest and all(sum(u in bad for u in graph[v]) >= min(2, graph.degree[v]) for v in honest)
+    with pytest.raises(ConfigError, match="exactly one of count, fraction, nodes or neighbours"):
+        load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2, "count": 1}]})
 
 
 # -- the claims defence ---------------------------------------------------------------------------------
