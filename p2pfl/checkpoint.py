@@ -46,6 +46,8 @@ def save(path: Path, learner: Trainable, *, round: int, meta: dict[str, str | in
         "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
         "step": learner.step, "rng": learner.gen.get_state(),
     }
+    if (private := getattr(learner, "private", None)) is not None:  # DP: what was released and spent so far
+        state["private"] = {"spent": private.spent, "counts": [int(c) for c in learner.label_counts]}
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -79,5 +81,7 @@ def load(path: Path, learner: Trainable, *, meta: dict[str, str | int]) -> Resum
                          f"the checkpoint to start from round 0") from None
     learner.step = int(state["step"])
     learner.gen.set_state(state["rng"])
+    if getattr(learner, "private", None) is not None:  # meta holds the privacy settings: they match
+        learner.resume_private(int(state["private"]["spent"]), list(state["private"]["counts"]))
     return Resumed(int(state["round"]), {str(k): int(v) for k, v in state["peers"].items()},
                    {str(k): float(v) for k, v in state["mode"].items()})

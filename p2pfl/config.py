@@ -347,7 +347,8 @@ class AttackConfig:
         _check(sum(chosen) == 1, f"attack: give exactly one of count, fraction, nodes or neighbours (got count = "
                                  f"{self.count}, fraction = {self.fraction}, nodes = {list(self.nodes)}, neighbours = "
                                  f"{self.neighbours}), e.g. count = 3")
-        _check(self.neighbours >= 0, f"attack.neighbours = {self.neighbours}: attacking neighbours per honest node, >= 1")
+        _check(self.neighbours >= 0, f"attack.neighbours = {self.neighbours}: attacking neighbours per honest node, "
+                                     f">= 1 (0: not this way)")
         _check(self.count >= 0 and 0.0 <= self.fraction < 1.0 and all(i >= 0 for i in self.nodes),
                f"attack: count >= 0, 0 <= fraction < 1 and node indices >= 0; got {self.count}, {self.fraction}, "
                f"{list(self.nodes)}")
@@ -376,13 +377,16 @@ class PrivacyConfig:
     delta: float = 1e-5
     clip: float = 1.0  # each private sample's gradient clipped to this L2 norm
     batch: int = 100  # expected private samples per step (Poisson sampling at batch / samples)
-    count_noise: float = 5.0  # std of the Gaussian noise on the label counts a node claims (released once)
+    # std of the Gaussian noise on the label counts a node claims (released once); 0: auto, the least noise
+    # whose release spends at most a tenth of the target (5.3 at epsilon 8, 38 at epsilon 1)
+    count_noise: float = 0.0
 
     def __post_init__(self):
         _check(self.epsilon >= 0 and not math.isnan(self.epsilon),
                f"privacy.epsilon = {self.epsilon}: the DP target over the whole run, > 0 (0 or inf: off), e.g. 8")
         _check(0 < self.delta < 1, f"privacy.delta = {self.delta}: between 0 and 1, e.g. 1e-5")
-        _positive(self, "privacy.", "clip", "count_noise")
+        _positive(self, "privacy.", "clip")
+        _at_least(self, "privacy.", 0, "count_noise")
         _at_least(self, "privacy.", 1, "batch")
 
     @property

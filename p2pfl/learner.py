@@ -51,11 +51,9 @@ class Learner:
         if privacy is not None and privacy.on:
             from opacus import GradSampleModule  # opacus loads scipy: only a private node pays for it
 
-            # opacus's per-sample hooks see inputs that need no gradient (the data): expected, not a problem
-            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-
             self.private = PrivateSteps(privacy, len(y), max(1, total_steps))
-            self.label_counts = noisy_counts(own_counts, privacy.count_noise, np.random.default_rng([seed, 9_001]))
+            # the release's noise from the OS, like the steps' (PrivateSteps): peers know the scenario seed
+            self.label_counts = noisy_counts(own_counts, self.private.count_noise, np.random.default_rng())
             self._per_sample = GradSampleModule(model, loss_reduction="sum")
         counts = torch.as_tensor(self.label_counts)
         self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
@@ -110,43 +108,56 @@ class Learner:
 
     def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float) -> float:
         """One DP-SGD step (privacy.PrivateSteps): a Poisson sample of private rows, their per-sample
-        gradients clipped and noised, plus the distillation rows' plain gradient. Past the planned
-        private steps only the distillation part (no private row is touched)."""
+        gradients clipped and noised, plus the distillation rows' plain gradient. Once the budget is
+        spent, only the distillation part (no private row is touched)."""
         c = self.config
-        rows = self.private.sample(self.gen) if self.step < self.private.planned else torch.zeros(0, dtype=torch.long)
+        private = self.private.can_step()
+        rows = self.private.sample() if private else torch.zeros(0, dtype=torch.long)
         x = self.x[rows]
         if c.augment_shift and len(rows):
             x = shift_augment(x, c.augment_shift, self.gen)
-        parts = [x]
+        parts = [x] if len(rows) else []
         if teacher_p is not None:
             kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
-            kd_x = shift_augment(teacher_x[kd_idx], c.augment_reference, self.gen) if c.augment_reference else teacher_x[kd_idx]
-            parts.append(kd_x)
-        if sum(len(p) for p in parts) == 0:  # no private row drawn and nothing to distill: only noise to add
-            parts = [self.x[:0]]
-        z = self._per_sample(torch.cat(parts))
-        # summed, not averaged, over private rows: each row's gradient is clipped on its own, then the sum
-        # is noised and divided by the expected batch size (PrivateSteps.set_grads)
-        loss = nn.functional.cross_entropy(z[:len(rows)] + self.log_p, self.y[rows], reduction="sum") if len(rows) \
-            else z.sum() * 0.0
-        if teacher_p is not None:
-            loss = loss + kd_weight * distill_loss(z[len(rows):], teacher_p[kd_idx], c.temperature)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            kd_x = teacher_x[kd_idx]
+            parts.append(shift_augment(kd_x, c.augment_reference, self.gen) if c.augment_reference else kd_x)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.step < self.private.planned:
-            self.private.set_grads(params, len(rows), self.gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros(())
+        if parts:  # else: no private row drawn and nothing to distill, only the noise to add (set_grads)
+            z = self._per_sample(torch.cat(parts))
+            # summed, not averaged, over private rows: each row's gradient is clipped on its own, then the sum
+            # is noised and divided by the expected batch size (PrivateSteps.set_grads)
+            if len(rows):
+                loss = nn.functional.cross_entropy(z[:len(rows)] + self.log_p, self.y[rows], reduction="sum")
+            if teacher_p is not None:
+                loss = loss + kd_weight * distill_loss(z[len(rows):], teacher_p[kd_idx], c.temperature)
+            with warnings.catch_warnings():  # opacus's hooks see inputs that need no gradient (the data): expected
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                loss.backward()
+        if private:
+            self.private.set_grads(params, len(rows))
         else:
             for p in params:
-                p.grad = p.grad_sample.sum(0) if p.grad_sample is not None else None
+                g = getattr(p, "grad_sample", None)
+                p.grad = None if g is None else g.sum(0)
                 p.grad_sample = None
-        self.optimizer.step()
+        if private or parts:
+            self.optimizer.step()
         self.step += 1
-        return loss.item() / max(len(rows), 1)
+        return loss.item()
+
+    def resume_private(self, spent: int, counts: list[int]) -> None:
+        """After a restart: the counts this node released before (a new draw would be a second release) and
+        the private steps it spent, plus one round's worth: the steps after its last checkpoint may have been
+        shared before it went down, and are redone with fresh noise."""
+        self.label_counts = np.asarray(counts, dtype=np.int64)
+        self.log_p = log_prior(torch.as_tensor(self.label_counts)) if self.config.balanced else self.log_p
+        self.private.spent = spent + self.config.local_steps
 
     def epsilon_spent(self) -> float | None:
         """The accountant's epsilon for what this learner's private data went into so far (None: not private)."""
-        return None if self.private is None else self.private.epsilon(self.step)
+        return None if self.private is None else self.private.epsilon()
 
     # -- inference ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -52,6 +52,7 @@ PLAUSIBLE_RADIUS = 100.0
 # The reputation defence's memory: this much of a sender's old self_support, the rest this round's. One
 # honest-looking round after many lies lifts a liar's weight by 30% of the way, not all of it.
 REPUTATION_MEMORY = 0.7
+MAX_REPUTATIONS = 1024  # senders remembered (16x node.MAX_PEERS)
 
 
 def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
@@ -210,9 +211,13 @@ class LogitsMode(Mode):
         `reputation_factor`."""
         out = []
         for r, s in zip(received, support[1:]):
-            old = self._support.get(r.sender)
+            old = self._support.pop(r.sender, None)  # re-inserted last: the dict forgets the least recent first
             if not np.isnan(s):
                 self._support[r.sender] = s if old is None else REPUTATION_MEMORY * old + (1 - REPUTATION_MEMORY) * s
+            elif old is not None:
+                self._support[r.sender] = old
+            while len(self._support) > MAX_REPUTATIONS:  # identities come and go (Sybils): memory stays bounded
+                del self._support[next(iter(self._support))]
             out.append(reputation_factor(self._support.get(r.sender, 1.0)))
         return out
 

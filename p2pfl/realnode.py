@@ -77,6 +77,10 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
     meta = {"arch": profile.arch, "mode": s.mode, "shard": f"{cfg.shard}/{cfg.shards}", "data": s.data.source,
             "partition": s.data.partition, "seed": s.seed, "reference": reference.digest if reference else "",
             "adapter": assemble.adapter_kind(s) or ""}
+    if learner.private is not None:  # another budget or plan would make the epsilon spent so far meaningless
+        pr = s.privacy
+        meta["privacy"] = (f"epsilon={pr.epsilon} delta={pr.delta} clip={pr.clip} batch={pr.batch} "
+                           f"count_noise={learner.private.count_noise} steps={learner.private.planned}")
     ckpt_path = Path(cfg.state_dir) / checkpoint.FILENAME
     resumed = checkpoint.load(ckpt_path, learner, meta=meta)
     start = resumed.round if resumed else 0

@@ -11,7 +11,9 @@ attaches each hostile behaviour to the target for `--seconds`, with a fresh iden
     hello-loop  its hello again every 0.25 s, forever, and no knowledge
     slice-flood logits frames as fast as it can, each about a new slice (another ref_start)
     sybils      14 identities at once, each with 8 knowledge streams open and frames on them
-    mass        parameter frames with the largest push-sum mass the wire allows, and one past it
+    mass        parameter frames with the largest push-sum mass the wire allows, and one past it (the
+                target is a logits node: refused by kind or by the wire; push-sum mass on a parameter
+                node is tested on the memory transport, tests/test_hostile.py)
     max-round   knowledge for round 2^63 - 1, then more
 
 Per window: whether the target is alive, the honest neighbour's rounds per second against the
@@ -134,8 +136,8 @@ async def _one(kind: str, p: Peer, rng: np.random.Generator, facts: dict) -> Non
     for protocol in PROTOCOLS.values():
         p.host.set_stream_handler(protocol, handler)
     async with p.host.run([multiaddr.Multiaddr(LOOPBACK)]):
-        await p.host.connect(p.info)
         try:
+            await p.host.connect(p.info)
             hello = await p.stream("hello", p.hello())
             if kind == "tarpit":
                 await trio.sleep_forever()
@@ -146,7 +148,7 @@ async def _one(kind: str, p: Peer, rng: np.random.Generator, facts: dict) -> Non
             elif kind == "slice-flood":
                 s = await p.stream("knowledge")
                 for i in range(10**9):
-                    start = int(rng.integers(0, facts["reference_size"] - 1))
+                    start = int(rng.integers(0, facts["reference_size"]))
                     await s.write(p.logits(1 + i // 50, start, 1, rng))
                     await trio.sleep(0.005)
             elif kind == "sybils":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from p2pfl.config import ConfigError, PrivacyConfig, load_scenario
-from p2pfl.privacy import PrivateSteps, epsilon_of, noisy_counts, plan_noise
+from p2pfl.privacy import ALPHAS, PrivateSteps, epsilon_of, noisy_counts, plan_noise
 
 
 def test_the_planned_noise_spends_the_target_and_no_less_noise_would_do():
@@ -27,15 +27,79 @@ def test_noisy_counts_are_counts():
 def test_a_private_step_clips_each_sample_and_adds_the_planned_noise():
     steps = PrivateSteps(PrivacyConfig(epsilon=8.0, batch=10, clip=1.0), n=100, planned_steps=50)
     assert steps.sample_rate == 0.1 and steps.noise > 0.5
-    p = torch.nn.Parameter(torch.zeros(3))
+    p, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
     big = torch.tensor([[300.0, 400.0, 0.0]] * 4 + [[1.0, 1.0, 1.0]] * 2)  # 4 private rows of norm 500, 2 public
     p.grad_sample = big.clone()
-    gen = torch.Generator().manual_seed(0)
-    steps.set_grads([p], private_rows=4, gen=gen)
-    noise = torch.normal(0.0, steps.noise, size=(3,), generator=torch.Generator().manual_seed(0))
+    state = steps.gen.get_state()
+    steps.set_grads([p, unused], private_rows=4)
+    replay = torch.Generator()
+    replay.set_state(state)
+    noise = torch.normal(0.0, steps.noise, size=(3,), generator=replay)
     clipped = torch.tensor([0.6, 0.8, 0.0]) * 4  # each private row scaled to norm 1
     torch.testing.assert_close(p.grad, (clipped + noise) / 10.0 + torch.tensor([2.0, 2.0, 2.0]))
-    assert p.grad_sample is None
+    assert p.grad_sample is None and steps.spent == 1
+    # a parameter the forward did not reach still gets noise (else its update would be noiseless)
+    torch.testing.assert_close(unused.grad, torch.normal(0.0, steps.noise, size=(2,), generator=replay) / 10.0)
+
+
+def test_the_noise_is_not_the_scenario_seeds():
+    """Peers know the scenario and the node's index: noise drawn from them could be subtracted."""
+    a = PrivateSteps(PrivacyConfig(epsilon=8.0), n=500, planned_steps=10)
+    b = PrivateSteps(PrivacyConfig(epsilon=8.0), n=500, planned_steps=10)
+    assert not torch.equal(a.sample(), b.sample()) or not torch.equal(a.sample(), b.sample())
+
+
+def test_the_count_release_spends_a_tenth_of_the_target_by_default():
+    for target in (1.0, 8.0):
+        steps = PrivateSteps(PrivacyConfig(epsilon=target), n=500, planned_steps=100)
+        assert 0.09 * target <= epsilon_of(steps.prefix, 1e-5) <= 0.1 * target
+    assert PrivateSteps(PrivacyConfig(epsilon=8.0, count_noise=20.0), n=500, planned_steps=10).count_noise == 20.0
+
+
+def _private_learner(arch, epsilon=8.0, batch=100, steps=3):
+    from p2pfl.config import TrainConfig
+    from p2pfl.learner import Learner
+    from p2pfl.models import build_model
+    from p2pfl.privacy import private_model
+
+    torch.manual_seed(0)
+    model = private_model(build_model(arch, input_length=16, num_classes=4, embed_dim=8))
+    rng = np.random.default_rng(0)
+    config = TrainConfig(local_steps=5, warmup_steps=0, augment_shift=0, augment_reference=0)
+    return Learner(model, rng.normal(size=(60, 1, 16)).astype(np.float32), rng.integers(0, 4, 60), num_classes=4,
+                   config=config, total_steps=steps, seed=0, privacy=PrivacyConfig(epsilon=epsilon, batch=batch))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "gru", "transformer"])
+def test_private_steps_run_with_and_without_rows_drawn_and_stop_at_the_plan(arch, caplog):
+    learner = _private_learner(arch, batch=1)  # about one private row a step: often none
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    for _ in range(20):
+        learner.private.spent = 0  # keep stepping privately, to hit draws of no row at all
+        learner.train(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+    learner.private.spent = learner.private.planned
+    kept = [p.detach().clone() for p in learner.model.parameters()]
+    learner.train(2)  # budget spent, no teacher: nothing to learn from, no private row touched
+    assert all(torch.equal(a, b) for a, b in zip(kept, learner.model.parameters()))
+    assert "privacy budget spent" in caplog.text
+    x = torch.randn(30, 1, 16)
+    learner.train(2, x, torch.full((30, 4), 0.25))  # past the plan it still distills (public rows)
+    assert any(not torch.equal(a, b) for a, b in zip(kept, learner.model.parameters()))
+
+
+def test_a_restarted_private_node_keeps_its_release_and_counts_a_round_again(tmp_path):
+    from p2pfl import checkpoint
+
+    learner = _private_learner("mlp", steps=40)
+    learner.train(3)
+    released = learner.label_counts.copy()
+    checkpoint.save(tmp_path / "c.pt", learner, round=1, meta={"privacy": "x"}, peers={})
+    again = _private_learner("mlp", steps=40)
+    checkpoint.load(tmp_path / "c.pt", again, meta={"privacy": "x"})
+    np.testing.assert_array_equal(again.label_counts, released)  # a new draw would be a second release
+    assert again.private.spent == 3 + again.config.local_steps  # what may have left after the checkpoint
+    assert again.epsilon_spent() > learner.epsilon_spent()
 
 
 def test_privacy_settings_are_checked_by_key():
@@ -60,8 +124,8 @@ def test_a_private_run_reports_the_accountants_epsilon_per_node(cache):
     for node in result.nodes:
         private = node.learner.private
         accountant = RDPAccountant()
-        accountant.history = [(s.privacy.count_noise, 1.0, 1), (private.noise, private.sample_rate, node.learner.step)]
-        assert spent[node.node_id] == pytest.approx(accountant.get_epsilon(s.privacy.delta), rel=1e-9)
+        accountant.history = [(private.count_noise, 1.0, 1), (private.noise, private.sample_rate, node.learner.step)]
+        assert spent[node.node_id] == pytest.approx(accountant.get_epsilon(s.privacy.delta, alphas=ALPHAS), rel=1e-9)
         assert spent[node.node_id] <= 4.0  # the whole run was planned: the target is spent, not exceeded
         assert node.learner.step == node.learner.private.planned
         # what it claims is the noisy release, not its own counts
