@@ -281,7 +281,8 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
     table.add_column("nodes", justify="right")
     for what in ("personal", "global"):
         table.add_column(f"{what}\nmean / worst / worst 10%", justify="center")
-    rows = [("all", s)] + [(arch, v) for arch, v in s["per_arch"].items()]
+    rows = [("all", s)] + ([("honest (attackers apart)", s["honest"])] if "honest" in s else [])
+    rows += [(arch, v) for arch, v in s["per_arch"].items()]
     rows += [(f"profile {name}", v) for name, v in s.get("per_profile", {}).items()]
     for name, v in rows:
         cells = [" / ".join(f"{v[w][k]:.3f}" for k in ("mean", "worst", "worst_decile")) for w in ("personal", "global")]
@@ -295,6 +296,9 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
         + f"wall time {s['wall_time_s']:.1f} s"
         + (f"  simulated {simulated:.1f} s" if simulated is not None else "")
         + (f"  rejected {s['rejected']}" if s.get("rejected") else ""), highlight=False)
+    if "epsilon_spent" in s:
+        console.print(f"privacy: epsilon spent per node at most {s['epsilon_spent']['max']:.3f} (opacus's RDP accountant)",
+                      highlight=False)
     if run_dir is not None:
         console.print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'summary.json'}", highlight=False)
 
@@ -415,6 +419,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(pid, "yes" if p.get("up") else "no", str(p.get("round")), "-" if trust is None else f"{trust:.2f}",
                       "-" if kept is None else f"{kept:.2f}")
     console.print(table)
+    if "epsilon" in st:
+        console.print(f"privacy: epsilon {st['epsilon']:.3f} spent (the accountant's, at the run's delta)")
     rejected = st.get("rejected", {})
     console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) if rejected else "none"))
     if st.get("delta_behind"):

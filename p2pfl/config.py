@@ -594,8 +594,9 @@ def run_name(base: str, overrides: dict[str, Any]) -> str:
         last = key.rsplit(".", 1)[-1]
         if isinstance(value, dict):
             text = "+".join(f"{k}{v}" for k, v in value.items())
-        elif isinstance(value, (list, tuple)):
-            text = "+".join(Path(str(v)).stem for v in value)
+        elif isinstance(value, (list, tuple)):  # a list of tables ([[attack]]): their values, e.g. shift3
+            text = "+".join("".join(str(x) for x in v.values() if x) if isinstance(v, dict) else Path(str(v)).stem
+                            for v in value)
         else:
             text = Path(value).stem if isinstance(value, str) and ("/" in value or "." in value) else str(value)
         tokens.append(text if last in _VALUE_ONLY else f"{last}{text}")
