@@ -377,6 +377,9 @@ class PrivacyConfig:
     delta: float = 1e-5
     clip: float = 1.0  # each private sample's gradient clipped to this L2 norm
     batch: int = 100  # expected private samples per step (Poisson sampling at batch / samples)
+    # private steps the budget is planned over: the first this many steps (warm-up first) learn from private
+    # samples, the rest distill only; 0: every step of the run. Fewer steps, less noise on each.
+    steps: int = 0
     # std of the Gaussian noise on the label counts a node claims (released once); 0: auto, the least noise
     # whose release spends at most a tenth of the target (5.3 at epsilon 8, 38 at epsilon 1)
     count_noise: float = 0.0
@@ -386,7 +389,7 @@ class PrivacyConfig:
                f"privacy.epsilon = {self.epsilon}: the DP target over the whole run, > 0 (0 or inf: off), e.g. 8")
         _check(0 < self.delta < 1, f"privacy.delta = {self.delta}: between 0 and 1, e.g. 1e-5")
         _positive(self, "privacy.", "clip")
-        _at_least(self, "privacy.", 0, "count_noise")
+        _at_least(self, "privacy.", 0, "count_noise", "steps")
         _at_least(self, "privacy.", 1, "batch")
 
     @property

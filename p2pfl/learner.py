@@ -51,7 +51,7 @@ class Learner:
         if privacy is not None and privacy.on:
             from opacus import GradSampleModule  # opacus loads scipy: only a private node pays for it
 
-            self.private = PrivateSteps(privacy, len(y), max(1, total_steps))
+            self.private = PrivateSteps(privacy, len(y), min(max(1, total_steps), privacy.steps or total_steps))
             # the release's noise from the OS, like the steps' (PrivateSteps): peers know the scenario seed
             self.label_counts = noisy_counts(own_counts, self.private.count_noise, np.random.default_rng())
             self._per_sample = GradSampleModule(model, loss_reduction="sum")
@@ -108,21 +108,31 @@ class Learner:
 
     def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float) -> float:
         """One DP-SGD step (privacy.PrivateSteps): a Poisson sample of private rows, their per-sample
-        gradients clipped and noised, plus the distillation rows' plain gradient. Once the budget is
-        spent, only the distillation part (no private row is touched)."""
+        gradients clipped and noised, plus the distillation rows' plain gradient. Once the planned private
+        steps are spent: distillation alone, a plain step (no private row is touched)."""
         c = self.config
-        private = self.private.can_step()
-        rows = self.private.sample() if private else torch.zeros(0, dtype=torch.long)
-        x = self.x[rows]
-        if c.augment_shift and len(rows):
-            x = shift_augment(x, c.augment_shift, self.gen)
-        parts = [x] if len(rows) else []
+        kd_x = kd_p = None
         if teacher_p is not None:
             kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
-            kd_x = teacher_x[kd_idx]
-            parts.append(shift_augment(kd_x, c.augment_reference, self.gen) if c.augment_reference else kd_x)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+            kd_x, kd_p = teacher_x[kd_idx], teacher_p[kd_idx]
+            if c.augment_reference:
+                kd_x = shift_augment(kd_x, c.augment_reference, self.gen)
         self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if not self.private.can_step():
+            if kd_x is None:
+                return 0.0  # nothing public to learn from
+            self._per_sample.disable_hooks()  # no per-sample gradients needed: public rows only
+            try:
+                loss = kd_weight * distill_loss(self.model(kd_x), kd_p, c.temperature)
+                _backward(loss)
+            finally:
+                self._per_sample.enable_hooks()
+            self.optimizer.step()
+            return loss.item()
+        rows = self.private.sample()
+        x = shift_augment(self.x[rows], c.augment_shift, self.gen) if c.augment_shift and len(rows) else self.x[rows]
+        parts = [p for p in (x, kd_x) if p is not None and len(p)]
         loss = torch.zeros(())
         if parts:  # else: no private row drawn and nothing to distill, only the noise to add (set_grads)
             z = self._per_sample(torch.cat(parts))
@@ -130,21 +140,11 @@ class Learner:
             # is noised and divided by the expected batch size (PrivateSteps.set_grads)
             if len(rows):
                 loss = nn.functional.cross_entropy(z[:len(rows)] + self.log_p, self.y[rows], reduction="sum")
-            if teacher_p is not None:
-                loss = loss + kd_weight * distill_loss(z[len(rows):], teacher_p[kd_idx], c.temperature)
-            with warnings.catch_warnings():  # opacus's hooks see inputs that need no gradient (the data): expected
-                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-                loss.backward()
-        if private:
-            self.private.set_grads(params, len(rows))
-        else:
-            for p in params:
-                g = getattr(p, "grad_sample", None)
-                p.grad = None if g is None else g.sum(0)
-                p.grad_sample = None
-        if private or parts:
-            self.optimizer.step()
-        self.step += 1
+            if kd_x is not None:
+                loss = loss + kd_weight * distill_loss(z[len(rows):], kd_p, c.temperature)
+            _backward(loss)
+        self.private.set_grads([p for p in self.model.parameters() if p.requires_grad], len(rows))
+        self.optimizer.step()
         return loss.item()
 
     def resume_private(self, spent: int, counts: list[int]) -> None:
@@ -187,6 +187,12 @@ class Learner:
 
     def set_flat(self, flat: np.ndarray) -> None:
         self.adapter.set_flat(flat)
+
+
+def _backward(loss: torch.Tensor) -> None:
+    with warnings.catch_warnings():  # opacus's hooks see inputs that need no gradient (the data): expected
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        loss.backward()
 
 
 def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:

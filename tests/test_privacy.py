@@ -131,3 +131,20 @@ def test_a_private_run_reports_the_accountants_epsilon_per_node(cache):
         # what it claims is the noisy release, not its own counts
         assert not np.array_equal(node.learner.label_counts, np.bincount(node.learner.y, minlength=4))
         assert node.status()["epsilon"] == spent[node.node_id]
+
+
+def test_privacy_steps_plans_the_budget_over_the_first_steps_only():
+    from p2pfl.config import TrainConfig
+    from p2pfl.learner import Learner
+    from p2pfl.models import build_model
+    from p2pfl.privacy import private_model
+
+    rng = np.random.default_rng(0)
+    learner = Learner(private_model(build_model("mlp", input_length=16, num_classes=4, embed_dim=8)),
+                      rng.normal(size=(60, 1, 16)).astype(np.float32), rng.integers(0, 4, 60), num_classes=4,
+                      config=TrainConfig(warmup_steps=0), total_steps=100, seed=0,
+                      privacy=PrivacyConfig(epsilon=8.0, steps=4))
+    fewer = learner.private.noise
+    assert learner.private.planned == 4 and fewer < PrivateSteps(PrivacyConfig(epsilon=8.0), 60, 100).noise
+    learner.train(6, torch.randn(20, 1, 16), torch.full((20, 4), 0.25))
+    assert learner.private.spent == 4 and learner.epsilon_spent() <= 8.0
