@@ -65,22 +65,26 @@ def main() -> None:
     ap.add_argument("--table-from", metavar="JSON", help="run nothing: add the table rows of an earlier run's JSON")
     args = ap.parse_args()
     if args.table_from:
-        write_table(json.loads(Path(args.table_from).read_text()), Path(args.table_from))
+        earlier = json.loads(Path(args.table_from).read_text())
+        compare_to_clean(earlier["rows"])
+        write_table(earlier, Path(args.table_from))
         return
     path = shipped.scenario(args.scenario)
     overrides = parse_sets(args.set) | {"rounds": args.rounds}
-    grid = [(path, overrides, attack, share, defence, seed) for defence in args.defences
+    # attack-major, defences side by side: an interrupted grid still compares what it ran
+    grid = [(path, overrides, attack, share, defence, seed)
             for attack, share in [(None, 0.0)] + [(a, f) for a in args.attacks for f in args.shares]
-            for seed in args.seeds]
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        rows = []
-        for row in pool.map(run, *zip(*grid)):  # in grid order, each printed as soon as it and those before are done
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for defence in args.defences for seed in args.seeds]
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
     out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
            "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]), "rounds": args.rounds,
-           "seeds": args.seeds, "rows": rows}
+           "seeds": args.seeds, "rows": []}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in pool.map(run, *zip(*grid)):  # in grid order, each printed as soon as it and those before are done
+            out["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            atomic_write_text(Path(args.out), json.dumps(out | {"complete": False}, indent=1) + "\n")
+    rows = out["rows"]
     compare_to_clean(rows)
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     write_table(out, Path(args.out))
