@@ -72,7 +72,7 @@ def main() -> None:
              f"| {r['wall_s']:.0f} s |" for r in rows]
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_privacy rows -->",
              "### Privacy (`scripts/bench_privacy.py`): DP-SGD on private samples, opacus RDP accountant\n\n"
-             f"Machine: {machine()}. Command: `{command}`.\n\n"
+             f"Machine: {machine()}. Commands and notes in each JSON (scripts/results/bench_privacy*.json).\n\n"
              "| date | scenario | epsilon | delta | personal | global | global worst 10% | bytes / node / round "
              "| epsilon spent (max node) | wall |\n|---|---|---|---|---|---|---|---|---|---|", table)
     print(f"wrote {args.out} and a table in BENCHMARKS.md")
