@@ -510,7 +510,10 @@ class Node(Lifetime):
                 log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
                           peer_id, msg.kind, msg.round, msg.base)
                 return
-            p.up, p.silent = True, False
+            # a silent neighbour is up again once it shares what a round waits for: old rounds (a peer
+            # replaying stale frames) would have us wait out wait_timeout for it every round
+            if not p.silent or msg.round >= self.round - self.gossip.max_lag:
+                p.up, p.silent = True, False
             self._notify()
         elif isinstance(msg, wire.Bye):
             p.up = False

@@ -132,6 +132,18 @@ async def test_a_peer_that_greets_in_a_loop_and_never_shares_costs_one_wait(auto
     assert len(records) == 6
 
 
+async def test_a_peer_that_replays_old_rounds_costs_one_wait(autojump_clock):
+    """Frames of long-past rounds (found by bench_hostile: they revived the silent peer, and the node
+    waited out wait_timeout for it every round)."""
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=8, neighbours=("evil",), gossip=GossipConfig(wait_timeout=5.0))
+    own = node.learner.get_flat()
+    records = await _run_with(node, t, lambda i: [_params(node, 0, own)], every=0.25)
+    waited = [r["waited"] for r in records]
+    assert sum(w >= 5.0 - 1e-6 for w in waited) == 1, waited
+    assert len(records) == 8
+
+
 async def test_a_peer_that_asks_and_never_reads_cannot_pile_up_our_replies(autojump_clock):
     async def never_returns(peer, kind):
         if kind != "hello":
