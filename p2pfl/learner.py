@@ -55,14 +55,17 @@ class Learner:
             # the release's noise from the OS, like the steps' (PrivateSteps): peers know the scenario seed
             self.label_counts = noisy_counts(own_counts, self.private.count_noise, np.random.default_rng())
             self._per_sample = GradSampleModule(model, loss_reduction="sum")
-        counts = torch.as_tensor(self.label_counts)
-        self.log_p = log_prior(counts) if config.balanced else torch.zeros(num_classes)
+        self.log_p = self._prior(self.label_counts)
         self._mix = own_counts / max(own_counts.sum(), 1)  # evaluation only: nothing of it is released
         self.personal_log_p = log_prior(torch.as_tensor(own_counts))
         # frozen parameters (a LoRA backbone) are not the optimizer's
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         self.total_steps = max(1, total_steps)
         self.step = 0
+
+    def _prior(self, counts: np.ndarray) -> torch.Tensor:
+        """The log prior the balanced loss trains with, from the counts the node claims (zeros: not balanced)."""
+        return log_prior(torch.as_tensor(counts)) if self.config.balanced else torch.zeros(self.num_classes)
 
     # -- training -----------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -152,7 +155,7 @@ class Learner:
         the private steps it spent, plus one round's worth: the steps after its last checkpoint may have been
         shared before it went down, and are redone with fresh noise."""
         self.label_counts = np.asarray(counts, dtype=np.int64)
-        self.log_p = log_prior(torch.as_tensor(self.label_counts)) if self.config.balanced else self.log_p
+        self.log_p = self._prior(self.label_counts)
         self.private.spent = spent + self.config.local_steps
 
     def epsilon_spent(self) -> float | None:

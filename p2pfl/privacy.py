@@ -46,9 +46,9 @@ def plan_noise(target: float, delta: float, sample_rate: float, steps: int, pref
                tolerance: float = 0.01) -> float:
     """The smallest noise multiplier (to `tolerance`) whose `steps` DP-SGD steps at `sample_rate`, after
     the `prefix` releases, spend at most `target`. ValueError when the prefix alone spends it."""
-    if epsilon_of(prefix, delta) >= target:
-        raise ValueError(f"privacy.epsilon = {target}: the label-count release alone spends "
-                         f"{epsilon_of(prefix, delta):.2f}; raise privacy.epsilon or privacy.count_noise")
+    if (alone := epsilon_of(prefix, delta)) >= target:
+        raise ValueError(f"privacy.epsilon = {target}: the label-count release alone spends {alone:.2f}; "
+                         f"raise privacy.epsilon or privacy.count_noise")
 
     def spent(noise: float) -> float:
         return epsilon_of(prefix + [(noise, sample_rate, steps)], delta)
