@@ -20,6 +20,12 @@ Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a f
     ipm        -eps times the neighbours' mean (eps = `strength`, default 0.5; inner-product manipulation)
     silent     no knowledge at all, in any mode (a free-rider that only listens; with it the benchmark
                measures what honest nodes lose when the liars' data is simply absent: a defence's ceiling)
+    dissensus  any mode: its own view pushed away from the consensus by `strength` (default 1) times their
+               gap (logits: own + s (own - the teacher it was taught); parameters: own + s (own - the
+               neighbours' mean)), so its neighbours are pulled apart instead of together. Broadcast (every
+               neighbour hears the same frame), so it is the paper's attack (He et al. 2022, which tailors
+               each neighbour's message) without the tailoring; with `place = "bottleneck"` it sits where
+               the graph's paths cross.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 
-from p2pfl.config import LOGIT_ATTACKS, AttackConfig, Scenario, parse_attack
+from p2pfl.config import ANY_ATTACKS, LOGIT_ATTACKS, AttackConfig, Scenario, parse_attack
 from p2pfl.consensus import normalize_logits
 from p2pfl.modes import Mode, NodeContext, Outgoing, Received, Teaching
 
@@ -39,9 +45,13 @@ def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
     scenario seed among nodes no earlier table took, or a cover of every honest node's neighbourhood."""
     n = graph.number_of_nodes()
     rng = np.random.default_rng([s.seed, 7_001])
-    free = [int(i) for i in rng.permutation(n)]
+    shuffled = [int(i) for i in rng.permutation(n)]
+    central = nx.betweenness_centrality(graph) if any(a.place == "bottleneck" for a in s.attack) else {}
     out: dict[int, AttackConfig] = {}
     for a in s.attack:
+        free = [i for i in shuffled if i not in out]
+        if a.place == "bottleneck":
+            free.sort(key=lambda i: -central[i])  # stable: ties in the seeded order
         if a.neighbours:
             chosen = neighbourhood_cover(graph, a.neighbours, free, set(out))
         else:
@@ -50,7 +60,6 @@ def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
         if bad:
             raise ValueError(f"attack.nodes: {bad} are not node indices of a {n}-node topology (0..{n - 1})")
         out |= {i: a for i in chosen}
-        free = [i for i in free if i not in out]
     return out
 
 
@@ -114,7 +123,7 @@ class Attacker(Mode):
     # -- the lies ------------------------------------------------------------------------------------
     def _lie(self, ctx: NodeContext, out: Outgoing) -> Outgoing:
         for kind in self.kinds_of_lie:
-            if (kind in LOGIT_ATTACKS) == (out.kind == "logits"):  # each lie applies to its kind of payload
+            if kind in ANY_ATTACKS or (kind in LOGIT_ATTACKS) == (out.kind == "logits"):  # each to its payload
                 out = getattr(self, "_" + kind.replace("-", "_"))(ctx, out)
         return out
 
@@ -153,13 +162,34 @@ class Attacker(Mode):
     def _replay(self, ctx, out):
         return self._first[out.kind]
 
-    def _echo(self, ctx, out):
+    def _taught(self, ctx, out) -> np.ndarray | None:
+        """The consensus this node was taught on the frame's rows, as log-probabilities (None: not yet)."""
         table, taught = getattr(self.honest, "taught", (None, None))
         rows = ctx.reference.rows(out.ref_start, out.ref_count)
         if table is None or (taught[rows] < 0).any():
+            return None
+        return np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)
+
+    def _echo(self, ctx, out):
+        logp = self._taught(ctx, out)
+        if logp is None:
             return self._uniform(ctx, out)
-        logp = np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)
         return replace(out, array=normalize_logits(logp, ctx.gossip.logit_range))
+
+    def _dissensus(self, ctx, out):
+        s = self._strength(1.0)
+        if out.kind == "logits":
+            consensus = self._taught(ctx, out)
+            if consensus is None:
+                return out
+            own = out.array - out.array.max(axis=1, keepdims=True)  # log-probabilities up to a row's constant
+            z = own + s * (own - (consensus - consensus.max(axis=1, keepdims=True)))
+            return replace(out, array=normalize_logits(z.astype(np.float32), ctx.gossip.logit_range))
+        heard = self._neighbours(out)
+        if heard is None:
+            return out
+        own = out.array.astype(np.float64)
+        return replace(out, array=(own + s * (own - heard.mean(axis=0))).astype(np.float32))
 
     def _inflate(self, ctx, out):
         claim = self._strength(10_000.0)

@@ -27,8 +27,12 @@ class ConfigError(ValueError):
 
 # -- the grammars of this module's strings ------------------------------------------------------------
 
-CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned")  # consensus.teacher; BENCHMARKS.md compares them
-ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node may speak about some rows only
+# consensus.teacher; BENCHMARKS.md compares them. "median" and "trimmed" are the robust per-class pools (each
+# class's probability the median, or the mean without the TRIM_SHARE highest and lowest, of the nodes present):
+# options, not defaults, for the reason the robustness table shows (they ignore label evidence, so a class only
+# a few nodes know is outvoted even when nobody lies)
+CONSENSUS_RULES = ("mean", "class-weighted", "pairwise", "aligned", "median", "trimmed")
+ROW_RULES = ("mean", "class-weighted", "median", "trimmed")  # the rules that pool per row, so a node may speak about some rows only
 # consensus defences, combined with "+" (e.g. claims+clip):
 # - claims (consensus.bound_claims): a neighbour's label counts scaled down to at most CLAIM_FACTOR times the
 #   larger of our own total and the neighbourhood's lower median, so a claim of 10^15 samples cannot outweigh
@@ -37,7 +41,9 @@ ROW_RULES = ("mean", "class-weighted")  # the rules that pool per row, so a node
 #   where our own labelled classes let us judge (its running mean probability of our confident top class,
 #   full weight from chance level up), so a liar that moves, inverts or reorders classes loses its say;
 # - clip (averaging.clip_around): parameter modes average each neighbour's vector clipped to a ball around
-#   our own (self-centred clipping, ClippedGossip), of radius CLIP_FACTOR times the lower median distance
+#   our own (self-centred clipping, ClippedGossip), of radius CLIP_FACTOR times the lower median distance;
+#   in logits mode the same idea in probability space (consensus.clip_to_own): each neighbour's row moved
+#   toward our own to within PROB_CLIP_FACTOR times the lower median total-variation gap of that row
 # "auto" is the measured default: claims+reputation (claims: on quickstart and two-widths, seeds 0-2, no honest
 # claim reaches 60% of the bound, so clean runs are unchanged; reputation: clean quickstart, 30 rounds, seeds 0-2,
 # moved global by -0.0015 / +0.0014 / +0.0011; BENCHMARKS.md, robustness). "none": no defence.
@@ -187,7 +193,7 @@ class TopologyConfig:
 
 @dataclass(frozen=True)
 class GossipConfig:
-    consensus: str = "class-weighted"  # mean | class-weighted | pairwise | aligned
+    consensus: str = "class-weighted"  # CONSENSUS_RULES
     floor: float = 0.02  # share of a neighbour's data that counts as evidence for classes it never saw
     # "agreement:P": scale each node's weight by the odds, to the power P, that its top class matches the
     # others' consensus (consensus.reliability_weights), so weaker models count for less; "none": label evidence only
@@ -313,7 +319,9 @@ class NodeProfile:
 # e.g. shift+inflate: a confident wrong class on every row, claimed with 10,000 samples per class
 LOGIT_ATTACKS = ("shift", "uniform", "invert", "reorder", "scale", "replay", "echo", "inflate")
 PARAM_ATTACKS = ("sign-flip", "gaussian", "huge", "alie", "ipm")
-ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS + ("silent",)  # silent: listens, sends no knowledge (any mode)
+ANY_ATTACKS = ("silent", "dissensus")  # silent: sends no knowledge; dissensus: away from the consensus (any mode)
+ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS + ANY_ATTACKS
+PLACEMENTS = ("random", "bottleneck")  # attack.place: a seeded choice, or the most central nodes first
 
 
 def parse_attack(text: str) -> tuple[str, ...]:
@@ -337,12 +345,16 @@ class AttackConfig:
     neighbours: int = 0
     start: int = 0  # the first round whose knowledge is a lie (0: from the first)
     strength: float = 0.0  # the attack's parameter (scale, noise, z, claimed count); 0: its default
+    # which nodes a count, share or cover takes first: "random" (seeded) or "bottleneck" (highest betweenness
+    # centrality: the nodes most paths between the others cross, where a dissensus attack splits the graph)
+    place: str = "random"
 
     def __post_init__(self):
         try:
             parse_attack(self.kind)
         except ValueError as e:
             raise ConfigError(f"attack.kind = {e}") from None
+        _check(self.place in PLACEMENTS, f"attack.place = {self.place!r}; choose one of: {', '.join(PLACEMENTS)}")
         chosen = [bool(self.count), bool(self.fraction), bool(self.nodes), bool(self.neighbours)]
         _check(sum(chosen) == 1, f"attack: give exactly one of count, fraction, nodes or neighbours (got count = "
                                  f"{self.count}, fraction = {self.fraction}, nodes = {list(self.nodes)}, neighbours = "
@@ -428,7 +440,8 @@ class Scenario:
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
             lies = parse_attack(a.kind)
-            useless = [k for k in lies if k != "silent" and ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
+            useless = [k for k in lies if k not in ANY_ATTACKS
+                       and ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
             _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
@@ -635,8 +648,8 @@ _ACCEPTS = {
     "network.loss": "0 .. 1",
     "gossip.floor": "0 .. 1",
     "train.min_lr_ratio": "0 .. 1 (1: constant rate)",
-    "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes = ..., start, "
-              "strength}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
+    "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes | neighbours = ..., "
+              "start, strength, place = random | bottleneck}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
     "gossip.defence": "auto (= " + "+".join(AUTO_DEFENCE) + ") | none | " + " | ".join(DEFENCES) + ", joined by +",
 }
 

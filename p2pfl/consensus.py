@@ -125,8 +125,9 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
 
     rule "mean": weighted mean of probabilities. "class-weighted": per-class weights from
     `class_weights`, applied to probabilities, rows renormalized. "pairwise": `pairwise_coupling`.
-    "aligned": `aligned_log_pool`. BENCHMARKS.md compares them. reliability "agreement:P" first scales
-    every node's weight by `reliability_weights` with power P (`parse_reliability`).
+    "aligned": `aligned_log_pool`. "median" / "trimmed": `robust_pool` (weights only say who is present:
+    a node weighed down to 0 is left out). BENCHMARKS.md compares them. reliability "agreement:P" first
+    scales every node's weight by `reliability_weights` with power P (`parse_reliability`).
     """
     if not contribs:
         raise ValueError("consensus needs at least one contribution (the node's own)")
@@ -134,6 +135,8 @@ def teacher(contribs: list[Contribution], *, rule: str = "class-weighted", floor
     if power:
         scale = reliability_weights(contribs, floor, power)
         contribs = [replace(c, weight=c.weight * m) for c, m in zip(contribs, scale)]
+    if rule in ("median", "trimmed"):
+        return robust_pool(contribs, TRIM_SHARE if rule == "trimmed" else 0.5)
     if any(c.rows is not None for c in contribs):
         return _masked_teacher(contribs, rule, floor)
     probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])  # (K, R, C)
@@ -171,6 +174,65 @@ def _masked_teacher(contribs: list[Contribution], rule: str, floor: float) -> np
     total = w.sum(axis=0)
     out = np.divide((probs * w).sum(axis=0), total, out=probs.mean(axis=0), where=total > 0)
     return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+TRIM_SHARE = 0.2  # "trimmed": the share of the present nodes dropped at each end, per row and class
+
+
+def robust_pool(contribs: list[Contribution], trim: float) -> np.ndarray:
+    """(R, C) per row and class, the `trimmed_mean` of the probabilities of the nodes present there
+    (weight > 0; rows no such node spoke about: our own view), rows renormalized."""
+    probs, present = _stack(contribs)
+    present = present * (np.array([c.weight for c in contribs]) > 0)[:, None]
+    present[0, ~present.any(axis=0)] = 1.0
+    out = np.maximum(trimmed_mean(probs, present, trim), 1e-12)
+    return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def trimmed_mean(values: np.ndarray, present: np.ndarray, trim: float) -> np.ndarray:
+    """(R, C) from (K, R, C) values and (K, R) presence: per row and column, the mean of the present values
+    without the floor(trim x n) lowest and highest (n present); trim 0.5 keeps the middle one or two (the
+    median). So up to that many outliers of any size leave the result within the others' range."""
+    values = np.where(present[:, :, None] > 0, values, np.nan)
+    ordered = np.sort(values, axis=0)  # the absent (NaN) last
+    n = present.sum(axis=0)  # (R,)
+    cut = np.floor(trim * n) if trim < 0.5 else np.floor((n - 1) / 2)
+    k = np.arange(len(values))[:, None]
+    keep = ((k >= cut) & (k < n - cut))[:, :, None]  # (K, R, 1)
+    return np.where(keep, ordered, 0.0).sum(axis=0) / np.maximum(keep.sum(axis=0), 1)
+
+
+PROB_CLIP_FACTOR = 1.0  # the radius: this times the lower median gap, so at least half the neighbours are untouched
+
+
+def clip_to_own(contribs: list[Contribution], factor: float = PROB_CLIP_FACTOR) -> list[Contribution]:
+    """The "clip" defence in probability space (SCClip's self-centred clipping, per row): each neighbour's
+    distribution on a row moved toward ours (contribs[0]) along the straight line until its total-variation
+    gap is at most `factor` x the lower median gap of the neighbours that spoke about the row. A mixture of
+    two distributions is one, so the result is a distribution; a neighbour within the radius is unchanged,
+    one far away pulls the teacher at most as far as a typical honest neighbour does."""
+    if len(contribs) < 2:
+        return contribs
+    probs, present = _stack(contribs)
+    gap = 0.5 * np.abs(probs[1:] - probs[0]).sum(axis=-1)  # (K-1, R)
+    gap = np.where(present[1:] > 0, gap, np.nan)
+    spoken = (present[1:] > 0).any(axis=0)
+    radius = np.zeros(gap.shape[1])
+    if spoken.any():  # the lower median per row, of the neighbours present there
+        ordered = np.sort(gap[:, spoken], axis=0)
+        lower = (present[1:, spoken].sum(axis=0).astype(int) - 1) // 2
+        radius[spoken] = factor * ordered[lower, np.arange(spoken.sum())]
+    shrink = np.minimum(1.0, np.divide(radius, gap, out=np.ones_like(gap), where=gap > 0))  # (K-1, R)
+    out = [contribs[0]]
+    for k, c in enumerate(contribs[1:]):
+        rows = slice(None) if c.rows is None else c.rows
+        s = shrink[k, rows][:, None]
+        if (s >= 1.0).all():
+            out.append(c)
+            continue
+        moved = probs[0, rows] + s * (probs[k + 1, rows] - probs[0, rows])
+        out.append(replace(c, logits=np.log(np.maximum(moved, 1e-12)).astype(np.float32)))
+    return out
 
 
 def aligned_log_pool(contribs: list[Contribution], floor: float, iters: int = 4) -> np.ndarray:

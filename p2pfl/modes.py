@@ -16,8 +16,8 @@ import torch
 
 from p2pfl.averaging import clip_around, mix, push_sum
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
-from p2pfl.consensus import (Contribution, agreement, bound_claims, normalize_logits, reputation_factor, self_support,
-                             teacher, total_variation)
+from p2pfl.consensus import (Contribution, agreement, bound_claims, clip_to_own, normalize_logits, reputation_factor,
+                             self_support, teacher, total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -182,6 +182,8 @@ class LogitsMode(Mode):
                 factors = self._reputation(received, self_support(contribs))
                 weighed |= {r.sender: f for r, f in zip(received, factors)}
                 contribs = [contribs[0]] + [replace(c, weight=c.weight * f) for c, f in zip(contribs[1:], factors)]
+            if "clip" in defence:
+                contribs = clip_to_own(contribs)
             rows = ctx.reference.rows(start, count)
             new = teacher(contribs, rule=ctx.gossip.consensus, floor=ctx.gossip.floor,
                           reliability=ctx.gossip.reliability)

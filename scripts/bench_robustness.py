@@ -29,18 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
-from p2pfl.config import load_scenario, parse_sets  # noqa: E402
+from p2pfl.config import PLACEMENTS, load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from p2pfl.sim import Simulation  # noqa: E402
 
 
-def run(scenario_path, overrides: dict, attack: str | None, share: float | str, defence: str, seed: int) -> dict:
+def run(scenario_path, overrides: dict, attack: str | None, share: float | str, defence: str, seed: int,
+        place: str = "random") -> dict:
     """One simulation; `share` is a fraction of the nodes, or "K of N" (K attacking neighbours per node)."""
     over = overrides | {"gossip.defence": defence, "seed": seed}
     if attack and isinstance(share, str):
-        over["attack"] = [{"kind": attack, "neighbours": int(share.split()[0])}]
+        over["attack"] = [{"kind": attack, "neighbours": int(share.split()[0]), "place": place}]
     elif attack and share > 0:
-        over["attack"] = [{"kind": attack, "fraction": share}]
+        over["attack"] = [{"kind": attack, "fraction": share, "place": place}]
     s = load_scenario(scenario_path, over)
     result = Simulation(s, run_dir=None).run()
     honest = result.summary.get("honest", result.summary)
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--neighbours", nargs="*", type=int, default=[2],
                     help="also K attacking neighbours per honest node (a cover; 'K of N' in the table)")
     ap.add_argument("--defences", nargs="+", default=["none", "auto"])
+    ap.add_argument("--place", choices=PLACEMENTS, default="random", help="where the attackers sit (attack.place)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
@@ -89,13 +91,16 @@ def main() -> None:
             for defence in args.defences for seed in args.seeds]
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
     out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
-           "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]), "rounds": args.rounds,
+           "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]
+                                                     + ([f"attackers at {args.place}"] if args.place != "random" else [])),
+           "rounds": args.rounds,
            "seeds": args.seeds, "rows": []}
     done = reusable(args.reuse, out)
     todo = [g for g in grid if key(*g[2:]) not in done]
     print(f"{len(grid) - len(todo)} of {len(grid)} runs taken from {', '.join(args.reuse) or 'nowhere'}", flush=True)
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for row in pool.map(run, *zip(*todo)) if todo else ():  # in grid order, each printed once it and those before are done
+        # in grid order, each printed as soon as it and those before are done
+        for row in pool.map(run, *zip(*todo), [args.place] * len(todo)) if todo else ():
             done[key(row["attack"], row["share"], row["defence"], row["seed"])] = row
             out["rows"] = [done[key(*g[2:])] for g in grid if key(*g[2:]) in done]
             print(json.dumps(row), flush=True)

@@ -80,6 +80,33 @@ def test_parameter_lies():
     assert lie("shift", out).array is x  # a logits lie leaves a parameter payload alone
 
 
+def test_dissensus_pushes_away_from_the_consensus_in_either_payload():
+    x = np.arange(1, 6, dtype=np.float32)
+    heard = [SimpleNamespace(kind="params", array=x + d) for d in (0.0, 2.0)]  # their mean: x + 1
+    np.testing.assert_allclose(lie("dissensus", Outgoing("params", x), heard=heard).array, x - 1.0)
+    np.testing.assert_allclose(lie("dissensus", Outgoing("params", x), heard=heard, strength=3).array, x - 3.0)
+    assert lie("dissensus", Outgoing("params", x)).array is x  # nothing heard yet: nothing to push from
+
+    # logits: away from what it was taught (here the uniform consensus), so its own ranking, sharper
+    class Taught(Fixed):
+        taught = (np.full((2, C), 1.0 / C, np.float32), np.zeros(2, np.int64))
+
+    ctx = SimpleNamespace(gossip=GossipConfig(logit_range=40.0), learner=CTX.learner,
+                          reference=SimpleNamespace(rows=lambda start, count: np.arange(start, start + count)))
+    a = Attacker(Taught(Outgoing("logits", LOGITS, 0, 2)), AttackConfig(kind="dissensus", count=1), seed=0)
+    sent = a.share(ctx, 1)[0].array
+    own = LOGITS - LOGITS.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(sent - sent.max(axis=1, keepdims=True), 2 * own, atol=1e-5)
+
+
+def test_bottleneck_placement_takes_the_most_central_nodes():
+    barbell = nx.barbell_graph(5, 1)  # two 5-cliques joined through node 5: the path 4 - 5 - 6 carries it all
+    s = load_scenario(None, {"attack": [{"kind": "dissensus", "count": 3, "place": "bottleneck"}]})
+    assert set(attackers(s, barbell)) == {4, 5, 6}
+    with pytest.raises(ConfigError, match="attack.place = 'middle'; choose one of: random, bottleneck"):
+        load_scenario(None, {"attack": [{"kind": "shift", "count": 1, "place": "middle"}]})
+
+
 def test_attackers_are_chosen_by_count_share_or_index_and_checked():
     s = load_scenario(None, {"attack": [{"kind": "shift", "count": 3}, {"kind": "uniform", "nodes": [0]}]})
     g16 = nx.cycle_graph(16)

@@ -1,15 +1,18 @@
 """Tests for p2pfl.consensus: per-class weights and the teacher rules (pure numpy, fast)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from p2pfl import consensus
 from p2pfl.consensus import (Contribution, agreement, class_weights, normalize_logits, reliability_weights, softmax,
                              teacher)
 
-RULES = ("mean", "class-weighted", "pairwise", "aligned")
+RULES = ("mean", "class-weighted", "pairwise", "aligned", "median", "trimmed")
 
 
 def _contribs(rng: np.random.Generator, k: int, rows: int, classes: int, counts: np.ndarray | None = None):
@@ -116,8 +119,8 @@ def test_class_weighted_follows_the_expert():
 
 def test_unknown_rule_names_the_choices():
     own = Contribution(np.zeros((2, 3)), np.array([1, 1, 1]))
-    with pytest.raises(ValueError, match="median") as e:
-        teacher([own], rule="median")
+    with pytest.raises(ValueError, match="mode") as e:
+        teacher([own], rule="mode")
     for rule in RULES:
         assert rule in str(e.value)
 
@@ -192,3 +195,64 @@ def test_reliability_moves_the_teacher_toward_the_consistent_nodes():
     for bad in ("votes", "agreement:0", "agreement:x", "none:1"):
         with pytest.raises(ValueError, match="expected none, agreement or agreement:P"):
             teacher(contribs, reliability=bad)
+
+
+# ------------------------------------------------------------------------- robust pooling and clipping
+
+@settings(max_examples=80, deadline=None)
+@given(honest=st.integers(1, 7), seed=st.integers(0, 10_000), trim=st.sampled_from([0.2, 0.34, 0.5]),
+       size=st.sampled_from([1.0, 1e6, -1e6]))
+def test_a_trimmed_mean_keeps_each_class_within_the_honest_range(honest, seed, trim, size):
+    rng = np.random.default_rng(seed)
+    # the most liars a trim of the honest and liars together drops at each end
+    liars = max(m for m in range(honest) if m <= (np.floor(trim * (honest + m)) if trim < 0.5
+                                                  else (honest + m - 1) // 2))
+    values = np.concatenate([rng.uniform(size=(honest, 4, 3)), np.full((liars, 4, 3), size)])
+    present = np.ones(values.shape[:2])
+    out = consensus.trimmed_mean(values, present, trim)
+    h = values[:honest]
+    assert (out >= h.min(axis=0) - 1e-12).all() and (out <= h.max(axis=0) + 1e-12).all()
+
+
+def test_median_and_trimmed_pools_ignore_a_liar_and_a_distrusted_node_and_read_rows():
+    honest = [Contribution(np.log(np.array([[0.8, 0.1, 0.1]] * 3)).astype(np.float32), np.array([5, 5, 5]), 1.0)
+              for _ in range(4)]
+    liar = Contribution(np.log(np.array([[1e-6, 1e-6, 1.0]] * 3)).astype(np.float32), np.array([10**6] * 3), 1.0)
+    for rule in ("median", "trimmed"):
+        out = teacher(honest + [liar], rule=rule)
+        assert np.allclose(out, [[0.8, 0.1, 0.1]] * 3, atol=1e-5), rule
+    # weighed down to 0 (reputation's verdict): left out even when the liars are many
+    out = teacher(honest[:2] + [replace(liar, weight=0.0)] * 3, rule="median")
+    assert np.allclose(out, [[0.8, 0.1, 0.1]] * 3, atol=1e-5)
+    # a neighbour about row 1 only: the other rows are pooled without it
+    partial = Contribution(np.log(np.array([[0.1, 0.8, 0.1]])).astype(np.float32), np.array([5, 5, 5]), 1.0,
+                           rows=np.array([1]))
+    out = teacher([honest[0], partial], rule="median")
+    assert np.allclose(out[0], [0.8, 0.1, 0.1], atol=1e-5) and np.allclose(out[1], [0.45, 0.45, 0.1], atol=1e-5)
+
+
+def test_probability_clipping_leaves_the_typical_neighbour_and_pulls_a_far_one_in():
+    own = Contribution(np.log(np.array([[0.6, 0.2, 0.2]] * 2)).astype(np.float32), np.array([5, 5, 5]))
+    near = [Contribution(np.log(np.array([[0.5, 0.3, 0.2]] * 2)).astype(np.float32), np.array([5, 5, 5]))
+            for _ in range(2)]
+    far = Contribution(np.log(np.array([[0.0001, 0.0001, 0.9998]] * 2)).astype(np.float32), np.array([5, 5, 5]))
+    out = consensus.clip_to_own([own, *near, far])
+    assert all(o is c for o, c in zip(out[:3], [own, *near]))  # within the radius: the same objects
+    p = softmax(out[3].logits.astype(np.float64))
+    gap = 0.5 * np.abs(p - softmax(own.logits.astype(np.float64))).sum(axis=-1)
+    assert np.allclose(gap, 0.1, atol=1e-4)  # the lower median gap of (0.1, 0.1, ~0.8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 6), seed=st.integers(0, 10_000), factor=st.sampled_from([0.5, 1.0, 2.0]))
+def test_clipped_distributions_stay_distributions_within_the_radius(k, seed, factor):
+    rng = np.random.default_rng(seed)
+    contribs = _contribs(rng, k + 1, 5, 4)
+    out = consensus.clip_to_own(contribs, factor)
+    probs = np.stack([softmax(c.logits.astype(np.float64)) for c in contribs])
+    gaps = 0.5 * np.abs(probs[1:] - probs[0]).sum(axis=-1)  # (k, R)
+    radius = factor * np.sort(gaps, axis=0)[(k - 1) // 2]
+    for c in out[1:]:
+        p = softmax(c.logits.astype(np.float64))
+        assert np.allclose(p.sum(axis=-1), 1.0)
+        assert (0.5 * np.abs(p - probs[0]).sum(axis=-1) <= radius + 1e-4).all()
