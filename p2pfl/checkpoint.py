@@ -1,4 +1,4 @@
-"""Crash safety for real nodes: one checkpoint file per node, rewritten atomically after every round.
+"""Crash safety: one checkpoint per node, rewritten (atomically, for real nodes) after every round.
 
 It holds what a restarted process needs to go on where it stopped: model and optimizer state,
 the learner's step (the learning-rate schedule) and random generator, the last completed round,
@@ -41,6 +41,12 @@ class Resumed:
 
 def save(path: Path, learner: Trainable, *, round: int, meta: dict[str, str | int], peers: dict[str, int],
          mode_state: dict[str, float] | None = None) -> None:
+    atomic_write_bytes(path, dumps(learner, round=round, meta=meta, peers=peers, mode_state=mode_state))
+
+
+def dumps(learner: Trainable, *, round: int, meta: dict[str, str | int], peers: dict[str, int],
+          mode_state: dict[str, float] | None = None) -> bytes:
+    """A checkpoint's bytes (simulations keep them in memory: a crashed simulated node restarts from them)."""
     state = {
         "format": FORMAT, "round": round, "meta": dict(meta), "peers": dict(peers), "mode": dict(mode_state or {}),
         "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
@@ -50,7 +56,7 @@ def save(path: Path, learner: Trainable, *, round: int, meta: dict[str, str | in
         state["private"] = {"spent": private.spent, "counts": [int(c) for c in learner.label_counts]}
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def load(path: Path, learner: Trainable, *, meta: dict[str, str | int]) -> Resumed | None:
@@ -58,25 +64,31 @@ def load(path: Path, learner: Trainable, *, meta: dict[str, str | int]) -> Resum
     path = Path(path)
     if not path.exists():
         return None
+    return loads(path.read_bytes(), learner, meta=meta, where=str(path))
+
+
+def loads(data: bytes, learner: Trainable, *, meta: dict[str, str | int], where: str = "the checkpoint") -> Resumed:
+    """Restore `learner` from a checkpoint's bytes; ValueError (naming `where` and the fix) if they are not
+    a checkpoint of this kind of node."""
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+        raise ValueError(f"{where} is not a readable checkpoint ({type(e).__name__}: {e}); "
                          f"delete it to start this node from round 0") from None
     if state.get("format") != FORMAT:
-        raise ValueError(f"{path} has checkpoint format {state.get('format')}, this version reads {FORMAT}; "
+        raise ValueError(f"{where} has checkpoint format {state.get('format')}, this version reads {FORMAT}; "
                          f"delete it to start this node from round 0")
     if state["meta"] != dict(meta):
         diff = ", ".join(f"{k}: saved {state['meta'].get(k)!r}, now {v!r}"
                          for k, v in meta.items() if state["meta"].get(k) != v)
-        raise ValueError(f"{path} belongs to a different node ({diff}); use another --state-dir, "
+        raise ValueError(f"{where} belongs to a different node ({diff}); use another --state-dir, "
                          f"or delete the checkpoint to start from round 0")
     try:
         learner.model.load_state_dict(state["model"])
         learner.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:  # the same kind of node, another shape of model
         first = str(e).strip().splitlines()[0][:200]
-        raise ValueError(f"{path} holds a model of another shape than this node's ({first}); the scenario's "
+        raise ValueError(f"{where} holds a model of another shape than this node's ({first}); the scenario's "
                          f"embed_dim, arch_options or adapter settings changed: use another --state-dir, or delete "
                          f"the checkpoint to start from round 0") from None
     learner.step = int(state["step"])

@@ -35,6 +35,7 @@ SHORTCUTS = {
     "attack": ("attack", lambda a: parse_key_value("attack", a, {}),
                "KIND:N: N nodes (or a share F < 1) lie, e.g. shift:3 (or [[attack]] tables, see --help-keys)"),
     "defence": ("gossip.defence", str, "auto | none | claims | clip | claims+clip: what is done about lying peers"),
+    "churn": ("churn.rate", float, "each node is down this share of rounds, back after churn.downtime (3) on average"),
 }
 
 err = Console(stderr=True)

@@ -217,8 +217,15 @@ class GossipConfig:
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
-    wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down)
+    wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down) ...
+    # ... and wait for a neighbour that has shared before (a straggler, or one that just went down) at most this
+    # times our own last round's duration; then it lags (not waited for) until it is within max_lag again
+    patience: float = 0.25
+    # a node far behind its neighbours (the median one more than max_lag rounds ahead: it was down, joined late
+    # or is slow) jumps to their round, keeping its model, so it speaks about the slices they speak about
+    catch_up: bool = True
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
+    stale_decay: float = 0.0  # ... and weigh what is used by (1 + rounds old)^-stale_decay (0: full weight)
     defence: str = "auto"  # parse_defence: auto | none | claims, reputation, clip joined by +
 
     def __post_init__(self):
@@ -247,8 +254,8 @@ class GossipConfig:
                 _check_codec(f"gossip.{key}", value)
         _share(self, "gossip.", "floor")
         _at_least(self, "gossip.", 1, "key_every")
-        _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness")
-        _positive(self, "gossip.", "wait_timeout")
+        _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness", "stale_decay")
+        _positive(self, "gossip.", "wait_timeout", "patience")
         try:
             parse_defence(self.defence)
         except ValueError as e:
@@ -368,6 +375,77 @@ class AttackConfig:
                                                         f"{self.strength} must be >= 0")
 
 
+# What [[events]] can change in a simulation (p2pfl/events.py schedules them, sim.py applies them)
+EVENT_ACTIONS = ("leave", "crash", "rejoin", "join", "cut", "partition", "heal", "slow", "link")
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """One [[events]] table: at a round or a simulated time, one change to the network or its nodes.
+
+    Nodes are topology indices; links are pairs of them, e.g. cut = [[0, 1]]."""
+
+    at: int = 0  # the round: fires when the network's front (the first node) starts it (0: at the start) ...
+    time: float = 0.0  # ... or at this simulated second
+    leave: tuple[int, ...] = ()  # these nodes stop, saying bye (a closed laptop) ...
+    crash: tuple[int, ...] = ()  # ... or stop without a word, losing what they did since their last round
+    rejoin: tuple[int, ...] = ()  # nodes that left or crashed start again from their last round's checkpoint
+    join: tuple[int, ...] = ()  # nodes absent until now start from scratch and catch up with the network
+    cut: tuple[tuple[int, ...], ...] = ()  # these links carry nothing until healed
+    partition: tuple[tuple[int, ...], ...] = ()  # groups: every link between two groups is cut (unlisted: a group)
+    heal: bool = False  # every cut link and partition restored
+    slow: tuple[int, ...] = ()  # these nodes compute at `speed` times their profile's speed (a straggler)
+    speed: float = 0.0
+    link: tuple[tuple[int, ...], ...] = ()  # these links' latency / jitter / loss / bandwidth set (< 0: unchanged)
+    latency: float = -1.0
+    jitter: float = -1.0
+    loss: float = -1.0
+    bandwidth: float = -1.0
+
+    @property
+    def action(self) -> str:
+        return next(a for a in EVENT_ACTIONS if getattr(self, a))
+
+    def __post_init__(self):
+        given = [a for a in EVENT_ACTIONS if getattr(self, a)]
+        _check(len(given) == 1, f"events: each table makes one change: give exactly one of "
+                                f"{', '.join(EVENT_ACTIONS)} (got {', '.join(given) or 'none'}), e.g. "
+                                f"{{at = 10, crash = [3]}}")
+        _check(self.at >= 0 and self.time >= 0 and not (self.at and self.time),
+               f"events: at = {self.at} (a round) or time = {self.time} (simulated seconds): one of them, >= 0")
+        pairs = self.cut + self.link
+        _check(all(len(pair) == 2 for pair in pairs), f"events: cut and link take pairs of nodes, e.g. "
+                                                      f"[[0, 1], [2, 3]]; got {[list(x) for x in pairs]}")
+        nodes = [i for group in (self.leave, self.crash, self.rejoin, self.join, self.slow, *self.partition,
+                                 *pairs) for i in group]
+        _check(all(i >= 0 for i in nodes), f"events: node indices are >= 0; got {nodes}")
+        if self.partition:
+            flat = [i for g in self.partition for i in g]
+            _check(len(self.partition) >= 2 and len(flat) == len(set(flat)),
+                   f"events.partition = {[list(g) for g in self.partition]}: two or more groups, no node in two")
+        if self.slow:
+            _positive(self, "events.", "speed")
+        if self.link:
+            _check(self.loss <= 1.0, f"events.loss = {self.loss}: a probability (<= 1; < 0: unchanged)")
+            _check(any(v >= 0 for v in (self.latency, self.jitter, self.loss, self.bandwidth)),
+                   "events.link: set at least one of latency, jitter, loss, bandwidth (>= 0)")
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    """Random downs for sweeps: each node goes down and comes back by a seeded on/off process over rounds."""
+
+    rate: float = 0.0  # the share of rounds a node is down (0: no churn); p2pfl sim --churn 0.2
+    downtime: float = 3.0  # mean rounds a down lasts (geometric)
+    crash: float = 0.5  # the share of downs that are crashes (no bye, back from the checkpoint); the rest leave
+    start: int = 2  # the first round a node may go down
+
+    def __post_init__(self):
+        _check(0.0 <= self.rate < 1.0, f"churn.rate = {self.rate}: the share of rounds a node is down, 0 <= rate < 1")
+        _at_least(self, "churn.", 1, "downtime", "start")
+        _share(self, "churn.", "crash")
+
+
 def parse_attack_option(text: str) -> dict[str, Any]:
     """--attack KIND:N: N nodes (an int) or that share of them (a float below 1), e.g. shift:3, uniform:0.2."""
     kind, _, n = text.partition(":")
@@ -428,6 +506,8 @@ class Scenario:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     attack: tuple[AttackConfig, ...] = ()  # [[attack]] tables: nodes that lie (simulations and drills)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    events: tuple[EventConfig, ...] = ()  # [[events]] tables: churn, partitions, stragglers (simulations)
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -651,6 +731,9 @@ _ACCEPTS = {
     "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes | neighbours = ..., "
               "start, strength, place = random | bottleneck}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
     "gossip.defence": "auto (= " + "+".join(AUTO_DEFENCE) + ") | none | " + " | ".join(DEFENCES) + ", joined by +",
+    "events": "[{at = ROUND | time = SECONDS, " + " | ".join(EVENT_ACTIONS) + " = ...}], e.g. "
+              "[{at = 10, partition = [[0, 1], [2, 3]]}, {at = 20, heal = true}]",
+    "churn.rate": "0 <= rate < 1: the share of rounds each node is down",
 }
 
 

@@ -362,11 +362,13 @@ class Inbox:
             self.latest[msg.kind] = msg
         return True
 
-    def usable(self, round_idx: int, staleness: int, weight: float) -> list[Received]:
-        """The newest frame per kind within the staleness bound, as whole rows (kept rows filled in)."""
+    def usable(self, round_idx: int, staleness: int, weight: float, decay: float = 0.0) -> list[Received]:
+        """The newest frame per kind within the staleness bound, as whole rows (kept rows filled in), its
+        weight scaled by (1 + rounds old)^-decay (0: not scaled)."""
         out = []
         for k in self.latest.values():
-            if round_idx - 1 - k.round > staleness:
+            old = round_idx - 1 - k.round
+            if old > staleness:
                 continue
             held = self._values.get(_stream(k))
             if k.base == -1:
@@ -375,8 +377,9 @@ class Inbox:
                 value = held[1]
             else:  # the held value is of another round (frames out of order): not this frame's
                 continue
+            w = weight * (1.0 + old) ** -decay if decay and old > 0 else weight
             r = Received(self.sender, k.round, k.kind, value, k.ref_start, k.ref_count,
-                         self._label_counts(k), weight, k.mass, wire.row_indices(k))
+                         self._label_counts(k), w, k.mass, wire.row_indices(k))
             out.append(self._resolve(r, k.keeps) if k.kind == "logits" else r)
         return out
 

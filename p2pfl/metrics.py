@@ -107,3 +107,59 @@ def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
                 "bytes_per_node": cum,
             })
     return curve
+
+
+RECOVERED = 0.01  # back within this of the pre-partition level (global accuracy, the network's mean)
+
+
+def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]],
+                  nodes: int) -> dict[str, Any]:
+    """How the nodes came through a run's events (`log`: sim.EventRunner's): the share of rounds each
+    node was up, the share of time spent waiting, the staleness of what was used, rounds trained alone
+    and skipped to catch up; per heal, the rounds until the network's mean global accuracy was back
+    within RECOVERED of its level before the split; per late joiner, the rounds from its join until its
+    global accuracy reached the median (of the nodes there from the start) of the same round."""
+    last_time: dict[str, float] = defaultdict(float)
+    waited: dict[str, float] = defaultdict(float)
+    for r in records:
+        last_time[r["node"]] = max(last_time[r["node"]], r["time"])
+        waited[r["node"]] += r.get("waited", 0.0)
+    stale = [r["staleness"] for r in records if r.get("staleness") is not None]
+    up = Counter(name for names in up_by_round.values() for name in names)
+    out: dict[str, Any] = {
+        "up_share": {n: up[n] / max(len(up_by_round), 1) for n in sorted(last_time)},
+        "waiting_share": float(np.mean([waited[n] / last_time[n] for n in last_time if last_time[n] > 0]))
+        if last_time else 0.0,
+        "staleness_mean": float(np.mean(stale)) if stale else None,
+        "alone_rounds": sum(bool(r.get("alone")) for r in records),
+        "skipped_rounds": sum(r.get("skipped", 0) for r in records),
+        "restarts": sum(len(e["nodes"]) for e in log if e["event"] == "rejoin"),
+    }
+    curve = {c["round"]: c["global"] for c in rounds_curve(records)}
+    splits = [e for e in log if e["event"] in ("partition", "cut")]
+    heals = []
+    for h in (e for e in log if e["event"] == "heal"):
+        before = [e["round"] for e in splits if e["round"] <= h["round"]]
+        level = curve.get(max(before) - 1) if before else None
+        back = next((r for r in sorted(curve) if r >= h["round"] and level is not None
+                     and curve[r] >= level - RECOVERED), None)
+        heals.append({"split_round": max(before) if before else None, "heal_round": h["round"],
+                      "level_before": level, "rounds_to_recover": None if back is None else back - h["round"]})
+    if heals:
+        out["recovery"] = heals
+    joins = [(n, e["round"]) for e in log if e["event"] == "join" for n in e["nodes"]]
+    if joins:
+        late = {n for n, _ in joins}
+        by_round: dict[int, list[float]] = defaultdict(list)  # the nodes there from the start
+        for r in records:
+            if "global_acc" in r and r["node"] not in late:
+                by_round[r["round"]].append(r["global_acc"])
+        median = {k: float(np.median(v)) for k, v in by_round.items()}
+        out["joiners"] = []
+        for name, joined in joins:
+            mine = sorted((r for r in records if r["node"] == name and "global_acc" in r), key=lambda r: r["round"])
+            reached = next((r["round"] for r in mine if r["global_acc"] >= median.get(r["round"], 1.0)), None)
+            out["joiners"].append({"node": name, "joined_round": joined,
+                                   "rounds_to_median": None if reached is None else reached - joined})
+    return out
+

@@ -149,6 +149,7 @@ class PeerState:
     inbox: Inbox
     up: bool = True  # False after bye or a failed send, until it speaks again
     silent: bool = False  # it timed out while we waited: only knowledge (not a hello) counts it as up again
+    lagging: bool = False  # it outlasted our patience: not waited for until its knowledge is within max_lag again
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     trust: float | None = None  # how often its predictions agree with the others' (a running mean; None: unknown)
@@ -182,7 +183,7 @@ class Node(Lifetime):
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False,
                  profile: str = "", status_extra: dict[str, Any] | None = None,
                  record_extra: dict[str, Any] | None = None, min_peers: int = 0,
-                 start_timeout: float = 60.0, say: Callable[[str], None] | None = None):
+                 start_timeout: float = 60.0, say: Callable[[str], None] | None = None, late: bool = False):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
         # incarnation: new per process start, so neighbours notice a restart (random if None).
         # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
@@ -190,6 +191,8 @@ class Node(Lifetime):
         # min_peers: a fresh node waits before its first share (at most start_timeout seconds) until this
         # many neighbours have exchanged hellos, so a node started first does not train alone; `say` gets
         # the progress lines (real nodes print them; default: the log).
+        # late: the node joins (or returns to) a running network: before its first round it waits, at most
+        # wait_timeout, for a neighbour's knowledge, to learn the network's round and catch up to it.
         self.node_id = node_id
         self.arch = arch
         self.profile = profile or arch  # the node profile's name, for metrics
@@ -208,6 +211,11 @@ class Node(Lifetime):
         self.record_extra = dict(record_extra or {})  # what every record says besides (a simulated attacker's kind)
         self.min_peers = min_peers
         self.start_timeout = start_timeout
+        self.late = late
+        self._round_s: float | None = None  # our last round's duration, waiting apart (patience is a share of it)
+        self._alone_said = False
+        self._skipped = 0  # rounds jumped over to catch up since the last record
+        self._rounds_scope = trio.CancelScope()  # `leave` cancels the round loop, not the sessions (bye goes out)
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
         self.counters = Counters()
         self._refusals: Counter = Counter()  # (peer, reason) -> refusals, for logging
@@ -259,19 +267,36 @@ class Node(Lifetime):
                 nursery.cancel_scope.cancel()
 
     # -- the round loop ---------------------------------------------------------------------------
+    def leave(self) -> None:
+        """Stop the round loop now, wherever it is (a round's work in a worker thread is finished first);
+        `run` returns what it recorded, and leaving `async with` says bye as always."""
+        self._rounds_scope.cancel()
+
     async def run(self) -> list[dict]:
-        """Train for the configured rounds; returns this node's per-round records."""
-        records = []
+        """Train for the configured rounds (or until `leave`); returns this node's per-round records."""
+        records: list[dict] = []
+        with self._rounds_scope:
+            await self._rounds(records)
+        return records
+
+    async def _rounds(self, records: list[dict]) -> None:
         if self.round == 0:  # round 0 is the label-only warm-up; its knowledge seeds round 1's teacher
             steps = self.learner.config.warmup_steps
             teaching = self.mode.warmup(self.ctx)
             await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._wait_for_peers()  # a fresh node only: a resumed one goes on where it stopped
+            if self.late and self.gossip.catch_up:
+                await self._join_running()
             self._reweigh()
-            await self._share(0)
+            await self._share(self.round)
+        elif self.late and self.gossip.catch_up:
+            await self._join_running()
         while self.round < self.rounds:
+            waited = await self._wait_for_neighbours(self.round + 1)
+            if self.gossip.catch_up:
+                self._catch_up()
             r = self.round + 1
-            waited = await self._wait_for_neighbours(r)
+            began = trio.current_time()
             self._reweigh()
             inbox = self.usable_inbox(r)
             self._take_back_mass()
@@ -291,6 +316,10 @@ class Node(Lifetime):
             steps = self.learner.config.local_steps
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._share(r)
+            alone = bool(self.mode.kinds) and not inbox and not any(p.up for p in self.peers.values())
+            if alone and not self._alone_said:
+                log.info("%s: round %d: no neighbour is up; training on its own labels until one is", self.node_id, r)
+            self._alone_said = alone
             record = {
                 "node": self.node_id, "arch": self.arch, "profile": self.profile, "round": r, "time": trio.current_time(),
                 "train_loss": loss, "contributors": teaching.contributors,
@@ -300,6 +329,8 @@ class Node(Lifetime):
                 # everything since the previous record, so hellos and the warm-up's knowledge count too
                 "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
+                "lagging": sum(p.up and p.lagging for p in self.peers.values()),
+                "alone": alone, "skipped": self._skipped,
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
                 "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
@@ -311,10 +342,11 @@ class Node(Lifetime):
                 ev = await self.compute(self.learner.evaluate, self.test.x, self.test.y)
                 record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}
             self._logged = (self.counters.bytes_out, self.counters.bytes_in)
+            self._round_s = trio.current_time() - began
+            self._skipped = 0
             records.append(record)
             self.on_record(record)
             self.round = r
-        return records
 
     def greeted(self) -> int:
         """Neighbours that have our hello and we theirs."""
@@ -343,29 +375,70 @@ class Node(Lifetime):
 
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
-        >= r-1-max_lag, or after wait_timeout (then the silent ones count as down until they speak)."""
+        >= r-1-max_lag. One that shared before in this session (a straggler, or one that just went
+        down) is waited for at most gossip.patience x our last round's duration, then lags (is not
+        waited for) until its knowledge is within max_lag again; one that never shared (starting up) at
+        most wait_timeout, then counts as down until it speaks. So a slow or vanished neighbour costs
+        a bounded wait once, not every round."""
         if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
         start = trio.current_time()
         deadline = start + self.gossip.wait_timeout
+        patience = start + self.gossip.patience * self._round_s if self._round_s is not None else math.inf
         while True:
-            behind = [p for p in self.peers.values() if p.up and p.inbox.newest_round < need]
+            behind = [p for p in self.peers.values() if p.up and not p.lagging and p.inbox.newest_round < need]
+            now = trio.current_time()
+            if behind and now >= patience:
+                for p in behind:
+                    p.lagging = p.inbox.newest_round >= 0
+                behind = [p for p in behind if not p.lagging]
             if not behind:
                 break
-            if trio.current_time() >= deadline:
+            if now >= deadline:
                 for p in behind:
                     p.up, p.silent = False, True
                 log.info("%s: round %d: %d neighbour(s) silent for %.1fs, going on without them",
                          self.node_id, r, len(behind), self.gossip.wait_timeout)
                 break
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(min(deadline, patience) if patience > now else deadline):
                 await self._arrived.wait()
         return trio.current_time() - start
 
+    def network_round(self) -> int | None:
+        """Where the network is, as far as we can tell: the lower median of the newest rounds our
+        neighbours shared in their current sessions, once at least half of them have shared (so a
+        minority of liars claiming late rounds cannot move it; a node with one neighbour follows that
+        one); None before."""
+        rounds = sorted(p.inbox.newest_round for p in self.peers.values() if p.inbox.newest_round >= 0)
+        if not rounds or 2 * len(rounds) < len(self.peers):
+            return None
+        return rounds[(len(rounds) - 1) // 2]
+
+    async def _join_running(self) -> None:
+        """A late node: wait (at most wait_timeout) for a neighbour's knowledge, then catch up."""
+        with trio.move_on_after(self.gossip.wait_timeout):
+            while self.network_round() is None:
+                await self._arrived.wait()
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Jump to the network's round when it is more than max_lag + 1 rounds past ours (we were down,
+        joined late or are slow; nodes that wait for us are never that far ahead), keeping our model: we
+        then speak about the slices our neighbours speak about. The next record counts the rounds skipped."""
+        there = self.network_round()
+        if there is None or there - self.round <= self.gossip.max_lag + 1:
+            return
+        target = min(there, self.rounds - 1)
+        log.info("%s: the network is at round %d: skipping %d round(s) to join it", self.node_id, there,
+                 target - self.round)
+        self._skipped += target - self.round
+        self.round = target
+
     def usable_inbox(self, r: int) -> list[Received]:
         """Per neighbour, the newest knowledge within the staleness bound, as whole rows."""
-        return [k for p in self.peers.values() for k in p.inbox.usable(r, self.gossip.staleness, p.weight)]
+        return [k for p in self.peers.values()
+                for k in p.inbox.usable(r, self.gossip.staleness, p.weight, self.gossip.stale_decay)]
 
     def _take_back_mass(self) -> None:
         """Push-sum mass that could not be sent goes back to the mode, between its own steps."""
@@ -510,10 +583,12 @@ class Node(Lifetime):
                 log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
                           peer_id, msg.kind, msg.round, msg.base)
                 return
-            # a silent neighbour is up again once it shares what a round waits for: old rounds (a peer
-            # replaying stale frames) would have us wait out wait_timeout for it every round
-            if not p.silent or msg.round >= self.round - self.gossip.max_lag:
-                p.up, p.silent = True, False
+            # a silent or lagging neighbour is up again once it shares what a round waits for: old rounds
+            # (a peer replaying stale frames, a straggler) would have us wait for it every round
+            if msg.round >= self.round - self.gossip.max_lag:
+                p.up, p.silent, p.lagging = True, False, False
+            elif not p.silent:
+                p.up = True
             self._notify()
         elif isinstance(msg, wire.Bye):
             p.up = False
@@ -564,6 +639,7 @@ class Node(Lifetime):
             "rounds": self.rounds, "bytes_out": self.counters.bytes_out, "bytes_in": self.counters.bytes_in,
             "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
             "send_failures": self.counters.send_failures, "superseded": self.counters.superseded,
-            "neighbours": {pid: {"up": p.up, "round": p.inbox.newest_round, "trust": p.trust, "reputation": p.reputation}
+            "neighbours": {pid: {"up": p.up, "lagging": p.lagging, "round": p.inbox.newest_round, "trust": p.trust,
+                                 "reputation": p.reputation}
                            for pid, p in self.peers.items()},
         } | ({} if (spent := self.learner.epsilon_spent()) is None else {"epsilon": spent}) | self.status_extra

@@ -28,7 +28,7 @@ import torch
 import trio
 import trio.testing
 
-from p2pfl import assemble
+from p2pfl import assemble, checkpoint, events
 from p2pfl.assemble import NodePlan
 from p2pfl.attacks import attackers
 from p2pfl.config import AttackConfig, Scenario
@@ -36,7 +36,7 @@ from p2pfl.data.reference import Reference
 from p2pfl.data.sources import Dataset
 from p2pfl.files import atomic_write_text, fresh_dir
 from p2pfl.learner import Learner
-from p2pfl.metrics import MetricsLog, summarize
+from p2pfl.metrics import MetricsLog, churn_summary, summarize
 from p2pfl.models import param_count
 from p2pfl.modes import Mode
 from p2pfl.node import EvalData, Node
@@ -100,10 +100,11 @@ class SimulatedCompute:
         self.seconds_per_step = seconds_per_step
         self.jitter = jitter
         self.pool = pool
+        self.speed = 1.0  # a `slow` event's factor on top of the profile's speed
         self._rng = random.Random(seed)
 
     async def __call__(self, fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
-        duration = steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter))
+        duration = steps * self.seconds_per_step * (1 + self._rng.uniform(-self.jitter, self.jitter)) / self.speed
         if self.pool:
             return await self.pool.run(fn, *args, duration=duration)
         out = fn(*args)
@@ -183,6 +184,7 @@ class Simulation:
             if metrics is not None:
                 metrics.write(record)
             self.on_record(record)
+            runner.recorded(record)
 
         test = EvalData(built.dataset.x_test, built.dataset.y_test)
         net = s.network
@@ -194,26 +196,26 @@ class Simulation:
         torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
 
         network = MemoryNetwork(link, seed=s.seed)
-        modes: list[Mode] = []
-        nodes: list[Node] = []
+        scheduled = events.schedule(s, built.topology.n)
+        restartable = {i for item in scheduled for i in item.event.leave + item.event.crash}
+        late = events.late_joiners(s)
+
+        def make(plan: NodePlan, learner: Learner, compute: SimulatedCompute, endpoint, record, **runtime) -> Node:
+            mode = self.make_mode(plan) if self.make_mode else assemble.mode(s, "metropolis")
+            return assemble.make_node(s, plan, learner=learner, mode=mode, transport=endpoint,
+                                      reference=built.reference, test=test, compute=compute, on_record=record,
+                                      attack=built.attackers.get(plan.index), **runtime)
+
+        hosts = [NodeHost(plan, learner, network, make, on_record, checkpoints=plan.index in restartable,
+                          compute=SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
+                                                   jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool))
+                 for plan, learner in zip(plans, learners)]
+        runner = EventRunner(scheduled, hosts, network, built.topology.graph)
 
         async def main() -> None:
             async with network:
                 async with trio.open_nursery() as nursery:
-                    for plan, learner in zip(plans, learners):
-                        compute = SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
-                                                   jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
-                        mode = self.make_mode(plan) if self.make_mode else assemble.mode(s, "metropolis")
-                        nodes.append(assemble.make_node(
-                            s, plan, learner=learner, mode=mode, transport=network.endpoint(plan.node_id),
-                            reference=built.reference, test=test, compute=compute, on_record=on_record,
-                            attack=built.attackers.get(plan.index)))
-                        modes.append(nodes[-1].mode)  # an attacker's wraps the honest mode
-                        nursery.start_soon(run_node, nodes[-1])
-
-        async def run_node(node: Node) -> None:
-            async with node:
-                await node.run()
+                    runner.begin(nursery, absent=late)
 
         interrupted = False
         try:
@@ -230,6 +232,9 @@ class Simulation:
         reached = max((r["round"] for r in records), default=0)
         summary = summarize(records, rounds=reached if interrupted else s.rounds,
                             wire_bytes=sum(network.bytes_sent.values()))
+        if runner.log:  # what happened to the network, and how the nodes came through it
+            summary |= {"events": runner.log, "up_by_round": runner.up_by_round,
+                        "churn": churn_summary(records, runner.log, runner.up_by_round, len(plans))}
         summary |= {
             "name": s.name, "run_id": rid, "mode": s.mode, "seed": s.seed,
             "wall_time_s": time.perf_counter() - wall,
@@ -257,10 +262,160 @@ class Simulation:
                         "rounds_done_by_all": min(_last_rounds(records, plans), default=0)}
         if run_dir is not None:
             atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-        result = SimulationResult(s, summary, records, run_dir, built, modes, nodes)
+        result = SimulationResult(s, summary, records, run_dir, built, [h.node.mode for h in hosts if h.node],
+                                  [h.node for h in hosts if h.node])
         if interrupted:
             raise Interrupted(result)
         return result
+
+
+class NodeHost:
+    """One simulated node's process, which events stop and start again. A crash takes the node off the
+    network at once (no bye, nothing in flight arrives) and loses what it did since its last round; a
+    leave ends its round loop and says bye. Either way it restarts (`start`) from the checkpoint it kept
+    after its last round (in memory), as a new incarnation that catches up with the network."""
+
+    def __init__(self, plan: NodePlan, learner: Learner, network: MemoryNetwork, make: Callable[..., Node],
+                 on_record: Callable[[dict], None], *, checkpoints: bool, compute: SimulatedCompute):
+        self.plan, self.learner, self.network, self.compute = plan, learner, network, compute
+        self.name = plan.node_id
+        self.endpoint = network.endpoint(plan.node_id)
+        self._make, self._on_record, self._checkpoints = make, on_record, checkpoints
+        self.state = "absent"  # absent | up | left | crashed | done
+        self.node: Node | None = None
+        self.saved: bytes | None = None  # the checkpoint after its last round
+        self._scope = trio.CancelScope()
+        self._finished = trio.Event()  # the last start's process is gone (none yet: set)
+        self._finished.set()
+        self._meta = {"node": plan.node_id}
+        if checkpoints:  # a crash before its first round loses the warm-up too
+            self.saved = checkpoint.dumps(learner, round=0, meta=self._meta, peers={})
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    def start(self, nursery: trio.Nursery, *, late: bool) -> None:
+        self.state = "up"
+        self.node = None
+        self._scope = trio.CancelScope()
+        previous, self._finished = self._finished, trio.Event()
+        nursery.start_soon(self._run, late, self._scope, previous, self._finished)
+
+    def stop(self, crash: bool) -> None:
+        if crash:
+            self.network.set_down(self.name)  # no bye, and what is in flight to or from it is lost
+            self.state = "crashed"
+            self._scope.cancel()
+        else:
+            self.state = "left"
+            self.node.leave() if self.node is not None else self._scope.cancel()  # not started: nobody to tell
+
+    async def _run(self, late: bool, scope: trio.CancelScope, previous: trio.Event, finished: trio.Event) -> None:
+        await previous.wait()  # the last process (a round's work in a thread included) is gone
+        try:
+            with scope:
+                await self._process(late)
+        finally:
+            finished.set()
+
+    async def _process(self, late: bool) -> None:
+        self.network.set_down(self.name, False)
+        self.endpoint.drain()  # what reached the dead process is gone
+        resumed = checkpoint.loads(self.saved, self.learner, meta=self._meta) if self.saved else None
+        node = self._make(self.plan, self.learner, self.compute, self.endpoint, self._record,
+                          start_round=resumed.round if resumed else 0, late=late)
+        if resumed:
+            node.mode.load_state(resumed.mode_state)
+        self.node = node
+        try:
+            async with node:
+                await node.run()
+        finally:
+            if self.state == "left":  # it said bye; a stopped process answers nobody
+                self.network.set_down(self.name)
+        if self.state == "up":
+            self.state = "done"
+
+    def _record(self, record: dict) -> None:
+        if self._checkpoints:
+            self.saved = checkpoint.dumps(self.learner, round=record["round"], meta=self._meta, peers={},
+                                          mode_state=self.node.mode.state())
+        self._on_record(record)
+
+
+class EventRunner:
+    """Applies a run's scheduled events: round events when the network's front (the first node to
+    record round R - 1) starts round R, time events at their simulated second. It logs each change and,
+    per round of the front, which nodes were up."""
+
+    def __init__(self, scheduled: list[events.Scheduled], hosts: list[NodeHost], network: MemoryNetwork,
+                 graph):
+        self.hosts, self.network, self.graph = hosts, network, graph
+        self._by_round = sorted((item for item in scheduled if not item.event.time), key=lambda i: i.event.at)
+        self._by_time = sorted((item for item in scheduled if item.event.time), key=lambda i: i.event.time)
+        self.front = 0
+        self.log: list[dict] = []
+        self.up_by_round: dict[int, list[str]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def begin(self, nursery: trio.Nursery, absent: set[int]) -> None:
+        self._nursery = nursery
+        for h in self.hosts:
+            if h.plan.index in absent:
+                self.network.set_down(h.name)  # not there yet: its neighbours' hellos find nobody
+            else:
+                h.start(nursery, late=False)
+        self._fire_rounds(1)  # round 0 (the warm-up) and 1: at the start
+        if self._by_time:
+            nursery.start_soon(self._timed)
+
+    def recorded(self, record: dict) -> None:
+        if record["round"] + 1 > self.front:
+            self.front = record["round"] + 1
+            self._fire_rounds(self.front)
+            self.up_by_round[self.front] = [h.name for h in self.hosts if h.up]
+
+    def _fire_rounds(self, r: int) -> None:
+        while self._by_round and self._by_round[0].event.at <= r:
+            self._apply(self._by_round.pop(0))
+
+    async def _timed(self) -> None:
+        for item in list(self._by_time):
+            await trio.sleep_until(item.event.time)
+            self._apply(item)
+
+    def _apply(self, item: events.Scheduled) -> None:
+        e = item.event
+        action = e.action
+        hosts = self.hosts
+        ignored = []
+        if action in ("leave", "crash"):
+            for i in getattr(e, action):
+                hosts[i].stop(crash=action == "crash") if hosts[i].up else ignored.append(i)
+        elif action in ("rejoin", "join"):
+            for i in getattr(e, action):
+                ok = hosts[i].state in (("left", "crashed") if action == "rejoin" else ("absent",))
+                hosts[i].start(self._nursery, late=True) if ok else ignored.append(i)
+        elif action in ("cut", "partition"):
+            for a, b in e.cut or events.partition_cuts(e.partition, self.graph):
+                self.network.cut(hosts[a].name, hosts[b].name)
+        elif action == "heal":
+            self.network.heal()
+        elif action == "slow":
+            for i in e.slow:
+                hosts[i].compute.speed = e.speed
+        elif action == "link":
+            for a, b in e.link:
+                old = self.network.link_model(hosts[a].name, hosts[b].name)
+                new = {k: v for k in ("latency", "jitter", "loss", "bandwidth") if (v := getattr(e, k)) >= 0}
+                self.network.set_link(hosts[a].name, hosts[b].name, dataclasses.replace(old, **new))
+        if ignored:
+            log.warning("%s at round %d: %s ignored for nodes %s (%s)", item.source, self.front, action, ignored,
+                        "not up" if action in ("leave", "crash") else "not down" if action == "rejoin" else "started")
+        named = sorted(set(events.nodes_named(e)) - set(ignored))
+        self.log.append({"event": action, "source": item.source, "round": self.front, "time": trio.current_time(),
+                         "nodes": [hosts[i].name for i in named]} | ({"speed": e.speed} if action == "slow" else {}))
 
 
 class Interrupted(KeyboardInterrupt):

@@ -38,6 +38,7 @@ class MemoryNetwork(Lifetime):
         self._inboxes: dict[str, trio.MemorySendChannel] = {}
         self._down: set[str] = set()
         self._cut: set[frozenset[str]] = set()
+        self._links: dict[tuple[str, str], LinkModel] = {}  # links whose model an event changed
         self._busy_until: dict[tuple[str, str], float] = defaultdict(float)
         self._last_arrival: dict[tuple[str, str], float] = defaultdict(float)
         self.bytes_sent: dict[tuple[str, str], int] = defaultdict(int)
@@ -68,6 +69,17 @@ class MemoryNetwork(Lifetime):
     def cut(self, a: str, b: str, cut: bool = True) -> None:
         (self._cut.add if cut else self._cut.discard)(frozenset((a, b)))
 
+    def heal(self) -> None:
+        """Every cut link carries messages again."""
+        self._cut.clear()
+
+    def link_model(self, src: str, dst: str) -> LinkModel:
+        return self._links.get((src, dst), self.link)
+
+    def set_link(self, a: str, b: str, model: LinkModel) -> None:
+        """Both directions of the link a-b from now on (messages in flight keep their arrival time)."""
+        self._links[(a, b)] = self._links[(b, a)] = model
+
     def reachable(self, a: str, b: str) -> bool:
         return a not in self._down and b not in self._down and frozenset((a, b)) not in self._cut
 
@@ -79,14 +91,15 @@ class MemoryNetwork(Lifetime):
             raise PeerUnreachable(f"{dst} is unreachable from {src}")
         self.bytes_sent[(src, dst)] += len(data)
         rng = self._link_rng(src, dst)
-        if rng.random() < self.link.loss:
+        link = self.link_model(src, dst)
+        if rng.random() < link.loss:
             self.dropped += 1
             return
         now = trio.current_time()
         start = max(now, self._busy_until[(src, dst)])
-        done = start + (len(data) / self.link.bandwidth if self.link.bandwidth > 0 else 0.0)
+        done = start + (len(data) / link.bandwidth if link.bandwidth > 0 else 0.0)
         self._busy_until[(src, dst)] = done  # one message at a time per link, like a stream
-        arrival = done + max(0.0, self.link.latency + rng.uniform(-self.link.jitter, self.link.jitter))
+        arrival = done + max(0.0, link.latency + rng.uniform(-link.jitter, link.jitter))
         # FIFO per link, as on a stream: jitter may delay a message but never lets a later one
         # (a bye, say) overtake it
         arrival = max(arrival, self._last_arrival[(src, dst)] + 1e-6)  # strictly later: equal wake-ups may swap
@@ -123,3 +136,13 @@ class MemoryEndpoint:
 
     async def receive(self) -> tuple[str, bytes]:
         return await self._inbox.receive()
+
+    def drain(self) -> int:
+        """Drop what arrived for a process that is gone (a restarted node starts with an empty socket)."""
+        dropped = 0
+        while True:
+            try:
+                self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                return dropped
+            dropped += 1
