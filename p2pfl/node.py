@@ -375,11 +375,11 @@ class Node(Lifetime):
 
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
-        >= r-1-max_lag. One that shared before in this session (a straggler, or one that just went
-        down) is waited for at most gossip.patience x our last round's duration, then lags (is not
-        waited for) until its knowledge is within max_lag again; one that never shared (starting up) at
-        most wait_timeout, then counts as down until it speaks. So a slow or vanished neighbour costs
-        a bounded wait once, not every round."""
+        >= r-1-max_lag. One we know is there (it greeted us or shared in this session: a straggler, or
+        one that just went down) is waited for at most gossip.patience x our last round's duration,
+        then lags (is not waited for) until its knowledge is within max_lag again; one we never heard
+        from at most wait_timeout, then counts as down until it speaks. So a slow or vanished neighbour
+        costs a bounded wait once, not every round."""
         if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
@@ -391,7 +391,7 @@ class Node(Lifetime):
             now = trio.current_time()
             if behind and now >= patience:
                 for p in behind:
-                    p.lagging = p.inbox.newest_round >= 0
+                    p.lagging = p.inbox.newest_round >= 0 or p.session.their_state is wire.State.READY
                 behind = [p for p in behind if not p.lagging]
             if not behind:
                 break

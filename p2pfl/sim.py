@@ -332,8 +332,8 @@ class NodeHost:
             async with node:
                 await node.run()
         finally:
-            if self.state == "left":  # it said bye; a stopped process answers nobody
-                self.network.set_down(self.name)
+            if self.state == "left":  # it said bye (still on its way); a stopped process answers nobody
+                self.network.set_down(self.name, clean=True)
         if self.state == "up":
             self.state = "done"
 

@@ -37,6 +37,7 @@ class MemoryNetwork(Lifetime):
         self._rngs: dict[tuple[str, str], random.Random] = {}
         self._inboxes: dict[str, trio.MemorySendChannel] = {}
         self._down: set[str] = set()
+        self._left: set[str] = set()  # down after closing cleanly: what they sent before still arrives
         self._cut: set[frozenset[str]] = set()
         self._links: dict[tuple[str, str], LinkModel] = {}  # links whose model an event changed
         self._busy_until: dict[tuple[str, str], float] = defaultdict(float)
@@ -63,8 +64,11 @@ class MemoryNetwork(Lifetime):
         return MemoryEndpoint(self, name, receive)
 
     # -- faults, driven by scenario events ------------------------------------------------------
-    def set_down(self, name: str, down: bool = True) -> None:
+    def set_down(self, name: str, down: bool = True, *, clean: bool = False) -> None:
+        """down: nothing more reaches or leaves `name`, and what is in flight to or from it is lost (a crash);
+        clean: what it sent before is still delivered (a process that closed its connections)."""
         (self._down.add if down else self._down.discard)(name)
+        (self._left.add if down and clean else self._left.discard)(name)
 
     def cut(self, a: str, b: str, cut: bool = True) -> None:
         (self._cut.add if cut else self._cut.discard)(frozenset((a, b)))
@@ -116,7 +120,8 @@ class MemoryNetwork(Lifetime):
 
     async def _deliver(self, src: str, dst: str, data: bytes, delay: float) -> None:
         await trio.sleep(delay)
-        if self.reachable(src, dst):  # a cut or crash while in flight loses the message
+        sent_cleanly = src in self._left and dst not in self._down and frozenset((src, dst)) not in self._cut
+        if self.reachable(src, dst) or sent_cleanly:  # a cut or crash while in flight loses the message
             self._inboxes[dst].send_nowait((src, data))
         else:
             self.dropped += 1
