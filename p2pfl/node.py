@@ -573,6 +573,14 @@ class Node(Lifetime):
                 self._reject(peer_id, "implausible", f"{msg.kind} knowledge of round {msg.round}, more than "
                                                      f"{MAX_ROUNDS_AHEAD} rounds past our run's end")
                 return
+            if msg.kind == "logits" and self.reference is not None and \
+                    (msg.ref_start, msg.ref_count) != self.reference.slice_bounds(msg.round):
+                # every honest node speaks about its round's slice (the rotation is the reference's): an old
+                # slice under a new round is a replay, and a slice per frame a flood of retained streams
+                self._reject(peer_id, "off-schedule", f"logits about rows {msg.ref_start}+{msg.ref_count} in round "
+                                                      f"{msg.round}, whose slice is rows "
+                                                      f"{'+'.join(map(str, self.reference.slice_bounds(msg.round)))}")
+                return
             try:
                 taken = p.inbox.add(msg)
             except wire.RemoteProtocolError as e:

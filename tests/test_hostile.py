@@ -98,6 +98,27 @@ async def test_a_peer_naming_a_new_slice_in_every_frame_cannot_grow_our_memory(a
     await _run_with(node2, t, frames, every=0.05)
     inbox = node2.peers["evil"].inbox
     assert inbox.streams <= inbox.max_streams == 2 * 4 + 8
+    assert node2.counters.rejected["off-schedule"] > 0  # round 1's slice is rows 100+100: the rest refused
+
+
+async def test_an_old_slice_under_a_new_round_is_refused_as_a_replay(autojump_clock):
+    """bench_robustness's replay liar (its first frame, slice 0, resent every round under the round's
+    number) cost honest nodes 0.055 global with every defence: it is off the reference's rotation."""
+    from p2pfl.data import ReferenceSpec, build_reference
+
+    t = ScriptedTransport()
+    node = _logits_node(t, build_reference(ReferenceSpec(source="synthetic", size=400, slice_size=100)), make_mode,
+                        GossipConfig(wait_timeout=1.0, catch_up=False))  # its only neighbour runs ahead
+    c = node.learner.num_classes
+
+    def frames(i):  # round i's number, slice 0's rows: due only in rounds 0, 4, 8, ...
+        return [wire.Knowledge(sender="evil", round=i, time=0.0, kind="logits", ref_start=0, ref_count=100,
+                               payload=codecs.encode(np.zeros((100, c), np.float32), "fp32"),
+                               label_counts=(), samples=10, val_acc=0.0)]
+
+    records = await _run_with(node, t, frames, every=0.3)
+    assert node.counters.rejected["off-schedule"] >= 3 and len(records) == 3
+    assert all(f.ref_start == 0 and f.round % 4 == 0 for f in node.peers["evil"].inbox.latest.values())
 
 
 def _logits_node(t, reference, make_mode, gossip=None):
