@@ -183,7 +183,8 @@ class Node(Lifetime):
                  start_round: int = 0, incarnation: int | None = None, accept_new_peers: bool = False,
                  profile: str = "", status_extra: dict[str, Any] | None = None,
                  record_extra: dict[str, Any] | None = None, min_peers: int = 0,
-                 start_timeout: float = 60.0, say: Callable[[str], None] | None = None, late: bool = False):
+                 start_timeout: float = 60.0, say: Callable[[str], None] | None = None, late: bool = False,
+                 round_seconds: float | None = None):
         # start_round: rounds already completed (0 = fresh; a checkpoint restores more).
         # incarnation: new per process start, so neighbours notice a restart (random if None).
         # accept_new_peers: a peer not in `neighbours` that says a compatible hello becomes one, and
@@ -193,6 +194,7 @@ class Node(Lifetime):
         # the progress lines (real nodes print them; default: the log).
         # late: the node joins (or returns to) a running network: before its first round it waits, at most
         # wait_timeout, for a neighbour's knowledge, to learn the network's round and catch up to it.
+        # round_seconds: how long a round of ours took before a restart (patience is a share of it).
         self.node_id = node_id
         self.arch = arch
         self.profile = profile or arch  # the node profile's name, for metrics
@@ -212,7 +214,7 @@ class Node(Lifetime):
         self.min_peers = min_peers
         self.start_timeout = start_timeout
         self.late = late
-        self._round_s: float | None = None  # our last round's duration, waiting apart (patience is a share of it)
+        self._round_s = round_seconds  # our last round's duration, waiting apart (patience is a share of it)
         self._alone_said = False
         self._skipped = 0  # rounds jumped over to catch up since the last record
         self._rounds_scope = trio.CancelScope()  # `leave` cancels the round loop, not the sessions (bye goes out)
@@ -406,28 +408,34 @@ class Node(Lifetime):
         return trio.current_time() - start
 
     def network_round(self) -> int | None:
-        """Where the network is, as far as we can tell: the lower median of the newest rounds our
-        neighbours shared in their current sessions, once at least half of them have shared (so a
-        minority of liars claiming late rounds cannot move it; a node with one neighbour follows that
-        one); None before."""
-        rounds = sorted(p.inbox.newest_round for p in self.peers.values() if p.inbox.newest_round >= 0)
-        if not rounds or 2 * len(rounds) < len(self.peers):
+        """Where the network is, as far as we can tell: the second newest of the rounds shared in their
+        current sessions by the live neighbours we know are there (they greeted us or shared), the newest
+        with one such neighbour, once at least half of those have shared; None before. Second: one liar
+        claiming a late round cannot move it, and two neighbours ahead are enough to show that ours have
+        moved on (a node whose neighbours stopped waiting for it sees those ahead of it, while a median
+        would also count the others still behind with it, and a group behind together would stay behind)."""
+        known = [p for p in self.peers.values()
+                 if p.up and (p.inbox.newest_round >= 0 or p.session.their_state is wire.State.READY)]
+        rounds = sorted((p.inbox.newest_round for p in known if p.inbox.newest_round >= 0), reverse=True)
+        if not rounds or 2 * len(rounds) < len(known):
             return None
-        return rounds[(len(rounds) - 1) // 2]
+        return rounds[min(2, len(rounds)) - 1]
 
     async def _join_running(self) -> None:
-        """A late node: wait (at most wait_timeout) for a neighbour's knowledge, then catch up."""
+        """A late node: wait until we know where the network is (at most wait_timeout: we may be the
+        first one up), then catch up."""
         with trio.move_on_after(self.gossip.wait_timeout):
             while self.network_round() is None:
                 await self._arrived.wait()
         self._catch_up()
 
     def _catch_up(self) -> None:
-        """Jump to the network's round when it is more than max_lag + 1 rounds past ours (we were down,
-        joined late or are slow; nodes that wait for us are never that far ahead), keeping our model: we
-        then speak about the slices our neighbours speak about. The next record counts the rounds skipped."""
+        """Jump to the network's round when it is more than max_lag rounds past ours (we were down, joined
+        late or are slow: our neighbours no longer wait for us, and what we say is about slices they have
+        left), keeping our model: we then speak about the slices our neighbours speak about. The next
+        record counts the rounds skipped."""
         there = self.network_round()
-        if there is None or there - self.round <= self.gossip.max_lag + 1:
+        if there is None or there - self.round <= self.gossip.max_lag:
             return
         target = min(there, self.rounds - 1)
         log.info("%s: the network is at round %d: skipping %d round(s) to join it", self.node_id, there,

@@ -75,17 +75,23 @@ class FrozenTimePool:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(work)
-            await trio.sleep(duration)
-            if not done.is_set():
-                self._waiting += 1
-                self.clock.autojump_threshold = math.inf
-                try:
-                    await done.wait()
-                finally:
-                    self._waiting -= 1
-                    if self._waiting == 0:
-                        self.clock.autojump_threshold = 0
+            try:
+                await trio.sleep(duration)
+            finally:  # also when cancelled (a crashed node): the thread runs on, and time waits for it
+                if not done.is_set():
+                    with trio.CancelScope(shield=True):
+                        await self._frozen_until(done)
         return result[0].unwrap()
+
+    async def _frozen_until(self, done: trio.Event) -> None:
+        self._waiting += 1
+        self.clock.autojump_threshold = math.inf
+        try:
+            await done.wait()
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self.clock.autojump_threshold = 0
 
 
 class SimulatedCompute:
@@ -285,6 +291,7 @@ class NodeHost:
         self.node: Node | None = None
         self.saved: bytes | None = None  # the checkpoint after its last round
         self._scope = trio.CancelScope()
+        self._started = False  # this start's Node exists
         self._finished = trio.Event()  # the last start's process is gone (none yet: set)
         self._finished.set()
         self._meta = {"node": plan.node_id}
@@ -296,8 +303,7 @@ class NodeHost:
         return self.state == "up"
 
     def start(self, nursery: trio.Nursery, *, late: bool) -> None:
-        self.state = "up"
-        self.node = None
+        self.state, self._started = "up", False
         self._scope = trio.CancelScope()
         previous, self._finished = self._finished, trio.Event()
         nursery.start_soon(self._run, late, self._scope, previous, self._finished)
@@ -309,7 +315,7 @@ class NodeHost:
             self._scope.cancel()
         else:
             self.state = "left"
-            self.node.leave() if self.node is not None else self._scope.cancel()  # not started: nobody to tell
+            self.node.leave() if self._started else self._scope.cancel()  # not started: nobody to tell
 
     async def _run(self, late: bool, scope: trio.CancelScope, previous: trio.Event, finished: trio.Event) -> None:
         await previous.wait()  # the last process (a round's work in a thread included) is gone
@@ -323,11 +329,12 @@ class NodeHost:
         self.network.set_down(self.name, False)
         self.endpoint.drain()  # what reached the dead process is gone
         resumed = checkpoint.loads(self.saved, self.learner, meta=self._meta) if self.saved else None
+        before = self.node._round_s if self.node is not None else None  # what a round took last time
         node = self._make(self.plan, self.learner, self.compute, self.endpoint, self._record,
-                          start_round=resumed.round if resumed else 0, late=late)
+                          start_round=resumed.round if resumed else 0, late=late, round_seconds=before)
         if resumed:
             node.mode.load_state(resumed.mode_state)
-        self.node = node
+        self.node, self._started = node, True
         try:
             async with node:
                 await node.run()

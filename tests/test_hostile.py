@@ -40,7 +40,8 @@ async def _run_with(node, t, peer_frames, every=1.0):
 
 async def test_a_mass_share_beyond_the_wire_limit_is_refused_and_our_own_mass_stays_sendable(autojump_clock):
     t = ScriptedTransport()
-    node = _lone_node(t, rounds=6, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0),
+    # catch_up off here and below: a scripted neighbour runs ahead of us, and a node with one neighbour follows it
+    node = _lone_node(t, rounds=6, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0, catch_up=False),
                       mode=make_mode("adapter", averaging="push-sum"))
     own = node.learner.get_flat()
     frame = msgpack.unpackb(wire.encode(_params(node, 1, own)))
@@ -56,7 +57,7 @@ async def test_a_mass_share_beyond_the_wire_limit_is_refused_and_our_own_mass_st
 
 async def test_a_vector_far_from_any_model_is_refused_and_never_averaged_in(autojump_clock, caplog):
     t = ScriptedTransport()
-    node = _lone_node(t, rounds=12, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0))
+    node = _lone_node(t, rounds=12, neighbours=("evil",), gossip=GossipConfig(wait_timeout=1.0, catch_up=False))
     own = node.learner.get_flat()
     records = await _run_with(node, t, lambda i: [_params(node, i + 1, own * 1e36)])
     flat = node.learner.get_flat()

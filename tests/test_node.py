@@ -186,10 +186,13 @@ async def test_garbage_from_a_peer_is_rejected_counted_and_survived(autojump_clo
     nodes, records, _ = await run_ring("logits", gossip=gossip, extra={"n0": {"evil": 0.1}}, during=attack)
     n0 = nodes[0]
     assert n0.counters.rejected == {"malformed": 3, "state": 2, "version": 1}
-    assert _rounds_per_node(records) == {name: ROUNDS for name in NAMES}
-    assert [r for r in records if r["node"] == "n0"][-1]["rejected"] == dict(n0.counters.rejected)
+    ours = [r for r in records if r["node"] == "n0"]
+    # n0 waited wait_timeout for "evil" once while its ring went on without it: it caught up, skipping rounds
+    assert ours[-1]["round"] == ROUNDS and len(ours) + sum(r["skipped"] for r in ours) == ROUNDS
+    assert _rounds_per_node(records) | {"n0": ROUNDS} == {name: ROUNDS for name in NAMES}
+    assert ours[-1]["rejected"] == dict(n0.counters.rejected)
     assert all(not node.counters.rejected for node in nodes[1:])
-    assert not n0.peers["evil"].up  # silent: it stopped counting as a neighbour to wait for
+    assert n0.peers["evil"].lagging or not n0.peers["evil"].up  # it stopped counting as a neighbour to wait for
     assert max(r["waited"] for r in records) <= gossip.wait_timeout + 1e-6
     assert _mean_global(records, ROUNDS) > 0.6  # the honest knowledge still got through
 
