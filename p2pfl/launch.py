@@ -44,6 +44,7 @@ class NodeLaunch:
     peer_id: str
     state_dir: Path
     argv: tuple[str, ...]
+    prefix: tuple[str, ...] = ()  # what runs the command elsewhere, e.g. ip netns exec NS (an emulated LAN)
 
     @property
     def addr(self) -> str:
@@ -52,8 +53,12 @@ class NodeLaunch:
 
 def plan_nodes(topology: Topology, run_dir: Path, *, scenario: str | None = None, rounds: int | None = None,
                overrides: tuple[str, ...] = (), base_port: int = 4001, psk_file: str | None = None,
-               threads: int = 1, python: str = sys.executable) -> list[NodeLaunch]:
-    """One `p2pfl node` command per topology node; shard i of n is simulated node i's data and model."""
+               threads: int = 1, python: str = sys.executable,
+               prefix: Callable[[int], list[str]] = lambda i: [], extra: tuple[str, ...] = (),
+               dial: bool = True) -> list[NodeLaunch]:
+    """One `p2pfl node` command per topology node; shard i of n is simulated node i's data and model.
+    prefix(i): what runs node i's command (an emulated LAN's namespace); extra: more `p2pfl node`
+    options for every node; dial=False: no --peers (the nodes discover each other)."""
     n = topology.n
     places, ids = [], []
     for i, name in enumerate(topology.names):
@@ -68,7 +73,7 @@ def plan_nodes(topology: Topology, run_dir: Path, *, scenario: str | None = None
         listen_host = host if host == "127.0.0.1" else "0.0.0.0"
         argv = [python, "-m", "p2pfl.cli", "node", "--shard", f"{i}/{n}", "--name", name,
                 "--listen", f"/ip4/{listen_host}/tcp/{port}", "--state-dir", str(run_dir / name),
-                "--threads", str(threads), "--json", "--peers", *peers]
+                "--threads", str(threads), "--json", *(["--peers", *peers] if dial else []), *extra]
         if scenario:
             argv += ["--scenario", scenario]
         if rounds:
@@ -77,7 +82,7 @@ def plan_nodes(topology: Topology, run_dir: Path, *, scenario: str | None = None
             argv += ["--psk-file", psk_file]
         for kv in overrides:
             argv += ["--set", kv]
-        plans.append(NodeLaunch(i, name, host, port, ids[i], run_dir / name, tuple(argv)))
+        plans.append(NodeLaunch(i, name, host, port, ids[i], run_dir / name, tuple(argv), tuple(prefix(i))))
     return plans
 
 
@@ -110,7 +115,7 @@ class Launch:
         p.state_dir.mkdir(parents=True, exist_ok=True)
         log_file = open(p.state_dir / "node.log", "ab")
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        self.procs[p.name] = subprocess.Popen(p.argv, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        self.procs[p.name] = subprocess.Popen([*p.prefix, *p.argv], stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                               start_new_session=True)  # Ctrl-C reaches us, we stop them
         log_file.close()
         self.events.append({"event": "start", "node": p.name, "time": time.time()})
