@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--rounds", type=int, help="rounds to train [rounds]")
     node.add_argument("--listen", default="/ip4/0.0.0.0/tcp/0", metavar="MULTIADDR", help="default /ip4/0.0.0.0/tcp/0 (any free port)")
     node.add_argument("--peers", nargs="*", default=[], metavar="MULTIADDR", help="neighbours, each /ip4/.../tcp/PORT/p2p/ID")
+    node.add_argument("--discover", choices=["mdns"], help="also find neighbours on this LAN segment by mDNS "
+                      "(multicast on every interface of this machine; --allow and --psk-file apply)")
+    node.add_argument("--degree", type=int, default=0, metavar="N", help="with --discover: discovered neighbours "
+                      "to keep (default 4: a ring lattice over peer ids, connected with any one node down)")
     node.add_argument("--min-peers", type=int, metavar="N", help="wait before the first round until N neighbours "
                       "answered (default: all of --peers, at least 1)")
     node.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
@@ -321,6 +325,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
     from p2pfl.realnode import RealNodeConfig, parse_shard, run_real_node
+    from p2pfl.transport.mdns import DEFAULT_DEGREE
     from p2pfl.assemble import resolve_profile
     import multiaddr
 
@@ -354,7 +359,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         policy=Policy(allow=read_allowlist(Path(args.allow)) if args.allow else frozenset(), accept_any=args.accept_any),
         name=args.name, min_peers=args.min_peers, start_timeout=args.start_timeout,
         attack=AttackConfig(kind=args.attack, count=1) if args.attack else None,
+        discover=args.discover or "", degree=args.degree or DEFAULT_DEGREE,
     )
+    if args.degree < 0 or args.degree and not args.discover:
+        raise UsageError(f"--degree {args.degree}: discovered neighbours to keep, >= 1, with --discover mdns")
     if args.min_peers is not None and args.min_peers < 0 or args.start_timeout <= 0:
         raise UsageError(f"--min-peers {args.min_peers} / --start-timeout {args.start_timeout}: need N >= 0 and S > 0, "
                          f"e.g. --min-peers 1 --start-timeout 60")

@@ -618,6 +618,16 @@ class Node(Lifetime):
         self._arrived.set()
         self._arrived = trio.Event()
 
+    def introduce(self, peer_id: str) -> bool:
+        """A neighbour found after start (LAN discovery): greeted now, then one like any other. False
+        when it is one already, is us, or we are full or stopping."""
+        if peer_id in self.peers or peer_id == self.node_id or self._stopping or len(self.peers) >= MAX_PEERS:
+            return False
+        p = self._peer_state(peer_id, 0.0)
+        self._add_peer(peer_id, p)
+        self._greet(p)
+        return True
+
     def _add_peer(self, peer_id: str, p: PeerState) -> None:
         """A new neighbour: every mixing weight, ours included, becomes 1 / (neighbours + 1), from the
         next round on (`_reweigh`): a share computed in a worker thread meanwhile keeps the weights it split

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+
+import trio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from p2pfl.config import AttackConfig, ConfigError, Scenario
 from p2pfl.metrics import MetricsLog
 from p2pfl.node import EvalData, Node, thread_compute
 from p2pfl.transport.libp2p import Libp2pTransport, Policy, load_identity, peer_id_of
+from p2pfl.transport.mdns import MdnsNeighbours
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class RealNodeConfig:
     min_peers: int | None = None
     start_timeout: float = 60.0
     attack: AttackConfig | None = None  # a drill: this node lies to its neighbours (p2pfl node --attack)
+    discover: str = ""  # "mdns": also find neighbours on the LAN segment (p2pfl.transport.mdns)
+    degree: int = 4  # with discover: discovered neighbours to keep
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -111,13 +116,22 @@ async def run_real_node(cfg: RealNodeConfig, *, on_start: Callable[[list[str], i
                 reference=reference, test=EvalData(dataset.x_test, dataset.y_test), compute=thread_compute,
                 on_record=record_round, start_round=start, accept_new_peers=True, say=say,
                 attack=cfg.attack,  # a drill: it learns honestly and lies in what it shares
-                min_peers=max(1, len(cfg.peers)) if cfg.min_peers is None else cfg.min_peers,
+                min_peers=(max(1, len(cfg.peers), cfg.degree if cfg.discover else 0)
+                           if cfg.min_peers is None else cfg.min_peers),
                 start_timeout=cfg.start_timeout,
                 status_extra={"name": label, "shard": f"{cfg.shard}/{cfg.shards}", "addrs": transport.addrs,
                               "resumed_from": start})
             transport.status = node.status
             on_start(transport.addrs, start)
             async with node:
-                return await node.run()
+                if not cfg.discover:
+                    return await node.run()
+                async with trio.open_nursery() as nursery:  # discovery lives exactly as long as the rounds
+                    finder = MdnsNeighbours(transport, degree=cfg.degree, introduce=node.introduce,
+                                            allow=cfg.policy.allow, psk=cfg.psk, say=say or log.info)
+                    nursery.start_soon(finder.run)
+                    records = await node.run()
+                    nursery.cancel_scope.cancel()
+                return records
     finally:
         metrics.close()

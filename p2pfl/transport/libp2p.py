@@ -207,6 +207,12 @@ class Libp2pTransport:
     def neighbours(self) -> list[str]:
         return sorted(self._known)
 
+    def add_peer(self, peer: str, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+        """A neighbour found after start (LAN discovery): dialled at these addresses, admitted like --peers."""
+        if addrs:
+            self._addrs[peer] = addrs[0]
+        self._known.add(peer)
+
     # -- sending ------------------------------------------------------------------------------
     async def send(self, peer: str, data: bytes, kind: str = "knowledge") -> None:
         family = FAMILY_OF_KIND.get(kind, "knowledge")
