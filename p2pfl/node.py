@@ -371,6 +371,9 @@ class Node(Lifetime):
                 self.say(f"waiting for neighbours: {self.greeted()} of {self.min_peers} greeted "
                          f"({now - start:.0f}s of {self.start_timeout:.0f}s)")
                 next_line = now + 5.0
+                for p in self.peers.values():  # a hello that failed (peer not up yet, or refused us) again
+                    if not p.hello_sent:
+                        self._greet(p)
             with trio.move_on_at(min(deadline, next_line)):
                 await self._arrived.wait()
         self.say(f"{self.greeted()} neighbour(s) greeted after {trio.current_time() - start:.1f}s; starting")

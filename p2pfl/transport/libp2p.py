@@ -169,6 +169,7 @@ class Libp2pTransport:
         self.flood_frames = flood_frames
         self._addrs = dict(peers)  # peer id -> dialable address (from --peers)
         self._known: set[str] = set(peers)  # neighbours: given, or admitted when they dialed in
+        self._discovered: set[str] = set()  # peers LAN discovery heard (and the allowlist, if any, admits)
         self._inbox_send, self._inbox = trio.open_memory_channel(256)  # bounded: a slow node slows senders
         self._out: dict[tuple[str, str], object] = {}
         self._locks: defaultdict[tuple[str, str], trio.Lock] = defaultdict(trio.Lock)
@@ -206,6 +207,10 @@ class Libp2pTransport:
     @property
     def neighbours(self) -> list[str]:
         return sorted(self._known)
+
+    def admit(self, peer: str) -> None:
+        """A peer LAN discovery heard on our segment: it may dial us (it may have chosen us), as a neighbour may."""
+        self._discovered.add(peer)
 
     def add_peer(self, peer: str, addrs: Sequence[multiaddr.Multiaddr]) -> None:
         """A neighbour found after start (LAN discovery): dialled at these addresses, admitted like --peers."""
@@ -275,7 +280,7 @@ class Libp2pTransport:
         return handle
 
     async def _serve(self, peer: str, family: str, stream) -> None:
-        if not self.policy.admits(peer, self._known):
+        if not self.policy.admits(peer, self._known | self._discovered):
             raise wire.RemoteProtocolError("refused", "not a neighbour, not on the allowlist, and this node "
                                                       "does not --accept-any")
         if self._inbound[peer] >= MAX_STREAMS_PER_PEER:

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEGREE = 4  # a ring lattice of degree 4 stays connected with any one node down
 SETTLE_S = 3.0
+# Two nodes dialling each other at once can both fail py-libp2p's security handshake: of two nodes that
+# chose each other, the one with the smaller id dials; the other dials only if it has not been dialled
+# after this long (the peer may not have chosen it)
+DIAL_GRACE_S = 5.0
 
 
 def ring_neighbours(me: str, known: set[str], degree: int) -> list[str]:
@@ -45,6 +49,20 @@ def ring_neighbours(me: str, known: set[str], degree: int) -> list[str]:
     return out
 
 
+def announced(listening) -> list[str]:
+    """What we announce: our listen addresses, one listening on every interface (0.0.0.0) spelled out as
+    each of this machine's (or namespace's) non-loopback IPv4 addresses (a peer cannot dial 0.0.0.0)."""
+    import ifaddr  # zeroconf's own dependency
+
+    ips = [ip.ip for a in ifaddr.get_adapters() for ip in a.ips
+           if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]
+    out = []
+    for addr in map(str, listening):
+        addr = addr.rsplit("/p2p/", 1)[0]
+        out += [addr.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/") for ip in ips] if "/ip4/0.0.0.0/" in addr else [addr]
+    return out
+
+
 class MdnsNeighbours:
     """Runs discovery for one node (`run`, a task), introducing chosen peers through `introduce`."""
 
@@ -59,6 +77,7 @@ class MdnsNeighbours:
         self.settle = settle
         self.say = say
         self.chosen: list[str] = []
+        self._later: dict[str, float] = {}  # chosen peers we let dial us first -> when we dial them anyway
         self._found: dict[str, list] = {}  # peer id -> multiaddrs, written by zeroconf's thread
         self._lock = threading.Lock()
         self._last_found = 0.0
@@ -67,9 +86,13 @@ class MdnsNeighbours:
         peer = info.peer_id.to_base58()
         if peer == self.transport.local_id or (self.allow and peer not in self.allow):
             return
+        # loopback and unspecified addresses are ours to us (dialled, they reach this very node)
+        addrs = [a for a in info.addrs if not str(a).startswith(("/ip4/127.", "/ip4/0.0.0.0/", "/ip6/::1/", "/ip6/::/"))]
+        if not addrs:
+            return
+        self.transport.admit(peer)  # at once (a set's add is atomic): it may dial us before we choose
         with self._lock:
-            if peer not in self._found:
-                self._found[peer] = list(info.addrs)
+            self._found.setdefault(peer, addrs)
 
     async def run(self) -> None:
         from libp2p.discovery.events.peerDiscovery import peerDiscovery
@@ -77,8 +100,9 @@ class MdnsNeighbours:
 
         host = self.transport.host
         fingerprint = hashlib.sha256(self.psk.encode()).hexdigest()[:16] if self.psk else None
-        port = int(next((a.value_for_protocol("tcp") for a in host.get_addrs()), 0) or 0)
-        discovery = create_mdns_discovery(host.get_network(), port=port, host=host,
+        addrs = announced(host.get_transport_addrs())
+        port = int(addrs[0].split("/tcp/")[1].split("/")[0]) if addrs else 0
+        discovery = create_mdns_discovery(host.get_network(), port=port, listen_addrs=addrs,
                                           private_network_fingerprint=fingerprint)
         peerDiscovery.register_peer_discovered_handler(self._on_peer)
         discovery.start()
@@ -92,6 +116,10 @@ class MdnsNeighbours:
                     seen, self._last_found = len(found), trio.current_time()
                 if found and trio.current_time() - self._last_found >= self.settle:
                     self._choose(found)
+                for peer, when in list(self._later.items()):
+                    if trio.current_time() >= when:
+                        del self._later[peer]
+                        self.introduce(peer)  # False if it dialled us meanwhile: a neighbour already
         finally:
             peerDiscovery.unregister_peer_discovered_handler(self._on_peer)
             discovery.stop()  # in the loop's thread: it cancels a trio scope (zeroconf's close blocks briefly)
@@ -101,6 +129,9 @@ class MdnsNeighbours:
                 if p not in self.chosen][: max(0, self.degree - len(self.chosen))]
         for peer in want:
             self.transport.add_peer(peer, found[peer])
-            if self.introduce(peer):
-                self.chosen.append(peer)
-                self.say(f"discovered {peer} by mDNS: a neighbour ({len(self.chosen)} of {self.degree})")
+            self.chosen.append(peer)
+            if peer > self.transport.local_id:
+                self.introduce(peer)
+            else:
+                self._later[peer] = trio.current_time() + DIAL_GRACE_S
+            self.say(f"discovered {peer} by mDNS: a neighbour ({len(self.chosen)} of {self.degree})")

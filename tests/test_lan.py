@@ -1,0 +1,108 @@
+"""The emulated LAN (network namespaces this test makes and removes) and LAN discovery: real `p2pfl node`
+processes in namespaces, a cable pulled and put back, and nodes that find each other by mDNS. Nothing
+here touches the host's interfaces: every address lives inside the namespaces."""
+
+import subprocess
+import time
+
+import networkx as nx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pfl import lan
+from p2pfl.launch import Launch, latest_round, node_records, plan_nodes
+from p2pfl.topology import Topology
+from p2pfl.transport.mdns import ring_neighbours
+from tests.test_libp2p import TINY_SETS
+
+needs_namespaces = pytest.mark.skipif(lan.available() is not None, reason=str(lan.available()))
+
+
+def test_link_settings_read_as_people_write_them():
+    assert lan.parse_ms("50ms") == 50.0 and lan.parse_ms("0.05s") == 50.0 and lan.parse_pct("2%") == 2.0
+    with pytest.raises(ValueError, match="write it as 50ms"):
+        lan.parse_ms("fast")
+    with pytest.raises(ValueError, match="between 0% and 100%"):
+        lan.parse_pct("120%")
+    assert lan.Netem(50, 10, 2, "10mbit").args() == ["delay", "50ms", "10ms", "distribution", "normal",
+                                                     "loss", "2%", "rate", "10mbit"]
+    assert lan.Netem().args() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 40), degree=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_every_node_choosing_its_ring_neighbours_makes_a_connected_graph(n, degree, seed):
+    import random
+
+    ids = [f"12D3KooW{random.Random(seed * 100 + i).getrandbits(64):016x}" for i in range(n)]
+    g = nx.Graph()
+    g.add_nodes_from(ids)
+    for me in ids:
+        chosen = ring_neighbours(me, set(ids) - {me}, degree)
+        assert len(chosen) == len(set(chosen)) == min(degree, n - 1) and me not in chosen
+        g.add_edges_from((me, peer) for peer in chosen)
+    assert nx.is_connected(g)
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith(lan.PREFIX)}
+
+
+@needs_namespaces
+def test_the_lan_removes_everything_it_made_also_after_an_error():
+    before = _namespaces()
+    with pytest.raises(RuntimeError, match="boom"):
+        with lan.EmulatedLan(2, netem=lan.Netem(rate="10mbit"), partial=True) as net:
+            assert {net.ns(0), net.ns(1), net.bridge_ns} <= _namespaces()
+            raise RuntimeError("boom")
+    assert _namespaces() == before
+
+
+def _plans(net, tmp_path, n, rounds, **kw):
+    names = tuple(f"n{i}" for i in range(n))
+    topo = Topology("ring", nx.cycle_graph(n), names, {name: f"{net.address(i)}:4001" for i, name in enumerate(names)})
+    return plan_nodes(topo, tmp_path, rounds=rounds, overrides=TINY_SETS, prefix=net.prefix, **kw)
+
+
+@needs_namespaces
+def test_real_nodes_in_namespaces_finish_and_a_cut_node_comes_back_without_a_restart(tmp_path):
+    with lan.EmulatedLan(3, netem=lan.Netem(rate="10mbit"), partial=True) as net:
+        plans = _plans(net, tmp_path, 3, rounds=20, extra=("--set", "gossip.wait_timeout=2.0"))
+        cut = {}
+
+        def tick(launch):
+            front = max(latest_round(p) for p in plans)
+            if "at" not in cut and front >= 3:
+                net.cut(1)
+                cut["at"] = front
+            elif "at" in cut and "back" not in cut and front >= cut["at"] + 3:
+                net.restore(1)
+                cut["back"] = front
+
+        with Launch(plans) as launch:
+            launch.wait(on_tick=tick, tick=0.2, timeout=240)
+        assert launch.exit_codes() == {"n0": 0, "n1": 0, "n2": 0}
+        assert "back" in cut, cut
+        ours = node_records(plans[1])
+        assert ours[-1]["round"] == 20  # one process all along: it never restarted ...
+        after = [r for r in ours if r["round"] > cut["back"]]
+        assert after and max(r["contributors"] for r in after) >= 1  # ... and hears its neighbours again
+    assert not any(net.tag in ns for ns in _namespaces())
+
+
+@needs_namespaces
+def test_nodes_without_peers_find_each_other_by_mdns_and_keep_their_degree(tmp_path):
+    with lan.EmulatedLan(3) as net:
+        plans = _plans(net, tmp_path, 3, rounds=3, dial=False,
+                       extra=("--discover", "mdns", "--degree", "2", "--start-timeout", "30"))
+        started = time.monotonic()
+        with Launch(plans) as launch:
+            launch.wait(tick=0.5, timeout=240)
+        assert launch.exit_codes() == {"n0": 0, "n1": 0, "n2": 0}
+        for p in plans:  # each greeted --degree discovered neighbours before its first round, within 30 s
+            log_text = (p.state_dir / "node.log").read_text()
+            assert "gave up waiting" not in log_text and "2 neighbour(s) greeted after" in log_text, log_text[-2000:]
+            assert node_records(p)[-1]["round"] == 3
+        assert time.monotonic() - started < 240
