@@ -301,11 +301,39 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
         + f"wall time {s['wall_time_s']:.1f} s"
         + (f"  simulated {simulated:.1f} s" if simulated is not None else "")
         + (f"  rejected {s['rejected']}" if s.get("rejected") else ""), highlight=False)
+    if "churn" in s:
+        print_churn(console, s)
     if "epsilon_spent" in s:
         console.print(f"privacy: epsilon spent per node at most {s['epsilon_spent']['max']:.3f} (opacus's RDP accountant)",
                       highlight=False)
     if run_dir is not None:
         console.print(f"metrics: {run_dir / 'metrics.jsonl'}  summary: {run_dir / 'summary.json'}", highlight=False)
+
+
+def print_churn(console: Console, s: dict) -> None:
+    """What the run's events did: one line per event, then how the nodes came through them."""
+    events = Table(title="events", show_edge=False)
+    for col in ("round", "time", "event", "nodes", "from"):
+        events.add_column(col)
+    for e in s["events"]:
+        events.add_row(str(e["round"]), f"{e['time']:.1f} s", e["event"] + (f" x{e['speed']}" if "speed" in e else ""),
+                       " ".join(e["nodes"]) or "-", e["source"])
+    console.print(events)
+    c = s["churn"]
+    up = list(c["up_share"].values())
+    lines = [f"nodes up {min(up):.0%}-{max(up):.0%} of rounds (mean {sum(up) / len(up):.0%}), {c['restarts']} restarts, "
+             f"waiting {c['waiting_share']:.1%} of the time, {c['skipped_rounds']} rounds skipped to catch up"
+             + (f", {c['alone_rounds']} rounds with no neighbour up" if c["alone_rounds"] else "")]
+    for h in c.get("recovery", []):
+        back = h["rounds_to_recover"]
+        lines.append(f"split at round {h['split_round']}, healed at {h['heal_round']}: "
+                     + (f"back within 0.01 of its level before the split after {back} rounds" if back is not None
+                        else "not back to its level before the split by the end"))
+    for j in c.get("joiners", []):
+        n = j["rounds_to_median"]
+        lines.append(f"{j['node']} joined at round {j['joined_round']}: "
+                     + (f"reached the median node after {n} rounds" if n is not None else "never reached the median node"))
+    console.print("\n".join(lines), highlight=False)
 
 
 def _bytes(n: float) -> str:
