@@ -74,6 +74,8 @@ RUNTIME = ("p2pfl.modes", "p2pfl.consensus", "p2pfl.learner", "p2pfl.models", "p
     ("p2pfl.gossip", ("p2pfl.node", "p2pfl.assemble", "p2pfl.sim", "p2pfl.transport")),
     ("p2pfl.node", ("p2pfl.assemble", "p2pfl.sim", "p2pfl.realnode")),
     ("p2pfl.launch", ("p2pfl.sim", "p2pfl.node", "p2pfl.learner")),
+    ("p2pfl.events", RUNTIME),  # the schedule is data: only the simulation applies it
+    ("p2pfl.lan", ("p2pfl.",)),  # namespaces and tc, nothing of the runtime
 ])
 def test_imports_point_down(module, forbidden):
     bad = {m for m in _imports(module, top_level_only=False) if m.startswith(forbidden)}
@@ -81,7 +83,8 @@ def test_imports_point_down(module, forbidden):
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if m.startswith(("p2pfl.wire", "p2pfl.gossip", "p2pfl.knowledge",
-                                                                          "p2pfl.config", "p2pfl.mode_facts"))])
+                                                                          "p2pfl.config", "p2pfl.mode_facts",
+                                                                          "p2pfl.events"))])
 def test_protocol_and_stream_logic_never_touch_io_or_torch(module):
     bad = {m for m in _external(module) if m.split(".")[0] in ("trio", "torch", "libp2p", "socket")}
     assert not bad, f"{module} imports {sorted(bad)}"
