@@ -330,9 +330,10 @@ def print_churn(console: Console, s: dict) -> None:
                      + (f"back within 0.01 of its level before the split after {back} rounds" if back is not None
                         else "not back to its level before the split by the end"))
     for j in c.get("joiners", []):
-        n = j["rounds_to_median"]
+        n, m = j["rounds_to_median"], j["rounds_to_profile_median"]
         lines.append(f"{j['node']} joined at round {j['joined_round']}: "
-                     + (f"reached the median node after {n} rounds" if n is not None else "never reached the median node"))
+                     + (f"reached the median node after {n} rounds" if n is not None else "never reached the median node")
+                     + (f", its profile's median after {m}" if m is not None else ", nor its profile's median"))
     console.print("\n".join(lines), highlight=False)
 
 

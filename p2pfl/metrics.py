@@ -117,8 +117,7 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
     """How the nodes came through a run's events (`log`: sim.EventRunner's): the share of rounds each
     node was up, the share of time spent waiting, the staleness of what was used, rounds trained alone
     and skipped to catch up; per heal, the rounds until the network's mean global accuracy was back
-    within RECOVERED of its level before the split; per late joiner, the rounds from its join until its
-    global accuracy reached the median (of the nodes there from the start) of the same round."""
+    within RECOVERED of its level before the split; per late joiner, `_joiners`."""
     last_time: dict[str, float] = defaultdict(float)
     waited: dict[str, float] = defaultdict(float)
     for r in records:
@@ -149,17 +148,32 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
         out["recovery"] = heals
     joins = [(n, e["round"]) for e in log if e["event"] == "join" for n in e["nodes"]]
     if joins:
-        late = {n for n, _ in joins}
-        by_round: dict[int, list[float]] = defaultdict(list)  # the nodes there from the start
-        for r in records:
-            if "global_acc" in r and r["node"] not in late:
-                by_round[r["round"]].append(r["global_acc"])
-        median = {k: float(np.median(v)) for k, v in by_round.items()}
-        out["joiners"] = []
-        for name, joined in joins:
-            mine = sorted((r for r in records if r["node"] == name and "global_acc" in r), key=lambda r: r["round"])
-            reached = next((r["round"] for r in mine if r["global_acc"] >= median.get(r["round"], 1.0)), None)
-            out["joiners"].append({"node": name, "joined_round": joined,
-                                   "rounds_to_median": None if reached is None else reached - joined})
+        out["joiners"] = _joiners(records, joins)
     return out
 
+
+
+def _joiners(records: list[dict[str, Any]], joins: list[tuple[str, int]]) -> list[dict]:
+    """Per late joiner, the rounds from its join until its global accuracy reached the median of the
+    nodes there from the start at the same round: of all of them, and of those of its own profile (an
+    architecture below the median everywhere never reaches the first one, joining or not)."""
+    late = {n for n, _ in joins}
+    by_round: dict[tuple[int, str | None], list[float]] = defaultdict(list)
+    for r in records:
+        if "global_acc" in r and r["node"] not in late:
+            by_round[r["round"], None].append(r["global_acc"])
+            by_round[r["round"], r.get("profile")].append(r["global_acc"])
+    median = {k: float(np.median(v)) for k, v in by_round.items()}
+
+    def reached(mine: list[dict], joined: int, group: str | None) -> int | None:
+        hit = next((r["round"] for r in mine if r["global_acc"] >= median.get((r["round"], group), 1.0)), None)
+        return None if hit is None else hit - joined
+
+    out = []
+    for name, joined in joins:
+        mine = sorted((r for r in records if r["node"] == name and "global_acc" in r), key=lambda r: r["round"])
+        profile = mine[0].get("profile") if mine else None
+        out.append({"node": name, "joined_round": joined, "profile": profile,
+                    "rounds_to_median": reached(mine, joined, None),
+                    "rounds_to_profile_median": reached(mine, joined, profile)})
+    return out

@@ -106,7 +106,12 @@ def compare(rows: list[dict]) -> list[dict]:
                 row["global_gap_at_check"] = r["curve"].get(check, np.nan) - b["curve"].get(check, np.nan)
             row["recovery"] = (r["churn"] or {}).get("recovery")
         if r["case"] == "join":
-            row["rounds_to_median"] = [j["rounds_to_median"] for j in (r["churn"] or {}).get("joiners", [])]
+            joiners = (r["churn"] or {}).get("joiners", [])
+            row["rounds_to_median"] = [j["rounds_to_median"] for j in joiners]
+            row["rounds_to_profile_median"] = [j.get("rounds_to_profile_median") for j in joiners]
+            if b is not None:  # the joiners' final global accuracy against their own in the undisturbed run
+                row["joiners_vs_undisturbed"] = [r["final_global"][j["node"]] - b["final_global"][j["node"]]
+                                                 for j in joiners]
         if r["case"] == "straggler" and b is not None:
             slow = names[SLOW]
             others = [m for m in names if m != slow]
@@ -163,7 +168,9 @@ def write_table(out: dict, json_path: Path) -> None:
             "partition": lambda: f"halves' personal gain during the split {_fmt(r.get('half_a_personal_gain'))} / "
                                  f"{_fmt(r.get('half_b_personal_gain'))}; global vs undisturbed at round {CHECK} "
                                  f"{_fmt(r.get('global_gap_at_check'))}",
-            "join": lambda: f"rounds to the median node: {r.get('rounds_to_median')}",
+            "join": lambda: f"joiners' rounds to the median node {r.get('rounds_to_median')}, to their profile's "
+                            f"median {r.get('rounds_to_profile_median')}; final global vs undisturbed "
+                            f"{[round(v, 3) for v in r.get('joiners_vs_undisturbed', [])]}",
             "straggler": lambda: f"others' rounds per simulated second {_fmt(r.get('others_rate_ratio'), '.1%')} "
                                  f"of undisturbed; slow node's global vs median {_fmt(r.get('slow_vs_median_global'))}",
         }.get(r["case"], lambda: (f"{r['restarts']} restarts, up {r['up_share_mean']:.0%} of rounds, waiting "
