@@ -33,9 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench_accuracy import FEDAVG_SCHEDULE, run_mode  # noqa: E402  (scripts/ is on sys.path when a script runs)
-from benchrows import add_rows, machine  # noqa: E402
+from benchrows import add_rows, machine, save_figure  # noqa: E402
 from p2pfl import codecs  # noqa: E402
-from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from p2pfl.files import atomic_write_text  # noqa: E402
 
 DEFAULT_VARIANTS = ["fp32@2000/augref:0", "int8@2000/augref:0", "topk:3+int3+z@2000/augref:0",
                     "topk:3+int3+ans@2000/augref:0", "topk:2+int3+ans", "topk:1+int3+ans", "topk:2+int3+ans/changed:0.1"]
@@ -138,8 +138,6 @@ def row(report: dict, r: dict) -> str:
 
 
 def plot(runs: list[dict], target: float, path: Path) -> None:
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,10 +153,7 @@ def plot(runs: list[dict], target: float, path: Path) -> None:
     ax.set_ylabel("global accuracy (mean over nodes)")
     ax.set_title("quickstart: accuracy vs bytes")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

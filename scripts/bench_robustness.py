@@ -27,10 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import PLACEMENTS, load_scenario, parse_sets  # noqa: E402
-from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.sim import Simulation  # noqa: E402
 
 
@@ -148,8 +148,6 @@ def share_label(share: float | str) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Honest nodes' global change against the clean run, per attack and attacker share, defended or not."""
-    import io
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -171,10 +169,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("honest global accuracy vs clean run")
     ax.set_title("robustness: honest nodes' change against the undefended clean run")
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
     print(f"wrote {path}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from p2pfl.files import atomic_write_text
+from p2pfl.files import atomic_write_bytes, atomic_write_text
 
 
 def add_rows(path: Path, marker: str, header: str, rows: list[str]) -> None:
@@ -29,3 +29,15 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}"
+
+
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically, then closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
