@@ -218,11 +218,11 @@ class GossipConfig:
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down) ...
-    # ... and wait for a neighbour that has shared before (a straggler, or one that just went down) at most this
-    # times our own last round's duration; then it lags (not waited for) until it is within max_lag again
+    # ... and a straggler (its rounds come at under 0.7 x our rate) at most this times our own last round's
+    # duration; then it lags (not waited for) until it is within max_lag again
     patience: float = 0.25
-    # a node far behind its neighbours (the median one more than max_lag rounds ahead: it was down, joined late
-    # or is slow) jumps to their round, keeping its model, so it speaks about the slices they speak about
+    # a node far behind its neighbours (the second newest more than max_lag + 1 rounds ahead: it was down,
+    # joined late or is slow) jumps to their round, keeping its model, so it speaks about their slices
     catch_up: bool = True
     staleness: int = 5  # ignore knowledge more than this many rounds older than ours
     stale_decay: float = 0.0  # ... and weigh what is used by (1 + rounds old)^-stale_decay (0: full weight)

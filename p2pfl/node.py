@@ -46,8 +46,22 @@ MAX_REFUSERS = 1_024  # (peer, reason) pairs whose refusals are counted for logg
 # a neighbour whose weight the reputation defence cut below this share is counted (rejected: distrusted)
 DISTRUSTED = 0.5
 TRUST_MEMORY = 0.7  # a neighbour's trust: this much of the old value, the rest this round's agreement
+# A straggler: a neighbour whose rounds come at less than SLOWER x our own rate over its last RATE_WINDOW
+# rounds. Only a straggler's wait is cut to our patience: a neighbour as fast as us but late this round
+# (on a busy machine real rounds vary by half) is waited for as ever (cutting those waits cost 8 real
+# nodes on an emulated LAN 0.11 global against the simulation: scripts/lan_emulation.py, BENCHMARKS.md)
+SLOWER = 0.7
+RATE_WINDOW = 4
+QUIET = 3.0  # ... and so is one we have heard nothing from for this many of our rounds (it went down)
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
+
+
+def _rate(heard: deque) -> float | None:
+    """Rounds per second over (round, time) pairs; None with fewer than three."""
+    if len(heard) < 3 or heard[-1][1] <= heard[0][1]:
+        return None
+    return (heard[-1][0] - heard[0][0]) / (heard[-1][1] - heard[0][1])
 
 
 async def thread_compute(fn: Callable[..., Any], *args: Any, steps: int = 0) -> Any:
@@ -149,7 +163,9 @@ class PeerState:
     inbox: Inbox
     up: bool = True  # False after bye or a failed send, until it speaks again
     silent: bool = False  # it timed out while we waited: only knowledge (not a hello) counts it as up again
-    lagging: bool = False  # it outlasted our patience: not waited for until its knowledge is within max_lag again
+    lagging: bool = False  # a straggler that outlasted our patience: not waited for until it is within max_lag again
+    heard: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))  # (round, time) of its newest rounds
+    last_heard: float | None = None  # when its last valid message arrived (None: never)
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     trust: float | None = None  # how often its predictions agree with the others' (a running mean; None: unknown)
@@ -217,6 +233,7 @@ class Node(Lifetime):
         self._round_s = round_seconds  # our last round's duration, waiting apart (patience is a share of it)
         self._alone_said = False
         self._skipped = 0  # rounds jumped over to catch up since the last record
+        self._own_rounds: deque = deque(maxlen=RATE_WINDOW)  # (round, time) of our last records
         self._rounds_scope = trio.CancelScope()  # `leave` cancels the round loop, not the sessions (bye goes out)
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
         self.counters = Counters()
@@ -345,6 +362,7 @@ class Node(Lifetime):
                 record |= {"global_acc": ev.global_acc, "personal_acc": ev.personal_acc, "test_loss": ev.loss}
             self._logged = (self.counters.bytes_out, self.counters.bytes_in)
             self._round_s = trio.current_time() - began
+            self._own_rounds.append((r, trio.current_time()))
             self._skipped = 0
             records.append(record)
             self.on_record(record)
@@ -380,11 +398,11 @@ class Node(Lifetime):
 
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
-        >= r-1-max_lag. One we know is there (it greeted us or shared in this session: a straggler, or
-        one that just went down) is waited for at most gossip.patience x our last round's duration,
-        then lags (is not waited for) until its knowledge is within max_lag again; one we never heard
-        from at most wait_timeout, then counts as down until it speaks. So a slow or vanished neighbour
-        costs a bounded wait once, not every round."""
+        >= r-1-max_lag. A straggler (its rounds come at less than SLOWER x our rate) or one gone quiet
+        (nothing from it for QUIET of our rounds: it went down) is waited for at most gossip.patience
+        x our last round's duration, then lags (is not waited for) until its knowledge is within max_lag
+        again; any other at most wait_timeout, then counts as down until it speaks. So a slow or
+        vanished neighbour costs a bounded wait, not one per round."""
         if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
@@ -396,7 +414,7 @@ class Node(Lifetime):
             now = trio.current_time()
             if behind and now >= patience:
                 for p in behind:
-                    p.lagging = p.inbox.newest_round >= 0 or p.session.their_state is wire.State.READY
+                    p.lagging = self._cut_short(p, now)
                 behind = [p for p in behind if not p.lagging]
             if not behind:
                 break
@@ -409,6 +427,13 @@ class Node(Lifetime):
             with trio.move_on_at(min(deadline, patience) if patience > now else deadline):
                 await self._arrived.wait()
         return trio.current_time() - start
+
+    def _cut_short(self, p: PeerState, now: float) -> bool:
+        """Whether waiting for this neighbour ends at our patience: a straggler, or one gone quiet."""
+        theirs, ours = _rate(p.heard), _rate(self._own_rounds)
+        slow = theirs is not None and ours is not None and theirs < SLOWER * ours
+        quiet = p.last_heard is not None and now - p.last_heard > QUIET * (self._round_s or math.inf)
+        return slow or quiet
 
     def network_round(self) -> int | None:
         """Where the network is, as far as we can tell: the second newest of the rounds shared in their
@@ -433,12 +458,12 @@ class Node(Lifetime):
         self._catch_up()
 
     def _catch_up(self) -> None:
-        """Jump to the network's round when it is more than max_lag rounds past ours (we were down, joined
-        late or are slow: our neighbours no longer wait for us, and what we say is about slices they have
-        left), keeping our model: we then speak about the slices our neighbours speak about. The next
-        record counts the rounds skipped."""
+        """Jump to the network's round when it is more than max_lag + 1 rounds past ours (we were down,
+        joined late or are slow; neighbours that wait for us are never that far ahead), keeping our
+        model: we then speak about the slices our neighbours speak about. The next record counts the
+        rounds skipped."""
         there = self.network_round()
-        if there is None or there - self.round <= self.gossip.max_lag:
+        if there is None or there - self.round <= self.gossip.max_lag + 1:
             return
         target = min(there, self.rounds - 1)
         log.info("%s: the network is at round %d: skipping %d round(s) to join it", self.node_id, there,
@@ -563,6 +588,7 @@ class Node(Lifetime):
             except wire.RemoteProtocolError as e:
                 self._reject(peer_id, e.reason, str(e))
                 continue
+            p.last_heard = trio.current_time()
             if p.session.epoch != p.epoch:  # it came back after its bye, or restarted: a new session
                 p.epoch = p.session.epoch
                 p.hello_sent = False
@@ -602,6 +628,8 @@ class Node(Lifetime):
                 log.debug("%s: %s's %s frame of round %d builds on round %d, which we lack", self.node_id,
                           peer_id, msg.kind, msg.round, msg.base)
                 return
+            if not p.heard or msg.round > p.heard[-1][0]:
+                p.heard.append((msg.round, trio.current_time()))
             # a silent or lagging neighbour is up again once it shares what a round waits for: old rounds
             # (a peer replaying stale frames, a straggler) would have us wait for it every round
             if msg.round >= self.round - self.gossip.max_lag:
