@@ -218,9 +218,11 @@ class GossipConfig:
     warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down) ...
-    # ... and a straggler (its rounds come at under 0.7 x our rate) at most this times our own last round's
-    # duration; then it lags (not waited for) until it is within max_lag again
-    patience: float = 0.25
+    # ... and, when > 0, a straggler (its rounds come at under 0.7 x our rate) or a neighbour gone quiet at most
+    # this times our own last round's duration; then it lags (not waited for) until it is within max_lag again.
+    # 0 (off) by default: on a busy machine real nodes differ in speed by more than that, and 8 real nodes on 2
+    # cores lost 0.06-0.11 global with it on (BENCHMARKS.md, LAN); 0.25 kept a 0.25x straggler's neighbours at speed
+    patience: float = 0.0
     # a node far behind its neighbours (the second newest more than max_lag + 1 rounds ahead: it was down,
     # joined late or is slow) jumps to their round, keeping its model, so it speaks about their slices
     catch_up: bool = True
@@ -255,7 +257,8 @@ class GossipConfig:
         _share(self, "gossip.", "floor")
         _at_least(self, "gossip.", 1, "key_every")
         _at_least(self, "gossip.", 0, "teacher_memory", "max_lag", "staleness", "stale_decay")
-        _positive(self, "gossip.", "wait_timeout", "patience")
+        _positive(self, "gossip.", "wait_timeout")
+        _at_least(self, "gossip.", 0, "patience")
         try:
             parse_defence(self.defence)
         except ValueError as e:

@@ -398,9 +398,9 @@ class Node(Lifetime):
 
     async def _wait_for_neighbours(self, r: int) -> float:
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
-        >= r-1-max_lag. A straggler (its rounds come at less than SLOWER x our rate) or one gone quiet
-        (nothing from it for QUIET of our rounds: it went down) is waited for at most gossip.patience
-        x our last round's duration, then lags (is not waited for) until its knowledge is within max_lag
+        >= r-1-max_lag. With gossip.patience > 0, a straggler (its rounds come at less than SLOWER x our
+        rate) or one gone quiet (nothing from it for QUIET of our rounds: it went down) is waited for at
+        most gossip.patience x our last round's duration, then lags (is not waited for) until its knowledge is within max_lag
         again; any other at most wait_timeout, then counts as down until it speaks. So a slow or
         vanished neighbour costs a bounded wait, not one per round."""
         if not self.mode.kinds:
@@ -408,7 +408,8 @@ class Node(Lifetime):
         need = r - 1 - self.gossip.max_lag
         start = trio.current_time()
         deadline = start + self.gossip.wait_timeout
-        patience = start + self.gossip.patience * self._round_s if self._round_s is not None else math.inf
+        patience = (start + self.gossip.patience * self._round_s if self._round_s is not None and self.gossip.patience > 0
+                    else math.inf)
         while True:
             behind = [p for p in self.peers.values() if p.up and not p.lagging and p.inbox.newest_round < need]
             now = trio.current_time()

@@ -138,13 +138,13 @@ def test_a_partition_splits_the_graph_into_its_groups():
 
 
 def test_a_slow_node_computes_slower_and_catches_up_without_holding_the_others():
-    result = run([{"at": 0, "slow": [1], "speed": 0.25}], rounds=10)
+    result = run([{"at": 0, "slow": [1], "speed": 0.25}], rounds=10, **{"gossip.patience": 0.25})
     def round_time(node):
         times = [r["time"] for r in result.records if r["node"] == node]
         return (times[-1] - times[0]) / max(1, len(times) - 1)
     assert round_time("n1") > 2.0 * round_time("n3")
     assert sum(r["skipped"] for r in result.records if r["node"] == "n1") > 0  # it jumps to the network's round
-    fast = run(rounds=10)
+    fast = run(rounds=10, **{"gossip.patience": 0.25})
     end = {n: max(r["time"] for r in result.records if r["node"] == n) for n in ("n0", "n2", "n3")}
     undisturbed = {n: max(r["time"] for r in fast.records if r["node"] == n) for n in ("n0", "n2", "n3")}
     assert all(end[n] < 1.3 * undisturbed[n] for n in end), (end, undisturbed)  # its neighbours are not held
