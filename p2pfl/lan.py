@@ -192,10 +192,15 @@ class EmulatedLan:
         _run(["ip", "-n", ns, *args])
 
 
+def existing() -> list[str]:
+    """The p2pfl-lan-* namespaces there are now."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+
+
 def remove_stale() -> list[str]:
     """Remove every p2pfl-lan-* namespace (what a killed emulation left behind); returns their names."""
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    stale = [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
+    stale = existing()
     for ns in stale:
         _run(["ip", "netns", "del", ns])
     return stale

@@ -112,8 +112,7 @@ def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
 RECOVERED = 0.01  # back within this of the pre-partition level (global accuracy, the network's mean)
 
 
-def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]],
-                  nodes: int) -> dict[str, Any]:
+def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]]) -> dict[str, Any]:
     """How the nodes came through a run's events (`log`: sim.EventRunner's): the share of rounds each
     node was up, the share of time spent waiting, the staleness of what was used, rounds trained alone
     and skipped to catch up; per heal, the rounds until the network's mean global accuracy was back
@@ -150,7 +149,6 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
     if joins:
         out["joiners"] = _joiners(records, joins)
     return out
-
 
 
 def _joiners(records: list[dict[str, Any]], joins: list[tuple[str, int]]) -> list[dict]:

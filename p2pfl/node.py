@@ -209,7 +209,7 @@ class Node(Lifetime):
         # many neighbours have exchanged hellos, so a node started first does not train alone; `say` gets
         # the progress lines (real nodes print them; default: the log).
         # late: the node joins (or returns to) a running network: before its first round it waits, at most
-        # wait_timeout, for a neighbour's knowledge, to learn the network's round and catch up to it.
+        # wait_timeout, until half the neighbours it knows are there have shared, then catches up to them.
         # round_seconds: how long a round of ours took before a restart (patience is a share of it).
         self.node_id = node_id
         self.arch = arch
@@ -368,6 +368,11 @@ class Node(Lifetime):
             self.on_record(record)
             self.round = r
 
+    @property
+    def round_seconds(self) -> float | None:
+        """Our last round's duration, waiting apart (None before the first); a restart passes it on."""
+        return self._round_s
+
     def greeted(self) -> int:
         """Neighbours that have our hello and we theirs."""
         return sum(p.hello_sent and p.session.their_state is wire.State.READY for p in self.peers.values())
@@ -400,16 +405,16 @@ class Node(Lifetime):
         """Bounded staleness, per neighbour: proceed once every live neighbour has shared round
         >= r-1-max_lag. With gossip.patience > 0, a straggler (its rounds come at less than SLOWER x our
         rate) or one gone quiet (nothing from it for QUIET of our rounds: it went down) is waited for at
-        most gossip.patience x our last round's duration, then lags (is not waited for) until its knowledge is within max_lag
-        again; any other at most wait_timeout, then counts as down until it speaks. So a slow or
-        vanished neighbour costs a bounded wait, not one per round."""
+        most gossip.patience x our last round's duration, then lags (is not waited for) until its
+        knowledge is within max_lag again; any other at most wait_timeout, then counts as down until it
+        speaks. So a slow or vanished neighbour costs a bounded wait, not one per round."""
         if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
         start = trio.current_time()
         deadline = start + self.gossip.wait_timeout
-        patience = (start + self.gossip.patience * self._round_s if self._round_s is not None and self.gossip.patience > 0
-                    else math.inf)
+        cut_short = self._round_s is not None and self.gossip.patience > 0
+        patience = start + self.gossip.patience * self._round_s if cut_short else math.inf
         while True:
             behind = [p for p in self.peers.values() if p.up and not p.lagging and p.inbox.newest_round < need]
             now = trio.current_time()
@@ -594,6 +599,7 @@ class Node(Lifetime):
                 p.epoch = p.session.epoch
                 p.hello_sent = False
                 p.inbox.new_session()  # its delta streams start over with key frames
+                p.heard.clear()  # and its rounds may start over: its rate is measured afresh
             if peer_id not in self.peers and isinstance(msg, wire.Hello):
                 self._add_peer(peer_id, p)
             self._handle(peer_id, p, msg)
@@ -611,13 +617,12 @@ class Node(Lifetime):
                 self._reject(peer_id, "implausible", f"{msg.kind} knowledge of round {msg.round}, more than "
                                                      f"{MAX_ROUNDS_AHEAD} rounds past our run's end")
                 return
-            if msg.kind == "logits" and self.reference is not None and \
-                    (msg.ref_start, msg.ref_count) != self.reference.slice_bounds(msg.round):
+            due = self.reference.slice_bounds(msg.round) if msg.kind == "logits" and self.reference else None
+            if due is not None and (msg.ref_start, msg.ref_count) != due:
                 # every honest node speaks about its round's slice (the rotation is the reference's): an old
                 # slice under a new round is a replay, and a slice per frame a flood of retained streams
                 self._reject(peer_id, "off-schedule", f"logits about rows {msg.ref_start}+{msg.ref_count} in round "
-                                                      f"{msg.round}, whose slice is rows "
-                                                      f"{'+'.join(map(str, self.reference.slice_bounds(msg.round)))}")
+                                                      f"{msg.round}, whose slice is rows {due[0]}+{due[1]}")
                 return
             try:
                 taken = p.inbox.add(msg)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-
-import trio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import trio
 
 from p2pfl import assemble, checkpoint
 from p2pfl.config import AttackConfig, ConfigError, Scenario

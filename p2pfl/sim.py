@@ -212,10 +212,12 @@ class Simulation:
                                       reference=built.reference, test=test, compute=compute, on_record=record,
                                       attack=built.attackers.get(plan.index), **runtime)
 
+        def compute(plan: NodePlan) -> SimulatedCompute:
+            return SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
+                                    jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool)
+
         hosts = [NodeHost(plan, learner, network, make, on_record, checkpoints=plan.index in restartable,
-                          compute=SimulatedCompute(net.round_time / plan.train.local_steps / plan.profile.speed,
-                                                   jitter=net.round_jitter, seed=s.seed * 7_919 + plan.index, pool=pool))
-                 for plan, learner in zip(plans, learners)]
+                          compute=compute(plan)) for plan, learner in zip(plans, learners)]
         runner = EventRunner(scheduled, hosts, network, built.topology.graph)
 
         async def main() -> None:
@@ -240,7 +242,7 @@ class Simulation:
                             wire_bytes=sum(network.bytes_sent.values()))
         if runner.log:  # what happened to the network, and how the nodes came through it
             summary |= {"events": runner.log, "up_by_round": runner.up_by_round,
-                        "churn": churn_summary(records, runner.log, runner.up_by_round, len(plans))}
+                        "churn": churn_summary(records, runner.log, runner.up_by_round)}
         summary |= {
             "name": s.name, "run_id": rid, "mode": s.mode, "seed": s.seed,
             "wall_time_s": time.perf_counter() - wall,
@@ -329,7 +331,7 @@ class NodeHost:
         self.network.set_down(self.name, False)
         self.endpoint.drain()  # what reached the dead process is gone
         resumed = checkpoint.loads(self.saved, self.learner, meta=self._meta) if self.saved else None
-        before = self.node._round_s if self.node is not None else None  # what a round took last time
+        before = self.node.round_seconds if self.node is not None else None  # what a round took last time
         node = self._make(self.plan, self.learner, self.compute, self.endpoint, self._record,
                           start_round=resumed.round if resumed else 0, late=late, round_seconds=before)
         if resumed:
@@ -388,7 +390,7 @@ class EventRunner:
             self._apply(self._by_round.pop(0))
 
     async def _timed(self) -> None:
-        for item in list(self._by_time):
+        for item in self._by_time:
             await trio.sleep_until(item.event.time)
             self._apply(item)
 
@@ -399,11 +401,16 @@ class EventRunner:
         ignored = []
         if action in ("leave", "crash"):
             for i in getattr(e, action):
-                hosts[i].stop(crash=action == "crash") if hosts[i].up else ignored.append(i)
+                if hosts[i].up:
+                    hosts[i].stop(crash=action == "crash")
+                else:
+                    ignored.append(i)
         elif action in ("rejoin", "join"):
             for i in getattr(e, action):
-                ok = hosts[i].state in (("left", "crashed") if action == "rejoin" else ("absent",))
-                hosts[i].start(self._nursery, late=True) if ok else ignored.append(i)
+                if hosts[i].state in (("left", "crashed") if action == "rejoin" else ("absent",)):
+                    hosts[i].start(self._nursery, late=True)
+                else:
+                    ignored.append(i)
         elif action in ("cut", "partition"):
             for a, b in e.cut or events.partition_cuts(e.partition, self.graph):
                 self.network.cut(hosts[a].name, hosts[b].name)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEGREE = 4  # a ring lattice of degree 4 stays connected with any one node down
 SETTLE_S = 3.0
+SELF_ADDRESSES = ("/ip4/127.", "/ip4/0.0.0.0/", "/ip6/::1/", "/ip6/::/")
 # Two nodes dialling each other at once can both fail py-libp2p's security handshake: of two nodes that
 # chose each other, the one with the smaller id dials; the other dials only if it has not been dialled
 # after this long (the peer may not have chosen it)
@@ -87,7 +88,7 @@ class MdnsNeighbours:
         if peer == self.transport.local_id or (self.allow and peer not in self.allow):
             return
         # loopback and unspecified addresses are ours to us (dialled, they reach this very node)
-        addrs = [a for a in info.addrs if not str(a).startswith(("/ip4/127.", "/ip4/0.0.0.0/", "/ip6/::1/", "/ip6/::/"))]
+        addrs = [a for a in info.addrs if not str(a).startswith(SELF_ADDRESSES)]
         if not addrs:
             return
         self.transport.admit(peer)  # at once (a set's add is atomic): it may dial us before we choose

@@ -85,7 +85,11 @@ class MemoryNetwork(Lifetime):
         self._links[(a, b)] = self._links[(b, a)] = model
 
     def reachable(self, a: str, b: str) -> bool:
-        return a not in self._down and b not in self._down and frozenset((a, b)) not in self._cut
+        return a not in self._down and self._carries(a, b)
+
+    def _carries(self, src: str, dst: str) -> bool:
+        """The link delivers to dst whatever src sent before it went down."""
+        return dst not in self._down and frozenset((src, dst)) not in self._cut
 
     # -- delivery -------------------------------------------------------------------------------
     def _send(self, src: str, dst: str, data: bytes) -> None:
@@ -120,8 +124,8 @@ class MemoryNetwork(Lifetime):
 
     async def _deliver(self, src: str, dst: str, data: bytes, delay: float) -> None:
         await trio.sleep(delay)
-        sent_cleanly = src in self._left and dst not in self._down and frozenset((src, dst)) not in self._cut
-        if self.reachable(src, dst) or sent_cleanly:  # a cut or crash while in flight loses the message
+        # a cut or crash while in flight loses the message; a clean close does not
+        if (src not in self._down or src in self._left) and self._carries(src, dst):
             self._inboxes[dst].send_nowait((src, data))
         else:
             self.dropped += 1
