@@ -53,6 +53,9 @@ TRUST_MEMORY = 0.7  # a neighbour's trust: this much of the old value, the rest 
 SLOWER = 0.7
 RATE_WINDOW = 4
 QUIET = 3.0  # ... and so is one we have heard nothing from for this many of our rounds (it went down)
+# Our connection to a neighbour quiet for QUIET of its rounds and ours, and at least this long, while we
+# keep sending to it is renewed once: it may be dead with neither end told (a pulled cable)
+RECONNECT_S = 5.0
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
 
@@ -167,6 +170,7 @@ class PeerState:
     heard: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))  # (round, time) of its newest rounds
     last_heard: float | None = None  # when its last valid message arrived (None: never)
     hello_sent: bool = False  # our hello is queued or sent (a failed send clears it)
+    reconnected: bool = False  # we renewed our connection since it last spoke
     epoch: int = 0  # the session.epoch its inbox and hello_sent belong to
     trust: float | None = None  # how often its predictions agree with the others' (a running mean; None: unknown)
     reputation: float | None = None  # the reputation defence's factor on its weight (1: full; None: not judged)
@@ -441,6 +445,15 @@ class Node(Lifetime):
         quiet = p.last_heard is not None and now - p.last_heard > QUIET * (self._round_s or math.inf)
         return slow or quiet
 
+    def _gone_quiet(self, p: PeerState, now: float) -> bool:
+        """Nothing from this neighbour for QUIET of its rounds and of ours, and RECONNECT_S at least
+        (a slow neighbour's silence between its frames is not a dead link); never heard: not judged."""
+        if p.last_heard is None:
+            return False
+        theirs = _rate(p.heard)
+        round_s = max(self._round_s or 0.0, 1 / theirs if theirs else 0.0)
+        return now - p.last_heard > max(RECONNECT_S, QUIET * round_s)
+
     def network_round(self) -> int | None:
         """Where the network is, as far as we can tell: the second newest of the rounds shared in their
         current sessions by the live neighbours we know are there (they greeted us or shared), the newest
@@ -549,6 +562,8 @@ class Node(Lifetime):
         """This peer's messages, one at a time: a slow send to it holds up no other peer."""
         while True:
             item = await p.queue.get()
+            if not p.reconnected and self._gone_quiet(p, trio.current_time()):
+                p.reconnected = await self.transport.reconnect(peer_id, p.last_heard)
             try:
                 await self.transport.send(peer_id, item.data, item.kind)
             except PeerUnreachable as e:
@@ -594,7 +609,7 @@ class Node(Lifetime):
             except wire.RemoteProtocolError as e:
                 self._reject(peer_id, e.reason, str(e))
                 continue
-            p.last_heard = trio.current_time()
+            p.last_heard, p.reconnected = trio.current_time(), False
             if p.session.epoch != p.epoch:  # it came back after its bye, or restarted: a new session
                 p.epoch = p.session.epoch
                 p.hello_sent = False

@@ -18,6 +18,7 @@ import torch
 import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pfl import assemble, checkpoint, cli, codecs, wire
@@ -198,6 +199,26 @@ async def test_frames_cross_and_a_wrong_psk_is_refused(tmp_path):
                 await c.send(b.local_id, b"x", "hello")
             with pytest.raises(PeerUnreachable, match="next dial in"):  # backing off, no new dial
                 await c.send(b.local_id, b"x", "hello")
+
+
+async def test_a_renewed_connection_carries_frames_again_and_none_is_cut_while_bytes_come(tmp_path):
+    a_key, b_key = load_identity(tmp_path / "a"), load_identity(tmp_path / "b")
+    async with Libp2pTransport.open(key_pair=b_key, listen=LOOPBACK, policy=Policy(accept_any=True)) as b:
+        async with Libp2pTransport.open(key_pair=a_key, listen=LOOPBACK, peers=[b.addrs[0]]) as a:
+            await a.send(b.local_id, b"hello-bytes", "hello")
+            await b.send(a.local_id, b"hi back", "hello")
+            with trio.fail_after(10):
+                assert await a.receive() == (b.local_id, b"hi back")
+            # bytes of b's came after the moment we call its silence's start: no reconnect
+            assert not await a.reconnect(b.local_id, silent_since=trio.current_time() - 60)
+            assert a.host.get_network().get_connections(ID.from_base58(b.local_id))
+            # silent since now: the connection goes, and the next send dials a new one at once
+            assert await a.reconnect(b.local_id, silent_since=trio.current_time())
+            assert not a.host.get_network().get_connections(ID.from_base58(b.local_id))
+            await a.send(b.local_id, b"after", "knowledge")
+            with trio.fail_after(10):
+                assert await b.receive() == (a.local_id, b"hello-bytes")
+                assert await b.receive() == (a.local_id, b"after")
 
 
 async def test_a_peer_outside_the_policy_is_refused(tmp_path):

@@ -273,6 +273,10 @@ class ScriptedTransport:
         if self.on_send is not None:
             await self.on_send(peer, kind)
 
+    async def reconnect(self, peer, silent_since):
+        self.sent.append((peer, "reconnect"))  # between the sends it came before and after
+        return True
+
     async def receive(self):
         return await self._inbound.receive()
 
@@ -375,7 +379,7 @@ async def test_a_slow_neighbour_delays_only_itself(autojump_clock):
         start = trio.current_time()
         async with node:
             await node.run()
-        to_b = [kind for peer, kind in t.sent if peer == "b"]
+        to_b = [kind for peer, kind in t.sent if peer == "b" and kind != "reconnect"]  # b greets, then is quiet
         return [r["time"] - start for r in records], to_b
 
     fast_times, fast_to_b = await run(slow=False)
@@ -417,3 +421,29 @@ async def test_a_node_nobody_answers_gives_up_waiting_and_says_so(autojump_clock
     assert len(records) == 1 and records[0]["contributors"] == 0  # it trained alone, as it said it would
     assert sum(line.startswith("waiting for neighbours") for line in lines) == 4  # every 5 s of the 20
     assert lines[-1].startswith("gave up waiting for neighbours after 20s with 0 of 1 greeted")
+
+
+async def test_a_neighbour_gone_quiet_gets_one_fresh_connection_per_silence(autojump_clock):
+    # b greets, then says nothing (its cable was pulled: our sends still "succeed"). Once it has been
+    # quiet for RECONNECT_S and QUIET rounds the node renews its connection, once, not on every send;
+    # after b speaks again (a status request) and falls silent again, once more.
+    from p2pfl.node import RECONNECT_S
+
+    spoke = {}
+
+    def on_record(record):
+        if record["round"] == 12:
+            spoke["at"] = trio.current_time()
+            t.say("b", wire.StatusRequest(nonce=1))
+
+    t = ScriptedTransport()
+    node = _lone_node(t, rounds=30, on_record=on_record)
+    t.say("b", _hello_of(node, "b"))
+    with trio.fail_after(1000):
+        async with node:
+            await node.run()
+    sends = [kind for _, kind in t.sent]
+    assert sends.count("reconnect") == 2, sends
+    first = sends.index("reconnect")
+    assert sends[first - 1] == "knowledge" and "reconnect" in sends[sends.index("status_reply", first):]
+    assert trio.current_time() - spoke["at"] > RECONNECT_S  # the second silence lasted long enough too

@@ -25,6 +25,12 @@ class Transport(Protocol):
         knowledge only after its hello went out, and the peer would refuse knowledge first.
         """
 
+    async def reconnect(self, peer: str, silent_since: float) -> bool:
+        """Drop whatever connection we hold to `peer`, so that the next send dials afresh, unless
+        something of it (part of a frame) arrived after `silent_since` (trio time); whether it did. The
+        node asks when a neighbour it keeps sending to has gone quiet: a link can die with neither end
+        told (a pulled cable sends no reset), and the old connection may only wake long after it is back."""
+
     async def receive(self) -> tuple[str, bytes | RemoteProtocolError]:
         """The next inbound message and who sent it; or the error for a stream the transport itself
         refused (bad framing, a peer the policy does not allow), for the node to count and log."""

@@ -17,6 +17,7 @@ protocol is answered here, from the node's `status()`, so `p2pfl status` needs n
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 from collections import Counter, defaultdict, deque
@@ -59,6 +60,10 @@ STATUS_REQUEST_MAX = 256  # a status request frame is ~20 bytes
 MAX_STREAMS_PER_PEER = 8  # inbound streams open at once per peer (a node opens 2)
 FLOOD_WINDOW_S = 10.0
 FLOOD_FRAMES = 200  # inbound frames per peer per window: a node sends ~2 per round
+# loopback and unspecified addresses: a peer listening on 0.0.0.0 announces 127.0.0.1 too, and dialled
+# from anywhere else that address reaches the dialler itself (whose handshake then fails: wrong peer id)
+SELF_ADDRESSES = ("/ip4/127.", "/ip4/0.0.0.0/", "/ip6/::1/", "/ip6/::/")
+CLOSE_S = 2.0  # closing a connection says goodbye on it; on a dead link that write may never finish
 
 
 # -- identity and private network ------------------------------------------------------------------
@@ -158,7 +163,7 @@ def parse_peer(addr: str | multiaddr.Multiaddr, what: str = "--peers") -> tuple[
 class Libp2pTransport:
     def __init__(self, host, peers: dict[str, multiaddr.Multiaddr], policy: Policy, *,
                  status: Callable[[], dict] = dict, dial_timeout: float = 10.0, send_timeout: float = 60.0,
-                 backoff: tuple[float, float] = (1.0, 30.0), flood_frames: int = FLOOD_FRAMES):
+                 backoff: tuple[float, float] = (1.0, 10.0), flood_frames: int = FLOOD_FRAMES):
         self.host = host
         self.local_id = host.get_id().to_base58()
         self.policy = policy
@@ -176,6 +181,7 @@ class Libp2pTransport:
         self._retry: dict[str, tuple[float, float]] = {}  # peer -> (next dial allowed at, last delay)
         self._inbound: Counter[str] = Counter()
         self._recent: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._last_bytes: dict[str, float] = {}  # peer -> when bytes of any frame (whole or not) last came
         self.bytes_sent = 0
         for family, protocol in PROTOCOLS.items():
             host.set_stream_handler(protocol, self._handler(family))
@@ -241,15 +247,19 @@ class Libp2pTransport:
             next_try, delay = self._retry.get(peer, (0.0, 0.0))
             if now < next_try:
                 raise PeerUnreachable(f"{peer}: not connected; next dial in {next_try - now:.1f}s")
+            # our backoff decides when to dial again: libp2p's own cache of failed peers would refuse
+            # every dial for 60 s after one failure, long after a pulled cable is back
+            self.host.get_network().unblock_peer(pid)
+            addrs = self._dial_addrs(pid)
+            self.host.get_peerstore().clear_addrs(pid)  # libp2p dials every address it holds, not just ours
             try:
                 with trio.fail_after(self.dial_timeout):
-                    addrs = [self._addrs[peer]] if peer in self._addrs else self.host.get_peerstore().addrs(pid)
                     await self.host.connect(PeerInfo(pid, addrs))
             except Exception as e:
                 delay = min(self.backoff[1], max(self.backoff[0], 2 * delay))
                 # counted from the failure, with jitter so restarted neighbours don't all dial at once
                 self._retry[peer] = (trio.current_time() + delay * random.uniform(0.5, 1.5), delay)
-                raise PeerUnreachable(f"{peer}: dial failed ({type(e).__name__}: {e}); "
+                raise PeerUnreachable(f"{peer}: dial failed ({_why(e)}); "
                                       f"retrying in about {delay:.0f}s") from None
         self._retry.pop(peer, None)
         try:
@@ -259,6 +269,33 @@ class Libp2pTransport:
             raise PeerUnreachable(f"{peer}: cannot open {PROTOCOLS[family]}: {type(e).__name__}: {e}") from None
         self._out[peer, family] = stream
         return stream
+
+    async def reconnect(self, peer: str, silent_since: float) -> bool:
+        """Close our connection to this peer and let the next send dial at once, backoff or not: a
+        pulled cable leaves both ends holding a connection that looks alive, whose TCP retransmissions
+        back off to tens of seconds (a 45 s cut on the emulated LAN took 14 s to be heard again).
+        Not while a frame of its is still coming in (a large one on a slow link)."""
+        if self._last_bytes.get(peer, -math.inf) > silent_since:
+            return False
+        pid = ID.from_base58(peer)
+        for family in PROTOCOLS:
+            self._out.pop((peer, family), None)  # its streams die with the connection
+        self._retry.pop(peer, None)
+        network = self.host.get_network()
+        with trio.move_on_after(CLOSE_S):
+            await network.close_peer(pid)
+        network.connections.pop(pid, None)  # closing timed out on the dead link: forget it all the same
+        log.info("%s: reconnecting to %s (quiet while we kept sending)", self.local_id, peer)
+        return True
+
+    def _dial_addrs(self, pid: ID) -> list[multiaddr.Multiaddr]:
+        """Where to dial a peer: the address we were given, else what identify learned of it, less the
+        addresses that would reach ourselves (unless that is all there is: a peer on this machine)."""
+        peer = pid.to_base58()
+        if peer in self._addrs:
+            return [self._addrs[peer]]
+        learned = self.host.get_peerstore().addrs(pid)
+        return [a for a in learned if not str(a).startswith(SELF_ADDRESSES)] or learned
 
     # -- receiving ----------------------------------------------------------------------------
     async def receive(self) -> tuple[str, bytes | wire.RemoteProtocolError]:
@@ -296,6 +333,7 @@ class Libp2pTransport:
                 except StreamEOF:
                     decoder.feed_eof()
                     return
+                self._last_bytes[peer] = trio.current_time()
                 while (body := decoder.next_frame()) is not None:
                     self._check_rate(peer)
                     await self._inbox_send.send((peer, body))
@@ -331,6 +369,12 @@ class Libp2pTransport:
     async def _refuse(self, peer: str, stream, error: wire.RemoteProtocolError) -> None:
         await _quiet(stream.reset())
         await self._inbox_send.send((peer, error))
+
+
+def _why(e: BaseException) -> str:
+    """An error and what caused it (libp2p wraps each address's failure as the cause of one summary)."""
+    text = f"{type(e).__name__}: {e}"
+    return f"{text} <- {e.__cause__}" if e.__cause__ is not None else text
 
 
 def make_host(key_pair: KeyPair, psk: str | None):

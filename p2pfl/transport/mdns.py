@@ -23,11 +23,12 @@ from collections.abc import Callable
 
 import trio
 
+from p2pfl.transport.libp2p import SELF_ADDRESSES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DEGREE = 4  # a ring lattice of degree 4 stays connected with any one node down
 SETTLE_S = 3.0
-SELF_ADDRESSES = ("/ip4/127.", "/ip4/0.0.0.0/", "/ip6/::1/", "/ip6/::/")
 # Two nodes dialling each other at once can both fail py-libp2p's security handshake: of two nodes that
 # chose each other, the one with the smaller id dials; the other dials only if it has not been dialled
 # after this long (the peer may not have chosen it)
