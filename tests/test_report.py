@@ -19,6 +19,12 @@ def two_runs(cache, tmp_path_factory):
     return clean.run_dir, lied.run_dir
 
 
+@pytest.fixture(scope="module")
+def alone(cache, tmp_path_factory):
+    return Simulation(load_scenario(None, TINY | {"name": "alone", "mode": "local"}),
+                      run_dir=tmp_path_factory.mktemp("alone")).run().run_dir
+
+
 def test_a_run_gets_its_figures_and_one_self_contained_page(two_runs, capsys):
     clean, _ = two_runs
     assert cli.main(["report", str(clean)]) == 0
@@ -37,6 +43,25 @@ def test_two_runs_side_by_side(two_runs, tmp_path):
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert "clean vs lied" in page and "honest nodes" in page
     assert (tmp_path / "cmp" / "nodes.png").read_bytes().startswith(PNG)
+
+
+def test_against_a_local_run_the_page_says_who_is_worse_off_than_alone(two_runs, alone, tmp_path):
+    clean, _ = two_runs
+    assert cli.main(["report", str(clean), str(alone), "--compare", "--out", str(tmp_path / "cmp")]) == 0
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert "negative transfer (vs alone)" in page and "nodes below their own accuracy alone" in page
+
+
+def test_negative_transfer_counts_nodes_below_their_own_accuracy_alone():
+    from p2pfl.metrics import negative_transfer
+
+    alone = {n: {"personal_acc": a} for n, a in (("a", 0.8), ("b", 0.6), ("c", 0.9), ("d", 0.5))}
+    ours = {n: {"personal_acc": a} for n, a in (("a", 0.85), ("b", 0.5), ("c", 0.898), ("e", 0.1))}
+    nt = negative_transfer(ours, alone)  # c is within the tolerance; d and e are in one run only
+    assert nt == {"rate": 1 / 3, "worst_loss": pytest.approx(0.1), "nodes": 3, "below": ["b"]}
+    assert negative_transfer(alone, alone)["rate"] == 0.0 and negative_transfer(alone, alone)["worst_loss"] == 0.0
+    with pytest.raises(ValueError, match="share no node id"):
+        negative_transfer({"x": {"personal_acc": 1.0}}, alone)
 
 
 def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):

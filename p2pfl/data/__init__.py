@@ -1,4 +1,4 @@
-"""Local data: datasets (MNIST-1D, digits, synthetic, .npz), partitioners across nodes, and the shared reference set."""
+"""Local data: datasets (MNIST-1D, digits, spoken digits, MNIST-5k, synthetic, .npz), partitioners across nodes, and the shared reference set."""
 
 from p2pfl.data.partition import (
     dirichlet,
@@ -18,7 +18,7 @@ from p2pfl.data.reference import (
     check_digest,
     spec_digest,
 )
-from p2pfl.data.sources import Dataset, cache_dir, digits, from_npz, load_source, mnist1d, synthetic
+from p2pfl.data.sources import Dataset, cache_dir, digits, from_npz, fsdd, load_source, mnist1d, mnist5k, synthetic
 
 __all__ = [
     "Dataset",
@@ -32,10 +32,12 @@ __all__ = [
     "digits",
     "dirichlet",
     "from_npz",
+    "fsdd",
     "iid",
     "label_counts",
     "load_source",
     "mnist1d",
+    "mnist5k",
     "partition",
     "quantity_skew",
     "shards",

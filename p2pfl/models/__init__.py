@@ -6,12 +6,13 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from p2pfl.models.zoo import CNN1D, GRU, MLP, TinyTransformer, Classifier
+from p2pfl.models.zoo import CNN1D, CNN2D, GRU, MLP, TinyTransformer, Classifier
 
 # name -> constructor(input_length, num_classes, embed_dim, **arch options)
 MODELS: dict[str, Callable[..., Classifier]] = {
     "mlp": MLP,
     "cnn1d": CNN1D,
+    "cnn2d": CNN2D,
     "gru": GRU,
     "transformer": TinyTransformer,
 }
