@@ -20,7 +20,7 @@ from p2pfl import shipped
 from p2pfl.attacks import Attacker
 from p2pfl.config import GENERATED_SOURCES, AttackConfig, ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
 from p2pfl.data import build_reference, load_source, partition
-from p2pfl.data.reference import Reference, ReferenceSpec, held_out
+from p2pfl.data.reference import Reference, ReferenceSpec, held_out, shaped_noise
 from p2pfl.data.sources import Dataset
 from p2pfl.learner import Learner
 from p2pfl.mode_facts import MODE_FACTS
@@ -91,6 +91,8 @@ def data_and_reference(s: Scenario) -> tuple[Dataset, Reference | None]:
     r = s.reference
     spec = ReferenceSpec(source=source, seed=r.seed, size=r.size, slice_size=r.slice_size)
     data, ref = held_out(full, spec) if source == "held-out" else (full, None)
+    if source == "noise":
+        ref = shaped_noise(full, spec)
     if not MODE_FACTS[s.mode].needs_reference:
         return data, None
     ref = ref or build_reference(spec)

@@ -61,7 +61,7 @@ def parse_defence(text: str) -> frozenset[str]:
     if any(p not in DEFENCES for p in parts):
         raise ValueError(f"{text!r}: expected auto, none, or {', '.join(DEFENCES)} joined by +, e.g. claims+clip")
     return frozenset(parts)
-REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out")
+REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out", "noise")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
 AVERAGING = ("metropolis", "push-sum")
@@ -141,13 +141,18 @@ class TrainConfig:
     # shift the reference rows distilled on by up to this many steps (0: off): a 500-row slice is seen ~36
     # times a round, and shifted copies keep the student from memorising it (+0.028 global; BENCHMARKS.md)
     augment_reference: int = 4
+    # prototypes mode: the weight of the pull of each labelled embedding toward its class's pooled
+    # prototype (FedProto's lambda, MSE), and of teaching the classifier every pooled prototype's class
+    proto_weight: float = 1.0
+    proto_head_weight: float = 1.0
 
     def __post_init__(self):
         _positive(self, "train.", "lr", "temperature")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio = {self.min_lr_ratio}: the cosine schedule's "
                                                 f"end as a share of train.lr, between 0 and 1 (1 = constant)")
         _at_least(self, "train.", 1, "batch_size", "kd_batch_size")
-        _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay")
+        _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay", "proto_weight",
+                  "proto_head_weight")
         for key in ("augment_shift", "augment_reference"):
             _check(getattr(self, key) >= 0, f"train.{key} = {getattr(self, key)}: a shift in steps, >= 0 (0: off), e.g. 4")
 
@@ -164,7 +169,8 @@ class DataConfig:
 class ReferenceConfig:
     # auto: the data's own generator with another seed (mnist1d, synthetic: unlabeled inputs for free),
     # else "held-out" (rows of the training data set aside, labels dropped; no node trains on them).
-    # Or mnist1d | synthetic | held-out | path/to/inputs.npy
+    # Or mnist1d | synthetic | held-out | noise (data-free: Gaussian rows with the training inputs'
+    # per-position mean and std) | path/to/inputs.npy
     source: str = "auto"
     seed: int = 10_007
     size: int = 20_000
@@ -523,12 +529,16 @@ class Scenario:
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
             lies = parse_attack(a.kind)
+            # parameter attacks lie in any payload but logits (weights, prototypes)
             useless = [k for k in lies if k not in ANY_ATTACKS
-                       and ("logits" if k in LOGIT_ATTACKS else "params") not in kinds]
+                       and not ("logits" in kinds if k in LOGIT_ATTACKS else set(kinds) - {"logits"})]
             _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
+        _check(not (self.privacy.on and self.mode == "prototypes"),
+               "privacy.epsilon with mode = 'prototypes': class means of private embeddings are not released "
+               "under differential privacy yet; use mode = 'logits' (or 'local') with privacy")
 
 
 def _check_codec(key: str, name: str) -> None:

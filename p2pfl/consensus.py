@@ -64,6 +64,19 @@ def _evidence_weights(contribs: list[Contribution], floor: float) -> np.ndarray:
 CLAIM_FACTOR = 4.0  # honest quickstart neighbours hold up to ~3x the median's data (Dirichlet sizes)
 
 
+def class_means(contribs: list[Contribution]) -> tuple[np.ndarray, np.ndarray]:
+    """Prototypes: per class, the mean of the contributions' (C, d) class means weighted by mixing
+    weight x that class's label count (a node without the class adds nothing to it). Returns the (C, d)
+    means and the (C,) mask of classes some contribution has; rows of the others are zero."""
+    means = np.stack([c.logits.astype(np.float64) for c in contribs])  # (K, C, d)
+    w = np.stack([c.weight * c.label_counts.astype(np.float64) for c in contribs])  # (K, C)
+    total = w.sum(axis=0)
+    have = total > 0
+    out = np.zeros(means.shape[1:])
+    out[have] = np.einsum("kc,kcd->cd", w[:, have], means[:, have]) / total[have, None]
+    return out.astype(np.float32), have
+
+
 def bound_claims(contribs: list[Contribution], factor: float = CLAIM_FACTOR) -> list[Contribution]:
     """The "claims" defence: each neighbour's label counts (contribs[1:]; contribs[0] is our own) scaled
     down so their total is at most `factor` x the larger of our own total and the (lower) median total

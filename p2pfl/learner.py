@@ -74,10 +74,14 @@ class Learner:
         return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
     def train(self, steps: int, teacher_x: torch.Tensor | None = None, teacher_p: torch.Tensor | None = None,
-              kd_weight: float | None = None) -> float:
+              kd_weight: float | None = None, anchors: torch.Tensor | None = None,
+              anchored: torch.Tensor | None = None) -> float:
         """`steps` optimizer steps of CE on private labels (+ KD on teacher rows if given). Returns mean loss.
 
-        kd_weight: this call's weight of the KD term (None: config.kd_weight)."""
+        kd_weight: this call's weight of the KD term (None: config.kd_weight).
+        anchors, anchored: (C, d) class prototypes and the (C,) mask of classes that have one (prototypes
+        mode): each labelled embedding is pulled toward its class's prototype (MSE, config.proto_weight)
+        and the classifier learns to name every prototype's class (config.proto_head_weight)."""
         c = self.config
         kd_weight = c.kd_weight if kd_weight is None else kd_weight
         self.model.train()
@@ -90,7 +94,9 @@ class Learner:
                 continue
             idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
             x = shift_augment(self.x[idx], c.augment_shift, self.gen) if c.augment_shift else self.x[idx]
-            if teacher_p is None:
+            if anchors is not None:
+                loss = self._anchored_loss(x, self.y[idx], anchors, anchored)
+            elif teacher_p is None:
                 loss = balanced_cross_entropy(self.model(x), self.y[idx], self.log_p)
             else:
                 # One forward over labelled and reference rows together: the models have no batch
@@ -108,6 +114,19 @@ class Learner:
             self.step += 1
             total += loss.item()
         return total / max(steps, 1)
+
+    def _anchored_loss(self, x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor,
+                       anchored: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        e = self.model.embed(x)
+        loss = balanced_cross_entropy(self.model.head(e), y, self.log_p)
+        pulled = anchored[y]
+        if pulled.any():
+            loss = loss + c.proto_weight * nn.functional.mse_loss(e[pulled], anchors[y[pulled]])
+        if c.proto_head_weight:
+            classes = torch.nonzero(anchored).flatten()
+            loss = loss + c.proto_head_weight * nn.functional.cross_entropy(self.model.head(anchors[classes]), classes)
+        return loss
 
     def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float) -> float:
         """One DP-SGD step (privacy.PrivateSteps): a Poisson sample of private rows, their per-sample
@@ -169,6 +188,15 @@ class Learner:
         self.model.eval()
         x = torch.as_tensor(x, dtype=torch.float32)
         return torch.cat([self.model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+    @torch.inference_mode()
+    def class_means(self, batch: int = 4096) -> np.ndarray:
+        """(C, d) the mean embed() of this node's training rows per class; zeros for classes it has none of."""
+        self.model.eval()
+        e = torch.cat([self.model.embed(self.x[i:i + batch]) for i in range(0, len(self.x), batch)])
+        sums = torch.zeros(self.num_classes, e.shape[1]).index_add_(0, self.y, e)
+        counts = torch.bincount(self.y, minlength=self.num_classes).clamp(min=1)
+        return (sums / counts[:, None]).numpy()
 
     def evaluate(self, x_test: np.ndarray, y_test: np.ndarray) -> Evaluation:
         z = torch.as_tensor(self.logits(x_test))

@@ -16,8 +16,8 @@ import torch
 
 from p2pfl.averaging import clip_around, mix, push_sum
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
-from p2pfl.consensus import (Contribution, agreement, bound_claims, clip_to_own, normalize_logits, reputation_factor,
-                             self_support, teacher, total_variation)
+from p2pfl.consensus import (Contribution, agreement, bound_claims, class_means, clip_to_own, normalize_logits,
+                             reputation_factor, self_support, teacher, total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -43,6 +43,8 @@ class Teaching:
     agreement: dict[str, float] = field(default_factory=dict)
     # logits, gossip.defence "reputation": per sender, the factor its weight was multiplied by (1: full)
     weighed: dict[str, float] = field(default_factory=dict)
+    anchors: torch.Tensor | None = None  # prototypes: (C, d) pooled class means to pull embeddings toward
+    anchored: torch.Tensor | None = None  # (C,) bool: the classes that have one
 
 
 # A neighbour's parameter vector farther from ours than this many times our own norm (+1) is no model
@@ -97,7 +99,8 @@ class Mode(ABC):
         return Teaching()
 
     def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
-        return ctx.learner.train(steps, teaching.x, teaching.probs, teaching.kd_weight)
+        return ctx.learner.train(steps, teaching.x, teaching.probs, teaching.kd_weight, teaching.anchors,
+                                 teaching.anchored)
 
     def state(self) -> dict[str, float]:
         """Numbers a restarted node needs besides its model (saved in its checkpoint)."""
@@ -230,6 +233,35 @@ class LogitsMode(Mode):
         return self._own[key]
 
 
+class PrototypeMode(Mode):
+    """FedProto without a server: a node shares the mean embed() of its training rows per class (C x d
+    floats) with its label counts; before training, per class, the mean of its own and its neighbours'
+    means weighted by mixing weight x count is the prototype its labelled embeddings are pulled toward,
+    and its classifier learns to name every pooled prototype's class, also of classes it has no label
+    of. Needs one embed_dim on every node (a frame of another shape is refused); no reference set."""
+
+    name, kinds = "prototypes", ("prototypes",)
+
+    def share(self, ctx, round_idx):
+        return [Outgoing("prototypes", ctx.learner.class_means())]
+
+    def absorb(self, ctx, inbox, round_idx):
+        own = ctx.learner.class_means()
+        inbox = [r for r in inbox if r.kind == "prototypes"]
+        fits = [r for r in inbox if r.array.shape == own.shape]
+        refused = [(r.sender, "shape", f"prototypes of shape {r.array.shape}; ours are {own.shape} (one "
+                                       f"embed_dim on every node)") for r in inbox if r.array.shape != own.shape]
+        fits, far = plausible(own, fits)  # one finite but huge prototype would drag every embedding away
+        contribs = [Contribution(own, ctx.learner.label_counts, ctx.self_weight)] + [
+            Contribution(r.array, r.label_counts if len(r.label_counts) else np.zeros(len(own), np.int64), r.weight)
+            for r in fits]
+        if "claims" in parse_defence(ctx.gossip.defence):
+            contribs = bound_claims(contribs)
+        anchors, anchored = class_means(contribs)
+        return Teaching(contributors=len(fits), staleness=[round_idx - 1 - r.round for r in fits],
+                        refused=refused + far, anchors=torch.from_numpy(anchors), anchored=torch.from_numpy(anchored))
+
+
 class AdapterMode(Mode):
     """Gossip averaging of the shared module's parameters; the rest of each model stays private and
     keeps training on its own labels.
@@ -331,7 +363,8 @@ class HybridMode(LogitsMode):
         return teaching
 
 
-MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode, AdapterMode, HybridMode)}
+MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode, AdapterMode, HybridMode,
+                                                    PrototypeMode)}
 # the one table of modes and the classes must agree: a mode the wire does not know cannot run, and back
 assert {n: m.kinds for n, m in MODES.items()} == {n: f.kinds for n, f in MODE_FACTS.items()}, \
     "modes.MODES and mode_facts.MODE_FACTS disagree on the modes or the kinds they send"

@@ -256,3 +256,22 @@ def test_clipped_distributions_stay_distributions_within_the_radius(k, seed, fac
         p = softmax(c.logits.astype(np.float64))
         assert np.allclose(p.sum(axis=-1), 1.0)
         assert (0.5 * np.abs(p - probs[0]).sum(axis=-1) <= radius + 1e-4).all()
+
+
+@settings(max_examples=50, deadline=None)
+@given(k=st.integers(1, 6), c=st.integers(2, 8), d=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_class_means_pool_each_class_over_the_nodes_that_have_it(k, c, d, seed):
+    from p2pfl.consensus import class_means
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 4, size=(k, c)) * rng.integers(0, 2, size=(k, c))  # many classes absent
+    contribs = [Contribution(rng.standard_normal((c, d)).astype(np.float32), counts[i], float(rng.uniform(0.1, 1)))
+                for i in range(k)]
+    means, have = class_means(contribs)
+    assert means.shape == (c, d) and have.tolist() == (counts.sum(axis=0) > 0).tolist()
+    assert (means[~have] == 0).all()
+    for cls in np.flatnonzero(have):  # a weighted mean of the class's contributions: inside their range
+        rows = np.stack([x.logits[cls] for x, n in zip(contribs, counts[:, cls]) if n > 0])
+        assert (means[cls] >= rows.min(axis=0) - 1e-5).all() and (means[cls] <= rows.max(axis=0) + 1e-5).all()
+    alone = [Contribution(contribs[0].logits, np.ones(c, np.int64), 1.0)]
+    np.testing.assert_allclose(class_means(alone)[0], contribs[0].logits, atol=1e-6)

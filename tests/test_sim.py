@@ -124,6 +124,22 @@ def test_fedavg_with_one_architecture_runs(cache, tmp_path):
     assert all(r["contributors"] > 0 for r in result.records if r["round"] >= 2)
 
 
+def test_prototypes_mode_shares_class_means_and_refuses_a_huge_one(cache, tmp_path):
+    result = simulate(tmp_path, mode="prototypes", rounds=3, attack=[{"kind": "huge", "nodes": [1]}])
+    s = result.summary
+    assert all(r["contributors"] > 0 for r in result.records if r["round"] >= 2)
+    # 10 classes x 16 dims in fp16 per frame: a few hundred bytes, not a model
+    assert s["bytes_per_node_per_round"] < 2_000
+    refused = [r["rejected"] for r in result.records if r["node"] in ("n0", "n2") and r["round"] >= 2]
+    assert refused and all(r.get("implausible", 0) >= 1 for r in refused)  # n1's neighbours refuse it
+    assert s["honest"]["global"]["mean"] > 0.2
+
+
+def test_prototypes_with_privacy_is_one_clear_error():
+    with pytest.raises(ConfigError, match="privacy.epsilon with mode = 'prototypes'"):
+        load_scenario(None, TINY | {"mode": "prototypes", "privacy.epsilon": 8.0})
+
+
 def test_no_run_dir_writes_nothing(cache, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = Simulation(load_scenario(None, TINY | {"rounds": 1, "mode": "local"}), run_dir=None).run()
@@ -169,6 +185,21 @@ def test_a_users_npz_gets_a_held_out_reference_of_its_own_rows(cache, tmp_path):
     run = Simulation(s, run_dir=None).run()
     assert all(r["rejected"] == {} for r in run.records)
     assert max(r["contributors"] for r in run.records) >= 1
+
+
+def test_a_data_free_reference_is_noise_with_the_datas_statistics_and_trains_on_every_row(cache, tmp_path):
+    npz = _own_npz(tmp_path / "mine.npz")
+    s = load_scenario(None, TINY | {"data.source": str(npz), "reference.source": "noise", "reference.size": 2_000})
+    data, ref = assemble.data_and_reference(s)
+    assert ref.spec.source == "noise" and ref.x.shape == (2_000, 64) and ref.x.dtype == np.float32
+    assert len(data.y_train) == 480  # nothing held out
+    np.testing.assert_allclose(ref.x.mean(axis=0), data.x_train.mean(axis=0), atol=0.15)
+    np.testing.assert_allclose(ref.x.std(axis=0), data.x_train.std(axis=0), rtol=0.1)
+    assert assemble.data_and_reference(s)[1].digest == ref.digest  # every node draws the same rows
+    other = load_scenario(None, TINY | {"data.source": str(npz), "reference.source": "noise", "reference.seed": 5})
+    assert assemble.data_and_reference(other)[1].digest != ref.digest
+    run = Simulation(s, run_dir=None).run()
+    assert all(r["rejected"] == {} for r in run.records) and max(r["contributors"] for r in run.records) >= 1
 
 
 def test_a_reference_shaped_unlike_the_data_is_one_clear_error(cache, tmp_path):

@@ -321,6 +321,23 @@ def test_params_payload_must_be_flat_without_a_slice():
     rejects(tamper(knowledge(), rc=0), "shape")
 
 
+def prototypes(d=8, **kw) -> Knowledge:
+    kw.setdefault("payload", codecs.encode(np.random.default_rng(0).standard_normal((C, d)), "fp16"))
+    return knowledge(kind="prototypes", ref_start=0, ref_count=0, **kw)
+
+
+def test_prototypes_are_classes_by_embedding_without_a_slice():
+    k = prototypes()
+    back = wire.decode(wire.encode(k), expect=Expectations(num_classes=C))
+    assert back == k and back.array().shape == (C, 8)
+    for sh in ([C * 8], [C, 8, 1], [C, 0], [C, 5000]):
+        rejects(tamper_payload(k, sh=sh), "shape")
+    rejects(tamper(k, rc=4), "shape")
+    with pytest.raises(RemoteProtocolError, match="prototypes payload has 3 classes; expected"):
+        wire.decode(wire.encode(prototypes(payload=codecs.encode(np.zeros((3, 8)), "fp16"), label_counts=(1, 2, 3))),
+                    expect=Expectations(num_classes=C))
+
+
 def test_a_delta_frame_names_an_earlier_round_as_its_base():
     k = params(round=7, base=4)
     assert wire.decode(wire.encode(k)) == k and wire.decode(wire.encode(params())).base == -1

@@ -23,7 +23,8 @@ class ReferenceSpec:
 
     source: "mnist1d" (the default task's generator), "synthetic" (tests), a path to a user .npy, or
         "held-out": rows set aside from the training data, labels dropped (`held_out`; the "public
-        data" of FedMD / FedDF), for data that has no generator.
+        data" of FedMD / FedDF), for data that has no generator; or "noise": data-free, Gaussian rows
+        shaped by the training inputs' per-position mean and std (`shaped_noise`).
     seed: generator seed; must differ from the training data's seed (42 by default) so the reference
         holds fresh inputs, never training or test rows. A prime far from the usual small seeds.
     size: rows in the reference set; 20k MNIST-1D rows cost ~3 s once, then come from the cache.
@@ -40,10 +41,10 @@ class ReferenceSpec:
             raise ValueError(f"reference size must be in 1..{MAX_REFERENCE_ROWS}, got {self.size}")
         if not 1 <= self.slice_size <= self.size:
             raise ValueError(f"reference slice_size must be in 1..size={self.size}, got {self.slice_size}")
-        if self.source not in ("mnist1d", "synthetic", "held-out") and not self.source.endswith(".npy"):
+        if self.source not in ("mnist1d", "synthetic", "held-out", "noise") and not self.source.endswith(".npy"):
             raise ValueError(
-                f"unknown reference source {self.source!r}; choose one of: mnist1d, synthetic, held-out, or a path "
-                f"ending in .npy"
+                f"unknown reference source {self.source!r}; choose one of: mnist1d, synthetic, held-out, noise, or "
+                f"a path ending in .npy"
             )
 
 
@@ -119,8 +120,9 @@ def build_reference(spec: ReferenceSpec, *, train_seed: int | None = None) -> Re
         )
     if spec.source.endswith(".npy"):
         return Reference(spec, _load_npy(spec.source, spec.size))
-    if spec.source == "held-out":
-        raise ValueError("a held-out reference set is cut from the training data: use held_out(dataset, spec)")
+    if spec.source in ("held-out", "noise"):
+        raise ValueError(f"a {spec.source} reference set comes from the training data: use held_out(dataset, spec) "
+                         f"or shaped_noise(dataset, spec)")
     d = _generated(spec)
     return Reference(spec, np.concatenate([d.x_train, d.x_test])[: spec.size])
 
@@ -148,10 +150,20 @@ def held_out(data: Dataset, spec: ReferenceSpec) -> tuple[Dataset, Reference]:
     return train, Reference(cut, np.ascontiguousarray(data.x_train[rows]))
 
 
+def shaped_noise(data: Dataset, spec: ReferenceSpec) -> Reference:
+    """A data-free reference set: spec.size Gaussian rows, each input position with the mean and std
+    of that position over the training inputs (statistics a dataset publishes; every node loads the
+    same data, so every node draws the same rows from spec.seed). No row is anyone's data; the price
+    is that the rows look like no class in particular (BENCHMARKS.md: the datasets table)."""
+    mean, std = data.x_train.mean(axis=0), data.x_train.std(axis=0)
+    noise = np.random.default_rng(spec.seed).standard_normal((spec.size, *data.input_shape))
+    return Reference(spec, (mean + std * noise).astype(np.float32))
+
+
 def reference_labels(spec: ReferenceSpec) -> np.ndarray:
     """(size,) the labels of a generated reference set, for diagnostics (nodes never use them); a user's
     .npy has none."""
-    if spec.source.endswith(".npy") or spec.source == "held-out":
+    if spec.source.endswith(".npy") or spec.source in ("held-out", "noise"):
         raise ValueError(f"reference source {spec.source}: this reference set has no labels to regenerate")
     d = _generated(spec)
     return np.concatenate([d.y_train, d.y_test])[: spec.size]

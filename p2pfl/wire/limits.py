@@ -3,6 +3,7 @@
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # a 5k-row x 100-class fp32 slice is 2 MB; adapters may be a few MB;
 #                                     anything bigger is a bug or an attack
 MAX_CLASSES = 1000  # ImageNet-1k is the widest label space we aim at
+MAX_EMBED_DIM = 4096  # prototypes: an embedding's width (the zoo's are 32)
 MAX_REF_ROWS = 100_000  # reference sets are a few thousand rows; 100k covers any slice index
 MAX_PARAMS = 10_000_000  # fedavg is for small models (MNIST-1D MLP/CNN are < 1M); int8 of 10M fits a frame
 MAX_PAYLOAD_ELEMENTS = MAX_PARAMS  # decoded values per payload (40 MB float32): sparse codecs
