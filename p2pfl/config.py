@@ -536,9 +536,9 @@ class Scenario:
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
-        _check(not (self.privacy.on and self.mode == "prototypes"),
-               "privacy.epsilon with mode = 'prototypes': class means of private embeddings are not released "
-               "under differential privacy yet; use mode = 'logits' (or 'local') with privacy")
+        _check(not (self.privacy.on and self.mode in ("prototypes", "fd")),
+               f"privacy.epsilon with mode = {self.mode!r}: class means of private rows are not released under "
+               f"differential privacy yet; use mode = 'logits' (or 'local') with privacy")
 
 
 def _check_codec(key: str, name: str) -> None:

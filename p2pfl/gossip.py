@@ -32,8 +32,8 @@ from p2pfl.knowledge import Outgoing, Received
 # bench_codecs): normalized logits (gossip.logit_range), each row's two largest in int3, rANS-coded
 # (+ans: a model per column, the same values as +z in ~30% fewer bytes); on quickstart's 500-row slices
 # 3.2 KB per node per round, and 0.70 global with ~58x fewer bytes than fedavg's fp32 weights.
-# Prototypes: C x d class means in fp16 (10 x 32: 640 bytes of payload).
-DEFAULT_CODECS = {"logits": "topk:2+int3+ans", "params": "fp32", "prototypes": "fp16"}
+# Prototypes and FD's class-logits: C x d (C x C) class means in fp16 (10 x 32: 640 bytes of payload).
+DEFAULT_CODECS = {"logits": "topk:2+int3+ans", "params": "fp32", "prototypes": "fp16", "class-logits": "fp16"}
 
 
 def resolve_codecs(kinds: tuple[str, ...], codec: str = "auto", params_codec: str = "") -> dict[str, str]:

@@ -190,10 +190,12 @@ class Learner:
         return torch.cat([self.model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
 
     @torch.inference_mode()
-    def class_means(self, batch: int = 4096) -> np.ndarray:
-        """(C, d) the mean embed() of this node's training rows per class; zeros for classes it has none of."""
+    def class_means(self, *, logits: bool = False, batch: int = 4096) -> np.ndarray:
+        """(C, d) the mean embed() of this node's training rows per class, or with `logits` (C, C) their
+        mean prior-free logits; zeros for classes it has none of."""
         self.model.eval()
-        e = torch.cat([self.model.embed(self.x[i:i + batch]) for i in range(0, len(self.x), batch)])
+        f = self.model if logits else self.model.embed
+        e = torch.cat([f(self.x[i:i + batch]) for i in range(0, len(self.x), batch)])
         sums = torch.zeros(self.num_classes, e.shape[1]).index_add_(0, self.y, e)
         counts = torch.bincount(self.y, minlength=self.num_classes).clamp(min=1)
         return (sums / counts[:, None]).numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KNOWLEDGE_KINDS = ("logits", "params", "prototypes")
+KNOWLEDGE_KINDS = ("logits", "params", "prototypes", "class-logits")
 # hello fields that must be equal on both sides in every mode
 ALWAYS_MATCH = ("version", "mode", "num_classes", "ref_digest")
 
@@ -40,6 +40,8 @@ MODE_FACTS: dict[str, ModeFacts] = {m.name: m for m in (
     ModeFacts("hybrid", ("logits", "params"), ("param_count", "adapter_shape"), auto_adapter="residual"),
     # class means in embed() space: any architectures whose embed_dim is the same (checked per frame)
     ModeFacts("prototypes", ("prototypes",)),
+    # FD (federated distillation): per-class mean logits on each node's own rows, no reference set
+    ModeFacts("fd", ("class-logits",)),
 )}
 MODES = tuple(MODE_FACTS)
 assert all(set(m.kinds) <= set(KNOWLEDGE_KINDS) for m in MODE_FACTS.values())

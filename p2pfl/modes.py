@@ -241,25 +241,50 @@ class PrototypeMode(Mode):
     of. Needs one embed_dim on every node (a frame of another shape is refused); no reference set."""
 
     name, kinds = "prototypes", ("prototypes",)
+    logits = False  # what is averaged per class: embeddings (here) or logits (FDMode)
 
     def share(self, ctx, round_idx):
-        return [Outgoing("prototypes", ctx.learner.class_means())]
+        return [Outgoing(self.kinds[0], ctx.learner.class_means(logits=self.logits))]
 
     def absorb(self, ctx, inbox, round_idx):
-        own = ctx.learner.class_means()
-        inbox = [r for r in inbox if r.kind == "prototypes"]
+        """Per class, our own and the neighbours' means pooled by weight x label count; nothing to
+        learn from (trained as `local` is) until a neighbour's frame is usable."""
+        own = ctx.learner.class_means(logits=self.logits)
+        inbox = [r for r in inbox if r.kind == self.kinds[0]]
         fits = [r for r in inbox if r.array.shape == own.shape]
-        refused = [(r.sender, "shape", f"prototypes of shape {r.array.shape}; ours are {own.shape} (one "
-                                       f"embed_dim on every node)") for r in inbox if r.array.shape != own.shape]
-        fits, far = plausible(own, fits)  # one finite but huge prototype would drag every embedding away
+        refused = [(r.sender, "shape", f"{r.kind} of shape {r.array.shape}; ours are {own.shape} (one "
+                                       f"{'embed_dim' if not self.logits else 'label set'} on every node)")
+                   for r in inbox if r.array.shape != own.shape]
+        fits, far = plausible(own, fits)  # one finite but huge frame would drag every node it reaches away
+        if not fits:
+            return Teaching(refused=refused + far)
         contribs = [Contribution(own, ctx.learner.label_counts, ctx.self_weight)] + [
             Contribution(r.array, r.label_counts if len(r.label_counts) else np.zeros(len(own), np.int64), r.weight)
             for r in fits]
         if "claims" in parse_defence(ctx.gossip.defence):
             contribs = bound_claims(contribs)
-        anchors, anchored = class_means(contribs)
-        return Teaching(contributors=len(fits), staleness=[round_idx - 1 - r.round for r in fits],
-                        refused=refused + far, anchors=torch.from_numpy(anchors), anchored=torch.from_numpy(anchored))
+        pooled, have = class_means(contribs)
+        taught = Teaching(contributors=len(fits), staleness=[round_idx - 1 - r.round for r in fits],
+                          refused=refused + far)
+        return self.teach(ctx, taught, pooled, have)
+
+    def teach(self, ctx: NodeContext, taught: Teaching, pooled: np.ndarray, have: np.ndarray) -> Teaching:
+        return replace(taught, anchors=torch.from_numpy(pooled), anchored=torch.from_numpy(have))
+
+
+class FDMode(PrototypeMode):
+    """Federated distillation (FD, Jeong et al. 2018) without a server: a node shares its mean logits
+    over its own training rows per class (C x C floats) with its label counts; the per-class pool of its
+    own and its neighbours' is the teacher of its own rows (each labelled row is also distilled toward
+    its class's pooled prediction). No reference set, so it teaches a node nothing about inputs of
+    classes it has no rows of: the decentralized baseline the reference set is measured against."""
+
+    name, kinds = "fd", ("class-logits",)
+    logits = True
+
+    def teach(self, ctx, taught, pooled, have):
+        probs = torch.softmax(torch.from_numpy(pooled), dim=1)
+        return replace(taught, x=ctx.learner.x, probs=probs[ctx.learner.y])
 
 
 class AdapterMode(Mode):
@@ -364,7 +389,7 @@ class HybridMode(LogitsMode):
 
 
 MODES: dict[str, type[Mode]] = {m.name: m for m in (LocalMode, LogitsMode, FedAvgMode, AdapterMode, HybridMode,
-                                                    PrototypeMode)}
+                                                    PrototypeMode, FDMode)}
 # the one table of modes and the classes must agree: a mode the wire does not know cannot run, and back
 assert {n: m.kinds for n, m in MODES.items()} == {n: f.kinds for n, f in MODE_FACTS.items()}, \
     "modes.MODES and mode_facts.MODE_FACTS disagree on the modes or the kinds they send"

@@ -135,9 +135,16 @@ def test_prototypes_mode_shares_class_means_and_refuses_a_huge_one(cache, tmp_pa
     assert s["honest"]["global"]["mean"] > 0.2
 
 
-def test_prototypes_with_privacy_is_one_clear_error():
-    with pytest.raises(ConfigError, match="privacy.epsilon with mode = 'prototypes'"):
-        load_scenario(None, TINY | {"mode": "prototypes", "privacy.epsilon": 8.0})
+@pytest.mark.parametrize("mode", ["prototypes", "fd"])
+def test_class_means_with_privacy_is_one_clear_error(mode):
+    with pytest.raises(ConfigError, match=f"privacy.epsilon with mode = '{mode}'"):
+        load_scenario(None, TINY | {"mode": mode, "privacy.epsilon": 8.0})
+
+
+def test_fd_mode_distills_own_rows_toward_the_pooled_class_logits(cache, tmp_path):
+    result = simulate(tmp_path, mode="fd", rounds=3)
+    assert all(r["contributors"] > 0 and r["rejected"] == {} for r in result.records if r["round"] >= 2)
+    assert result.summary["bytes_per_node_per_round"] < 2_000  # 10 x 10 fp16 per frame
 
 
 def test_no_run_dir_writes_nothing(cache, tmp_path, monkeypatch):

@@ -321,9 +321,9 @@ def test_params_payload_must_be_flat_without_a_slice():
     rejects(tamper(knowledge(), rc=0), "shape")
 
 
-def prototypes(d=8, **kw) -> Knowledge:
+def prototypes(d=8, kind="prototypes", **kw) -> Knowledge:
     kw.setdefault("payload", codecs.encode(np.random.default_rng(0).standard_normal((C, d)), "fp16"))
-    return knowledge(kind="prototypes", ref_start=0, ref_count=0, **kw)
+    return knowledge(kind=kind, ref_start=0, ref_count=0, **kw)
 
 
 def test_prototypes_are_classes_by_embedding_without_a_slice():
@@ -333,9 +333,16 @@ def test_prototypes_are_classes_by_embedding_without_a_slice():
     for sh in ([C * 8], [C, 8, 1], [C, 0], [C, 5000]):
         rejects(tamper_payload(k, sh=sh), "shape")
     rejects(tamper(k, rc=4), "shape")
-    with pytest.raises(RemoteProtocolError, match="prototypes payload has 3 classes; expected"):
+    with pytest.raises(RemoteProtocolError, match=r"prototypes payload has shape \(3, 8\); expected"):
         wire.decode(wire.encode(prototypes(payload=codecs.encode(np.zeros((3, 8)), "fp16"), label_counts=(1, 2, 3))),
                     expect=Expectations(num_classes=C))
+
+
+def test_class_logits_are_classes_by_classes():
+    k = prototypes(d=C, kind="class-logits")
+    assert wire.decode(wire.encode(k), expect=Expectations(num_classes=C)) == k
+    with pytest.raises(RemoteProtocolError, match=r"class-logits payload has shape \(10, 8\)"):
+        wire.decode(wire.encode(prototypes(d=8, kind="class-logits")), expect=Expectations(num_classes=C))
 
 
 def test_a_delta_frame_names_an_earlier_round_as_its_base():

@@ -27,13 +27,15 @@ a missing key, an extra key or a wrongly typed value is rejected ("malformed"); 
     r     int       round           0..MAX_INT, sender's round counter
     t     float     time            finite, sender's clock in seconds (int accepted)
     kn    str       kind            "logits" (reference-slice predictions) | "params" (flat vector) |
-                                    "prototypes" (class means of embeddings)
-    rs    int       ref_start       logits: first reference row; params, prototypes: 0
+                                    "prototypes" (class means of embeddings) | "class-logits" (class
+                                    means of logits on the sender's own rows)
+    rs    int       ref_start       logits: first reference row; the other kinds: 0
     rc    int       ref_count       logits: 1.. rows, rs + rc <= MAX_REF_ROWS and <= receiver's
-                                    reference size; params, prototypes: 0
+                                    reference size; the other kinds: 0
     p     map       payload         {"c": str codec, "sh": [int] shape, "d": bin data, "sc": bin scale}
                                     logits: shape (rc, num_classes); params: (param_count,);
                                     prototypes: (num_classes, embed_dim <= MAX_EMBED_DIM);
+                                    class-logits: (num_classes, num_classes);
                                     <= MAX_PAYLOAD_ELEMENTS values, all finite once decoded
     lc    [int]     label_counts    [] (not shared) or num_classes counts in 0..MAX_COUNT
     n     int       samples         0..MAX_COUNT * MAX_CLASSES training samples behind this knowledge
@@ -80,9 +82,13 @@ from p2pfl.codecs import CodecError, Encoded, NonFiniteError
 from p2pfl.mode_facts import KNOWLEDGE_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
-    MAX_CLASSES, MAX_CODECS, MAX_COUNT, MAX_EMBED_DIM, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN, MAX_MAP_LEN, MAX_MASS,
-    MAX_PARAMS, MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS, MAX_STR_LEN,
+    MAX_CLASSES, MAX_CODECS, MAX_COUNT, MAX_EMBED_DIM, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN,
+    MAX_MAP_LEN, MAX_MASS, MAX_PARAMS, MAX_PAYLOAD_ELEMENTS, MAX_REF_ROWS, MAX_STATUS_DEPTH, MAX_STATUS_ITEMS,
+    MAX_STR_LEN,
 )
+
+# knowledge about each class, one row per class: its width (what the payload's second axis is)
+PER_CLASS_KINDS = {"prototypes": "embed_dim", "class-logits": "classes"}
 
 # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection); 3: "kp" (keeps)
 PROTOCOL_VERSION = 3
@@ -285,10 +291,11 @@ class Knowledge:
         elif self.ref_start or self.ref_count or self.row_mask:
             raise LocalProtocolError("shape", f"{self.kind} knowledge has no reference slice or row mask; got "
                                               f"ref_start={self.ref_start}, ref_count={self.ref_count}")
-        elif self.kind == "prototypes":
+        elif self.kind in PER_CLASS_KINDS:
+            width = PER_CLASS_KINDS[self.kind]
             if len(shape) != 2 or not 1 <= shape[0] <= MAX_CLASSES or not 1 <= shape[1] <= MAX_EMBED_DIM:
-                raise LocalProtocolError("shape", f"prototypes payload must have shape (classes <= {MAX_CLASSES}, "
-                                                  f"embed_dim <= {MAX_EMBED_DIM}); got {shape}")
+                raise LocalProtocolError("shape", f"{self.kind} payload must have shape (classes <= {MAX_CLASSES}, "
+                                                  f"{width} <= {MAX_EMBED_DIM}); got {shape}")
         else:
             if len(shape) != 1 or shape[0] < 1:
                 raise LocalProtocolError("shape", f"params payload must have shape (n,) with n >= 1; got {shape}")
@@ -551,10 +558,10 @@ def _check_expected(k: Knowledge, expect: Expectations | None) -> None:
         if expect.ref_size is not None and (k.ref_start >= expect.ref_size or k.ref_count > expect.ref_size):
             raise RemoteProtocolError("shape", f"reference slice (start {k.ref_start}, {k.ref_count} rows) does not "
                                                f"fit our reference set of {expect.ref_size} rows")
-    elif k.kind == "prototypes":
-        if expect.num_classes is not None and shape[0] != expect.num_classes:
-            raise RemoteProtocolError("shape", f"prototypes payload has {shape[0]} classes; expected "
-                                               f"{expect.num_classes} (shape {shape})")
+    elif k.kind in PER_CLASS_KINDS and expect.num_classes is not None:
+        want = (expect.num_classes, expect.num_classes if k.kind == "class-logits" else shape[1])
+        if shape != want:
+            raise RemoteProtocolError("shape", f"{k.kind} payload has shape {shape}; expected {want}")
     elif expect.param_count is not None and shape != (expect.param_count,):
         raise RemoteProtocolError("shape", f"params payload has shape {shape}; expected ({expect.param_count},)")
     if k.label_counts and expect.num_classes is not None and len(k.label_counts) != expect.num_classes:
