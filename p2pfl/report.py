@@ -119,14 +119,17 @@ def fig_nodes(runs: list[Run]) -> plt.Figure:
         ax.set_ylabel(f"final {title} accuracy")
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, 1)
-    if len(runs) == 2:  # the difference per node, written over the first run's bars
-        for n_i, n in enumerate(nodes):
-            d = finals[1].get(n, {}).get("global_acc", np.nan) - finals[0][n].get("global_acc", np.nan)
-            if not np.isnan(d):
-                axes[1].annotate(f"{d:+.2f}", (n_i, 0.02), ha="center", fontsize=7, rotation=90)
-    axes[0].set_title("final accuracy per node" + (" (global: second run minus first, per node)"
-                                                   if len(runs) == 2 else ""))
-    axes[1].set_xticks(x, [f"{n}\n{finals[0][n].get('arch', '')}" for n in nodes], fontsize=7)
+    if len(runs) == 2:  # the difference per node, first run minus second (against local: what sharing gave)
+        for ax, key in zip(axes, ("personal_acc", "global_acc")):
+            for n_i, n in enumerate(nodes):
+                d = finals[0][n].get(key, np.nan) - finals[1].get(n, {}).get(key, np.nan)
+                if not np.isnan(d):
+                    ax.annotate(f"{d:+.2f}", (n_i, 0.02), ha="center", fontsize=7, rotation=90,
+                                color="#b00000" if d < 0 else "black")
+    axes[0].set_title("final accuracy per node" + (f" (written on the bars: {runs[0].name} minus {runs[1].name}, "
+                                                   f"below 0 in red)" if len(runs) == 2 else ""))
+    axes[1].set_xticks(x, [f"{n} {finals[0][n].get('arch', '')}" for n in nodes], fontsize=7, rotation=45,
+                       ha="right")
     axes[1].set_xlabel("node (architecture)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
