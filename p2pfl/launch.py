@@ -156,6 +156,37 @@ class Launch:
         return {name: proc.returncode for name, proc in self.procs.items()}
 
 
+@dataclass
+class CableCut:
+    """A drill on an emulated LAN (`lan.EmulatedLan`): node `node`'s cable out once the launch's front
+    reaches `at_round`, back after `for_s` seconds of wall time, and how long after that the node first
+    logs a round with bytes received (`heard_after_s`). Call `tick` from `Launch.wait`'s on_tick."""
+
+    net: object  # cut(i) and restore(i): lan.EmulatedLan
+    plans: list[NodeLaunch]
+    node: int
+    for_s: float
+    at_round: int = 3
+    cut_at: float | None = None
+    back_at: float | None = None
+    back_round: int = 0  # the node's round when its cable came back
+    heard_after_s: float | None = None
+
+    def tick(self, launch: Launch) -> None:
+        now = time.monotonic()
+        if self.cut_at is None:
+            if max(latest_round(p) for p in self.plans) >= self.at_round:
+                self.net.cut(self.node)
+                self.cut_at = now
+        elif self.back_at is None:
+            if now - self.cut_at >= self.for_s:
+                self.net.restore(self.node)
+                self.back_at, self.back_round = now, latest_round(self.plans[self.node])
+        elif self.heard_after_s is None and any(r["round"] > self.back_round and r["bytes_in"] > 0
+                                                for r in node_records(self.plans[self.node])):
+            self.heard_after_s = now - self.back_at
+
+
 def choose_run_dir(root: Path, name: str, *, resume: bool = False) -> tuple[Path, int | None]:
     """Where a launch keeps its nodes' state: (folder, None) for a fresh run, root/name or else the
     first free root/name-2, -3, ... (as `p2pfl sim` does, so a rerun trains anew and overwrites

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import lan  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
-from p2pfl.launch import Launch, latest_round, node_records, plan_nodes  # noqa: E402
+from p2pfl.launch import CableCut, Launch, plan_nodes  # noqa: E402
 from p2pfl.topology import Topology  # noqa: E402
 
 # small models and data, rounds of about half a second with three processes on two cores
@@ -44,28 +44,17 @@ def one_cut(cut_s: float, give_up_s: float) -> dict:
             lan.EmulatedLan(3, netem=lan.Netem(rate="10mbit"), partial=True) as net:
         topo = Topology("ring", nx.cycle_graph(3), names, {n: f"{net.address(i)}:4001" for i, n in enumerate(names)})
         plans = plan_nodes(topo, Path(tmp), rounds=100_000, overrides=SETS, prefix=net.prefix)
-        st: dict = {}
+        drill = CableCut(net, plans, node=1, for_s=cut_s)
 
         def tick(launch: Launch) -> None:
-            now = time.monotonic()
-            if "cut" not in st and max(latest_round(p) for p in plans) >= 3:
-                net.cut(1)
-                st["cut"] = now
-            elif "cut" in st and "back" not in st and now - st["cut"] >= cut_s:
-                net.restore(1)
-                st["back"], st["round"] = now, latest_round(plans[1])
-            elif "back" in st and "heard_after_s" not in st:
-                if any(r["round"] > st["round"] and r["bytes_in"] > 0 for r in node_records(plans[1])):
-                    st["heard_after_s"] = now - st["back"]
-                    launch.stop_all()
-                elif now - st["back"] > give_up_s:
-                    st["heard_after_s"] = None
-                    launch.stop_all()
+            drill.tick(launch)
+            if drill.heard_after_s is not None or (drill.back_at and time.monotonic() - drill.back_at > give_up_s):
+                launch.stop_all()
 
         with Launch(plans) as launch:
             launch.wait(on_tick=tick, tick=0.1, timeout=cut_s + give_up_s + 300)
-        return {"cut_s": cut_s, "heard_after_s": st.get("heard_after_s"),
-                "rounds_alone": st.get("round", 0) - 3 if "round" in st else None}
+        return {"cut_s": cut_s, "heard_after_s": drill.heard_after_s,
+                "rounds_alone": drill.back_round - drill.at_round if drill.back_at else None}
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pfl import lan
-from p2pfl.launch import Launch, latest_round, node_records, plan_nodes
+from p2pfl.launch import CableCut, Launch, node_records, plan_nodes
 from p2pfl.topology import Topology
 from p2pfl.transport.mdns import ring_neighbours
 from tests.test_libp2p import TINY_SETS
@@ -72,28 +72,15 @@ def test_real_nodes_in_namespaces_finish_and_a_cut_node_comes_back_without_a_res
     with lan.EmulatedLan(3, netem=lan.Netem(rate="10mbit"), partial=True) as net:
         # rounds of ~0.5 s (200 steps), so that many run after the restore; nobody waits 5 s for the cut node
         plans = _plans(net, tmp_path, 3, rounds=60, sets=("train.local_steps=200", "gossip.wait_timeout=2.0"))
-        cut = {}
-
-        def tick(launch):
-            now = time.monotonic()
-            if "at" not in cut and max(latest_round(p) for p in plans) >= 3:
-                net.cut(1)
-                cut["at"] = now
-            elif "at" in cut and "back" not in cut and now - cut["at"] >= CUT_S:
-                net.restore(1)
-                cut["back"], cut["round"] = now, latest_round(plans[1])
-            elif "back" in cut and "heard" not in cut and any(
-                    r["round"] > cut["round"] and r["bytes_in"] > 0 for r in node_records(plans[1])):
-                cut["heard"] = now - cut["back"]
-
+        drill = CableCut(net, plans, node=1, for_s=CUT_S)
         with Launch(plans) as launch:
-            launch.wait(on_tick=tick, tick=0.2, timeout=240)
+            launch.wait(on_tick=drill.tick, tick=0.2, timeout=240)
         assert launch.exit_codes() == {"n0": 0, "n1": 0, "n2": 0}
         ours = node_records(plans[1])
         assert ours[-1]["round"] == 60  # one process all along: it never restarted ...
-        assert any(r["waited"] >= 2.0 for r in ours if r["round"] <= cut["round"])  # ... waited in vain while cut ...
+        assert any(r["waited"] >= 2.0 for r in ours if r["round"] <= drill.back_round)  # ... waited in vain, cut ...
         # ... and heard its neighbours again within the redial backoff's cap (10 s, with jitter) of the restore
-        assert "heard" in cut and cut["heard"] < 20, cut
+        assert drill.heard_after_s is not None and drill.heard_after_s < 20, drill
     assert not any(net.tag in ns for ns in _namespaces())
 
 
