@@ -159,15 +159,18 @@ class Launch:
 @dataclass
 class CableCut:
     """A drill on an emulated LAN (`lan.EmulatedLan`): node `node`'s cable out once the launch's front
-    reaches `at_round`, back after `for_s` seconds of wall time, and how long after that the node first
-    logs a round with bytes received (`heard_after_s`). Call `tick` from `Launch.wait`'s on_tick."""
+    reaches `at_round`, back after `for_s` seconds of wall time and `min_rounds` of the node's rounds
+    (on a busy machine a round may outlast the seconds), and how long after that the node first logs a
+    round with bytes received (`heard_after_s`). Call `tick` from `Launch.wait`'s on_tick."""
 
     net: object  # cut(i) and restore(i): lan.EmulatedLan
     plans: list[NodeLaunch]
     node: int
     for_s: float
     at_round: int = 3
+    min_rounds: int = 0
     cut_at: float | None = None
+    cut_round: int = 0  # the node's round when its cable went
     back_at: float | None = None
     back_round: int = 0  # the node's round when its cable came back
     heard_after_s: float | None = None
@@ -177,9 +180,10 @@ class CableCut:
         if self.cut_at is None:
             if max(latest_round(p) for p in self.plans) >= self.at_round:
                 self.net.cut(self.node)
-                self.cut_at = now
+                self.cut_at, self.cut_round = now, latest_round(self.plans[self.node])
         elif self.back_at is None:
-            if now - self.cut_at >= self.for_s:
+            alone = latest_round(self.plans[self.node]) - self.cut_round
+            if now - self.cut_at >= self.for_s and alone >= self.min_rounds:
                 self.net.restore(self.node)
                 self.back_at, self.back_round = now, latest_round(self.plans[self.node])
         elif self.heard_after_s is None and any(r["round"] > self.back_round and r["bytes_in"] > 0
