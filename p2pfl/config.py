@@ -143,8 +143,9 @@ class TrainConfig:
     augment_reference: int = 4
     # prototypes mode: the weight of the pull of each labelled embedding toward its class's pooled
     # prototype (FedProto's lambda, MSE), and of teaching the classifier every pooled prototype's class
+    # (off: on quickstart it moved global accuracy by 0.001 and put 2 nodes below local; BENCHMARKS.md)
     proto_weight: float = 1.0
-    proto_head_weight: float = 1.0
+    proto_head_weight: float = 0.0
 
     def __post_init__(self):
         _positive(self, "train.", "lr", "temperature")

@@ -81,7 +81,7 @@ class Learner:
         kd_weight: this call's weight of the KD term (None: config.kd_weight).
         anchors, anchored: (C, d) class prototypes and the (C,) mask of classes that have one (prototypes
         mode): each labelled embedding is pulled toward its class's prototype (MSE, config.proto_weight)
-        and the classifier learns to name every prototype's class (config.proto_head_weight)."""
+        and the classifier learns to name every prototype's class (config.proto_head_weight, 0: off)."""
         c = self.config
         kd_weight = c.kd_weight if kd_weight is None else kd_weight
         self.model.train()

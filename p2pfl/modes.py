@@ -236,9 +236,10 @@ class LogitsMode(Mode):
 class PrototypeMode(Mode):
     """FedProto without a server: a node shares the mean embed() of its training rows per class (C x d
     floats) with its label counts; before training, per class, the mean of its own and its neighbours'
-    means weighted by mixing weight x count is the prototype its labelled embeddings are pulled toward,
-    and its classifier learns to name every pooled prototype's class, also of classes it has no label
-    of. Needs one embed_dim on every node (a frame of another shape is refused); no reference set."""
+    means weighted by mixing weight x count is the prototype its labelled embeddings are pulled toward
+    (and, with train.proto_head_weight > 0, its classifier learns to name every pooled prototype's
+    class, also of classes it has no label of). Needs one embed_dim on every node (a frame of another
+    shape is refused); no reference set."""
 
     name, kinds = "prototypes", ("prototypes",)
     logits = False  # what is averaged per class: embeddings (here) or logits (FDMode)

@@ -125,7 +125,8 @@ def test_fedavg_with_one_architecture_runs(cache, tmp_path):
 
 
 def test_prototypes_mode_shares_class_means_and_refuses_a_huge_one(cache, tmp_path):
-    result = simulate(tmp_path, mode="prototypes", rounds=3, attack=[{"kind": "huge", "nodes": [1]}])
+    result = simulate(tmp_path, mode="prototypes", rounds=3, attack=[{"kind": "huge", "nodes": [1]}],
+                      **{"train.proto_head_weight": 1.0})  # the classifier taught the pooled classes too
     s = result.summary
     assert all(r["contributors"] > 0 for r in result.records if r["round"] >= 2)
     # 10 classes x 16 dims in fp16 per frame: a few hundred bytes, not a model
