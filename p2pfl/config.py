@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pfl import codecs
-from p2pfl.mode_facts import MODE_FACTS, MODES  # the one table: a mode the wire does not know cannot be configured
+from p2pfl.mode_facts import MODE_FACTS, MODES, PER_CLASS_KINDS  # the one table: a mode the wire does not know cannot be configured
 
 
 class ConfigError(ValueError):
@@ -537,7 +537,7 @@ class Scenario:
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
-        _check(not (self.privacy.on and self.mode in ("prototypes", "fd")),
+        _check(not (self.privacy.on and set(kinds) & set(PER_CLASS_KINDS)),
                f"privacy.epsilon with mode = {self.mode!r}: class means of private rows are not released under "
                f"differential privacy yet; use mode = 'logits' (or 'local') with privacy")
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KNOWLEDGE_KINDS = ("logits", "params", "prototypes", "class-logits")
+# kinds that say something about each class, one row per class, and what their rows' width is: class means
+# of a node's own private rows (shared without differential privacy, whatever the learner does)
+PER_CLASS_KINDS = {"prototypes": "embed_dim", "class-logits": "classes"}
 # hello fields that must be equal on both sides in every mode
 ALWAYS_MATCH = ("version", "mode", "num_classes", "ref_digest")
 

@@ -341,6 +341,8 @@ def test_prototypes_are_classes_by_embedding_without_a_slice():
 def test_class_logits_are_classes_by_classes():
     k = prototypes(d=C, kind="class-logits")
     assert wire.decode(wire.encode(k), expect=Expectations(num_classes=C)) == k
+    assert wire.decode(wire.encode(k), expect=Expectations(param_count=50)) == k  # not judged as params
+    rejects(tamper_payload(k, sh=[C, 2000]), "shape")  # rows of classes: at most MAX_CLASSES wide
     with pytest.raises(RemoteProtocolError, match=r"class-logits payload has shape \(10, 8\)"):
         wire.decode(wire.encode(prototypes(d=8, kind="class-logits")), expect=Expectations(num_classes=C))
 

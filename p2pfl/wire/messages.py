@@ -79,7 +79,7 @@ import numpy as np
 
 from p2pfl import codecs
 from p2pfl.codecs import CodecError, Encoded, NonFiniteError
-from p2pfl.mode_facts import KNOWLEDGE_KINDS
+from p2pfl.mode_facts import KNOWLEDGE_KINDS, PER_CLASS_KINDS
 from p2pfl.wire.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire.limits import (
     MAX_CLASSES, MAX_CODECS, MAX_COUNT, MAX_EMBED_DIM, MAX_FRAME_BYTES, MAX_ID_LEN, MAX_INT, MAX_LIST_LEN,
@@ -87,8 +87,8 @@ from p2pfl.wire.limits import (
     MAX_STR_LEN,
 )
 
-# knowledge about each class, one row per class: its width (what the payload's second axis is)
-PER_CLASS_KINDS = {"prototypes": "embed_dim", "class-logits": "classes"}
+# the most a per-class payload's rows may hold, by what they are (mode_facts.PER_CLASS_KINDS)
+MAX_WIDTH = {"embed_dim": MAX_EMBED_DIM, "classes": MAX_CLASSES}
 
 # 2: knowledge gained "b" (base, delta coding), "w" (mass, push-sum), "rm" (row selection); 3: "kp" (keeps)
 PROTOCOL_VERSION = 3
@@ -293,9 +293,9 @@ class Knowledge:
                                               f"ref_start={self.ref_start}, ref_count={self.ref_count}")
         elif self.kind in PER_CLASS_KINDS:
             width = PER_CLASS_KINDS[self.kind]
-            if len(shape) != 2 or not 1 <= shape[0] <= MAX_CLASSES or not 1 <= shape[1] <= MAX_EMBED_DIM:
+            if len(shape) != 2 or not 1 <= shape[0] <= MAX_CLASSES or not 1 <= shape[1] <= MAX_WIDTH[width]:
                 raise LocalProtocolError("shape", f"{self.kind} payload must have shape (classes <= {MAX_CLASSES}, "
-                                                  f"{width} <= {MAX_EMBED_DIM}); got {shape}")
+                                                  f"{width} <= {MAX_WIDTH[width]}); got {shape}")
         else:
             if len(shape) != 1 or shape[0] < 1:
                 raise LocalProtocolError("shape", f"params payload must have shape (n,) with n >= 1; got {shape}")
@@ -558,9 +558,10 @@ def _check_expected(k: Knowledge, expect: Expectations | None) -> None:
         if expect.ref_size is not None and (k.ref_start >= expect.ref_size or k.ref_count > expect.ref_size):
             raise RemoteProtocolError("shape", f"reference slice (start {k.ref_start}, {k.ref_count} rows) does not "
                                                f"fit our reference set of {expect.ref_size} rows")
-    elif k.kind in PER_CLASS_KINDS and expect.num_classes is not None:
-        want = (expect.num_classes, expect.num_classes if k.kind == "class-logits" else shape[1])
-        if shape != want:
+    elif k.kind in PER_CLASS_KINDS:
+        wide = PER_CLASS_KINDS[k.kind] == "classes"
+        want = (expect.num_classes, expect.num_classes if wide else shape[1])
+        if expect.num_classes is not None and shape != want:
             raise RemoteProtocolError("shape", f"{k.kind} payload has shape {shape}; expected {want}")
     elif expect.param_count is not None and shape != (expect.param_count,):
         raise RemoteProtocolError("shape", f"params payload has shape {shape}; expected ({expect.param_count},)")
