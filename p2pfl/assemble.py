@@ -91,11 +91,9 @@ def data_and_reference(s: Scenario) -> tuple[Dataset, Reference | None]:
     r = s.reference
     spec = ReferenceSpec(source=source, seed=r.seed, size=r.size, slice_size=r.slice_size)
     data, ref = held_out(full, spec) if source == "held-out" else (full, None)
-    if source == "noise":
-        ref = shaped_noise(full, spec)
     if not MODE_FACTS[s.mode].needs_reference:
         return data, None
-    ref = ref or build_reference(spec)
+    ref = ref or (shaped_noise(full, spec) if source == "noise" else build_reference(spec))
     if ref.x.shape[1:] != data.input_shape:
         raise ConfigError(f"reference.source = {r.source!r} gives rows of shape {ref.x.shape[1:]}, but data.source "
                           f"= {s.data.source!r} has inputs of shape {data.input_shape}; use reference.source = "

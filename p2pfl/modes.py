@@ -244,13 +244,18 @@ class PrototypeMode(Mode):
     name, kinds = "prototypes", ("prototypes",)
     logits = False  # what is averaged per class: embeddings (here) or logits (FDMode)
 
+    def __init__(self) -> None:
+        self._own: np.ndarray | None = None  # what share() computed; the model is unchanged until training
+
     def share(self, ctx, round_idx):
-        return [Outgoing(self.kinds[0], ctx.learner.class_means(logits=self.logits))]
+        self._own = ctx.learner.class_means(logits=self.logits)
+        return [Outgoing(self.kinds[0], self._own)]
 
     def absorb(self, ctx, inbox, round_idx):
         """Per class, our own and the neighbours' means pooled by weight x label count; nothing to
         learn from (trained as `local` is) until a neighbour's frame is usable."""
-        own = ctx.learner.class_means(logits=self.logits)
+        own = self._own if self._own is not None else ctx.learner.class_means(logits=self.logits)
+        self._own = None  # training is about to change the model
         inbox = [r for r in inbox if r.kind == self.kinds[0]]
         fits = [r for r in inbox if r.array.shape == own.shape]
         refused = [(r.sender, "shape", f"{r.kind} of shape {r.array.shape}; ours are {own.shape} (one "
