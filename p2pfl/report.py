@@ -237,10 +237,13 @@ def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
     if s.get("partial"):
         rows.append(("partial", f"interrupted at round {s.get('rounds_reached')}"))
     if alone is not None and alone is not run:
-        nt = negative_transfer(run.finals(), alone.finals())
-        rows.append((f"negative transfer (vs {alone.name})",
-                     f"{nt['rate']:.0%} of {nt['nodes']} nodes below their own accuracy alone; worst node "
-                     f"{nt['worst_loss']:.3f} below" + (f" ({', '.join(nt['below'])})" if nt["below"] else "")))
+        try:
+            nt = negative_transfer(run.finals(), alone.finals())
+            rows.append((f"negative transfer (vs {alone.name})",
+                         f"{nt['rate']:.0%} of {nt['nodes']} nodes below their own accuracy alone; worst node "
+                         f"{nt['worst_loss']:.3f} below" + (f" ({', '.join(nt['below'])})" if nt["below"] else "")))
+        except ValueError as e:  # runs of other nodes: the page is still worth having
+            rows.append((f"negative transfer (vs {alone.name})", f"not computed: {e}"))
     return rows
 
 

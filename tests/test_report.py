@@ -50,6 +50,14 @@ def test_against_a_local_run_the_page_says_who_is_worse_off_than_alone(two_runs,
     assert cli.main(["report", str(clean), str(alone), "--compare", "--out", str(tmp_path / "cmp")]) == 0
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert "negative transfer (vs alone)" in page and "nodes below their own accuracy alone" in page
+    # a local run of other nodes: the page is still written, and says why the rate is missing
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("".join(line.replace('"node": "n', '"node": "m') + "\n" for line in
+                                                 (alone / "metrics.jsonl").read_text().splitlines()))
+    (other / "summary.json").write_text((alone / "summary.json").read_text())
+    assert cli.main(["report", str(clean), str(other), "--compare", "--out", str(tmp_path / "cmp2")]) == 0
+    assert "not computed: the two runs share no node id" in (tmp_path / "cmp2" / "index.html").read_text()
 
 
 def test_negative_transfer_counts_nodes_below_their_own_accuracy_alone():

@@ -273,7 +273,7 @@ class Libp2pTransport:
     async def reconnect(self, peer: str, silent_since: float) -> bool:
         """Close our connection to this peer and let the next send dial at once, backoff or not: a
         pulled cable leaves both ends holding a connection that looks alive, whose TCP retransmissions
-        back off to tens of seconds (a 45 s cut on the emulated LAN took 14 s to be heard again).
+        back off (once, on the emulated LAN, 14 s to be heard again after a 45 s cut; BENCHMARKS.md).
         Not while a frame of its is still coming in (a large one on a slow link)."""
         if self._last_bytes.get(peer, -math.inf) > silent_since:
             return False
