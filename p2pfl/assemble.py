@@ -110,9 +110,23 @@ def reference_source(s: Scenario) -> str:
 
 def _load(s: Scenario) -> Dataset:
     d = s.data
-    if d.source in GENERATED_SOURCES:
-        return load_source(d.source, num_samples=d.samples, seed=d.data_seed)
-    return load_source(d.source)
+    data = load_source(d.source, num_samples=d.samples, seed=d.data_seed) if d.source in GENERATED_SOURCES \
+        else load_source(d.source)
+    return fewer_tests(data, d.test_size, d.data_seed) if d.test_size else data
+
+
+def fewer_tests(data: Dataset, size: int, seed: int) -> Dataset:
+    """The dataset with `size` of its test rows, stratified (each class keeps its share, rounded), the same
+    rows for a seed; all of them if it has no more."""
+    if size >= len(data.y_test):
+        return data
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(data.y_test, return_counts=True)
+    quota = np.floor(counts * size / counts.sum()).astype(int)
+    quota[np.argsort(-(counts * size / counts.sum() - quota))[:size - quota.sum()]] += 1  # largest remainders
+    rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(data.y_test == c))[:q]
+                                   for c, q in zip(classes, quota)]))
+    return dataclasses.replace(data, x_test=data.x_test[rows], y_test=data.y_test[rows])
 
 
 def topology(s: Scenario) -> Topology:

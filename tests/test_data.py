@@ -485,3 +485,31 @@ def test_reference_labels_are_those_of_the_generated_rows():
 def test_reference_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ReferenceSpec(**kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 70), st.integers(0, 3))
+def test_fewer_tests_keeps_each_class_share_and_is_the_same_for_a_seed(labels, size, seed):
+    from p2pfl.assemble import fewer_tests
+
+    y = np.array(labels, dtype=np.int64)
+    d = data.Dataset(np.zeros((3, 2), np.float32), np.zeros(3, np.int64), np.arange(len(y), dtype=np.float32)[:, None]
+                     .repeat(2, 1), y, num_classes=5, name="t")
+    small = fewer_tests(d, size, seed)
+    assert len(small.y_test) == min(size, len(y))
+    assert np.array_equal(small.y_test, y[small.x_test[:, 0].astype(int)])  # rows kept whole
+    counts, kept = np.bincount(y, minlength=5), np.bincount(small.y_test, minlength=5)
+    assert np.all(np.abs(kept - counts * len(small.y_test) / len(y)) < 1)  # each class its share, rounded
+    assert np.array_equal(fewer_tests(d, size, seed).x_test, small.x_test)
+
+
+def test_test_size_caps_the_global_test_set_and_names_the_key():
+    from p2pfl.assemble import data_and_reference
+    from p2pfl.config import load_scenario
+
+    s = load_scenario("sim/quickstart.toml", {"data.samples": 1000, "data.test_size": 50})
+    full = load_scenario("sim/quickstart.toml", {"data.samples": 1000})
+    assert len(data_and_reference(s)[0].y_test) == 50
+    assert len(data_and_reference(full)[0].x_train) == len(data_and_reference(s)[0].x_train)
+    with pytest.raises(ConfigError, match="data.test_size"):
+        load_scenario("sim/quickstart.toml", {"data.test_size": -1})
