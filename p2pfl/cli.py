@@ -280,6 +280,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+DECILES_FROM = 32  # nodes: from here the summary prints the deciles too
+
+
 def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
     table = Table(title=f"{s['name']}: mode {s['mode']}, {s['nodes']} nodes, {s['rounds']} rounds, seed {s['seed']}")
     table.add_column("group")
@@ -293,6 +296,10 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
         cells = [" / ".join(f"{v[w][k]:.3f}" for k in ("mean", "worst", "worst_decile")) for w in ("personal", "global")]
         table.add_row(name, str(v["nodes"]), *cells)
     console.print(table)
+    if s["nodes"] >= DECILES_FROM:
+        for what in ("personal", "global"):
+            console.print(f"{what} deciles (10% .. 90% of nodes): "
+                          + " ".join(f"{q:.3f}" for q in s[what]["deciles"]), highlight=False)
     weights = s.get("fedavg_fp32_bytes_per_node_per_round")  # simulations know every model's size
     simulated = s.get("simulated_time_s")
     console.print(

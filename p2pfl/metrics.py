@@ -42,10 +42,12 @@ def _jsonable(v: Any) -> Any:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    """mean, worst node and worst decile (mean of the lowest 10%, at least one node)."""
+    """mean, worst node, worst decile (mean of the lowest 10%, at least one node) and the deciles (the
+    10%, 20%, ..., 90% quantiles: at a thousand nodes, the distribution rather than a line per node)."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     k = max(1, math.ceil(0.1 * len(v)))
-    return {"mean": float(v.mean()), "worst": float(v[0]), "worst_decile": float(v[:k].mean())}
+    return {"mean": float(v.mean()), "worst": float(v[0]), "worst_decile": float(v[:k].mean()),
+            "deciles": [float(q) for q in np.quantile(v, np.arange(1, 10) / 10)]}
 
 
 def finals(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

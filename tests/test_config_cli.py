@@ -359,3 +359,26 @@ def test_a_topology_file_brings_its_node_count(tmp_path):
     summary = json.loads((next(tmp_path.iterdir()) / "summary.json").read_text())
     assert summary["nodes"] == 8 and summary["topology"]["nodes"] == 8
     assert "ring-8" in summary["name"] and "nodes8" not in summary["name"]
+
+
+def test_a_large_run_s_summary_shows_the_deciles_not_a_line_per_node():
+    from rich.console import Console
+
+    from p2pfl.metrics import summarize
+
+    def summary(n: int) -> dict:
+        records = [{"node": f"n{i:02d}", "round": 1, "arch": "mlp", "bytes_out": 0, "global_acc": i / n,
+                    "personal_acc": 1 - i / n} for i in range(n)]
+        return summarize(records, rounds=1, wire_bytes=0) | {"name": "big", "mode": "logits", "seed": 0,
+                                                             "wall_time_s": 1.0}
+
+    big = summary(40)
+    assert big["global"]["deciles"] == pytest.approx([0.975 * k / 10 for k in range(1, 10)])  # of 0, 1/40 .. 39/40
+    console = Console(record=True, width=200)
+    cli.print_summary(console, big, None)
+    text = console.export_text()
+    assert "global deciles (10% .. 90% of nodes): 0.098 0.195" in text
+    assert "n07" not in text  # no line per node
+    console = Console(record=True, width=200)
+    cli.print_summary(console, summary(8), None)
+    assert "deciles" not in console.export_text()  # a small run's table says it all

@@ -44,3 +44,11 @@ def test_the_torch_line_asks_for_the_cpu_build_and_bounds_the_unreachable_index(
     assert torch_line[torch_line.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
     assert int(torch_line[torch_line.index("--retries") + 1]) <= 1
     assert float(torch_line[torch_line.index("--timeout") + 1]) <= 10
+
+
+def test_the_readme_results_are_what_the_benchmarks_json_gives():
+    import runpy
+
+    page = runpy.run_path(str(REPO / "scripts" / "results_page.py"))
+    text = (REPO / "README.md").read_text()
+    assert page["replaced"](text) == text, "README.md's Results section is stale: run python scripts/results_page.py"
