@@ -122,8 +122,9 @@ def fewer_tests(data: Dataset, size: int, seed: int) -> Dataset:
         return data
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(data.y_test, return_counts=True)
-    quota = np.floor(counts * size / counts.sum()).astype(int)
-    quota[np.argsort(-(counts * size / counts.sum() - quota))[:size - quota.sum()]] += 1  # largest remainders
+    share = counts * size / counts.sum()
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(-(share - quota))[:size - quota.sum()]] += 1  # largest remainders
     rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(data.y_test == c))[:q]
                                    for c, q in zip(classes, quota)]))
     return dataclasses.replace(data, x_test=data.x_test[rows], y_test=data.y_test[rows])

@@ -5,7 +5,7 @@ training step's time goes.
     python scripts/bench_scale.py --nodes 1024 4096 --modes logits --rounds 1 --steps 5 --no-steps
     python scripts/bench_scale.py --nodes 16 --rounds 50 --steps 0    # the quickstart itself, default steps
 
-Each point is one `p2pfl sim` process (peak RSS from the kernel's accounting of that process): the
+Each point is one `p2pfl sim` process (peak RSS: that process's own high-water mark, VmHWM): the
 quickstart's mixed MLP / CNN1D / GRU nodes on a small world (k = 4), `dirichlet-node:0.5`, ~250 training
 samples per node (data.samples grows with the nodes), the global test set capped at 2,000 rows
 (data.test_size: evaluating a growing test set every round is quadratic overall). fedavg points are all
@@ -17,7 +17,8 @@ Adam as the learner builds it and with fused Adam, counts its floating-point ope
 FlopCounterMode: matrix products and convolutions, forward and backward), and gives the share of its
 time inside torch's operators (the profiler's self time of aten ops) against the rest (Python, autograd
 bookkeeping), and the bytes a node of it holds in tensors (parameters, gradients, Adam's state, its
-training rows; the quickstart's ~500 rows per node). The machine's fp32 GEMM peak (1024^3, 1 and 2 threads) is measured in the same run.
+training rows; the quickstart's ~500 rows per node). The machine's fp32 GEMM peak (1024^3, 1 and 2
+threads) is measured in the same run.
 
 Writes scripts/results/bench_scale.json, a PNG beside it, and rows in BENCHMARKS.md.
 """
@@ -76,13 +77,14 @@ def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path) -> dic
     for s in scenario_sets(nodes, mode, rounds, steps):
         cmd += ["--set", s]
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rss), *cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read()
-    if (code := os.waitstatus_to_exitcode(status)) != 0:
-        raise SystemExit(f"bench_scale: p2pfl {shlex.join(cmd)} failed ({code}):\n{err[-2000:]}")
+    with (runs / f"{mode}-{nodes}.err").open("w+") as err:  # a file, not a pipe: a full pipe would block the
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rss), *cmd],  # child while we wait for it
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if (code := os.waitstatus_to_exitcode(status)) != 0:
+            err.seek(0)
+            raise SystemExit(f"bench_scale: p2pfl {shlex.join(cmd)} failed ({code}):\n{err.read()[-2000:]}")
     summary = json.loads(out.read_text())
     metrics = runs / name / "metrics.jsonl"
     records = sum(1 for _ in metrics.open())
@@ -228,13 +230,14 @@ def table(result: dict, source: str) -> None:
              "peak RSS (GiB) | KB per node per round | metrics bytes per record | JSON |\n"
              "|---|---|---|---|---|---|---|---|---|---|---|", rows)
     gemm = result["gemm_gflops"]
-    rows = [f"| {date} | {s['arch']} | {s['params']} | {s['state_bytes'] / 1024:.0f} KiB | {s['ms_per_step']:.2f} | {s['ms_per_step_fused_adam']:.2f} | "
-            f"{s['gflop_per_step'] * 1e3:.0f} | {s['effective_gflops']:.1f} | {gemm['1_thread']:.0f} / "
-            f"{gemm['2_threads']:.0f} | {s['share_in_aten_ops']:.0%} | {source} |" for s in result["steps"]]
+    rows = [f"| {date} | {s['arch']} | {s['params']} | {s['state_bytes'] / 1024:.0f} KiB | {s['ms_per_step']:.2f} | "
+            f"{s['ms_per_step_fused_adam']:.2f} | {s['gflop_per_step'] * 1e3:.0f} | {s['effective_gflops']:.1f} | "
+            f"{gemm['1_thread']:.0f} / {gemm['2_threads']:.0f} | {s['share_in_aten_ops']:.0%} | {source} |"
+            for s in result["steps"]]
     add_rows(md, "<!-- bench_scale steps -->",
              "Where one training step's time goes (100 labelled + 200 reference rows, one thread):\n\n"
-             "| date | arch | params | tensor bytes per node | ms per step | ms, fused Adam | MFLOP per step | effective GFLOPS | "
-             "GEMM peak GFLOPS (1 / 2 threads) | time in aten ops | JSON |\n"
+             "| date | arch | params | tensor bytes per node | ms per step | ms, fused Adam | MFLOP per step | "
+             "effective GFLOPS | GEMM peak GFLOPS (1 / 2 threads) | time in aten ops | JSON |\n"
              "|---|---|---|---|---|---|---|---|---|---|---|", rows)
 
 
