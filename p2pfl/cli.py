@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", dest="key_seed", metavar="N", help=f"partition, models, network (default {quick.seed})")
     for name, (key, _, text) in SHORTCUTS.items():
         common.add_argument(f"--{name}", dest=f"short_{name}", metavar="X", help=f"{text} [{key}]")
+    common.add_argument("--ray", dest="key_ray", metavar="ADDR",
+                        help="train the learners on a Ray cluster: auto (a running one, else a new local one) | "
+                             "local | HOST:PORT of `ray start --head`; needs pip install 'p2pfl[ray]' [ray]")
     common.add_argument("--name", dest="key_name", metavar="NAME",
                         help="the run's name and folder (default: the scenario's, plus what the overrides change)")
     output = sim.add_argument_group("output")
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     more.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.001")
     more.add_argument("--help-keys", action=_HelpKeys, help="list every key with its default and accepted values")
     for key, _hint in flat_keys():  # --SECTION.KEY for every key, listed by --help-keys rather than here
-        if key not in ("mode", "rounds", "seed", "name", *SHORTCUTS):  # those are in the common group above
+        if key not in ("mode", "rounds", "seed", "name", "ray", *SHORTCUTS):  # those are in the common group above
             sim.add_argument(f"--{key}", dest=f"key_{key}", metavar="V", help=argparse.SUPPRESS)
     sim.set_defaults(func=cmd_sim)
 

@@ -513,6 +513,7 @@ class Scenario:
     profiles: tuple[str, ...] = ("mlp", "cnn1d", "gru")  # node/NAME.toml or bare architectures, round-robin
     eval_every: int = 1
     workers: int = 0  # threads computing side by side in a simulation; 0 = one per core
+    ray: str = ""  # "" (this process) | auto | local | HOST:PORT: the learners train on a Ray cluster's actors
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -543,6 +544,9 @@ class Scenario:
                                 f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
                                 f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
+        _check(self.ray in ("", "auto", "local") or ":" in self.ray,
+               f"ray = {self.ray!r}: use 'auto' (a running cluster, else a new local one), 'local' (a new one on "
+               f"this machine) or the head's HOST:PORT (as `ray start --head` prints it); '' trains in this process")
         _check(not (self.privacy.on and set(kinds) & set(PER_CLASS_KINDS)),
                f"privacy.epsilon with mode = {self.mode!r}: class means of private rows are not released under "
                f"differential privacy yet; use mode = 'logits' (or 'local') with privacy")
@@ -700,10 +704,13 @@ _VALUE_ONLY = ("mode", "name", "source", "partition", "profiles")  # keys whose 
 MAX_RUN_NAME = 80
 
 
+_SAME_RESULTS = ("workers", "ray")  # where the compute runs: the records are the same, so is the name
+
+
 def run_name(base: str, overrides: dict[str, Any]) -> str:
     """A run's default name: the scenario's, then what the overrides change, e.g. quickstart-local-seed3
     (mode first, then seed, then the rest by key); longer than MAX_RUN_NAME: cut, with a hash of the rest."""
-    order = sorted(overrides, key=lambda k: (k != "mode", k != "seed", k))
+    order = sorted((k for k in overrides if k not in _SAME_RESULTS), key=lambda k: (k != "mode", k != "seed", k))
     tokens = []
     for key in order:
         value = overrides[key]
@@ -730,7 +737,9 @@ def run_name(base: str, overrides: dict[str, Any]) -> str:
 _ACCEPTS = {
     "mode": " | ".join(MODES),
     "profiles": "node profiles (node/NAME.toml, a path) or architectures, round-robin over the nodes",
-    "workers": "threads computing side by side (0: one per core)",
+    "workers": "threads computing side by side (0: one per core; with ray: twice the cluster's CPUs)",
+    "ray": "'' (train in this process) | auto | local | HOST:PORT of a Ray head: learners on its actors "
+           "(pip install 'p2pfl[ray]')",
     "data.source": "mnist1d | digits | fsdd | mnist5k | synthetic | path/to/data.npz (x, y[, x_test, y_test])",
     "data.partition": "iid | dirichlet:A | dirichlet-node:A | shards:K | quantity:A",
     "data.test_size": "0 (the whole test set) | N: a class-stratified N rows of it, the same for every node",

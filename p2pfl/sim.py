@@ -40,6 +40,7 @@ from p2pfl.metrics import MetricsLog, churn_summary, summarize
 from p2pfl.models import param_count
 from p2pfl.modes import Mode
 from p2pfl.node import EvalData, Node
+from p2pfl.ray_learners import RayCluster, on_learner
 from p2pfl.topology import Topology
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
 
@@ -165,18 +166,28 @@ class Simulation:
         self.on_record = on_record or (lambda record: None)
         self.make_mode = make_mode
 
-    def build(self) -> Built:
+    def build(self, cluster: RayCluster | None = None) -> Built:
+        """cluster: the learners are built on its shards (`ray`), the driver keeps `RemoteLearner`s."""
         s = self.scenario
         data, reference = assemble.data_and_reference(s)
         graph = assemble.topology(s)
         plans = assemble.plans(s, data, graph)
-        return Built(data, graph, reference, plans, [assemble.learner(s, p, data) for p in plans],
-                     attackers(s, graph.graph))
+        learners = (cluster.learners(s, data, plans, shared=(data.x_test, data.y_test)) if cluster
+                    else [assemble.learner(s, p, data) for p in plans])
+        return Built(data, graph, reference, plans, learners, attackers(s, graph.graph))
 
     def run(self) -> SimulationResult:
         s = self.scenario
         wall, rid = time.perf_counter(), run_id()
-        built = self.build()
+        cluster = RayCluster(s.ray) if s.ray else None
+        try:
+            return self._run(s, wall, rid, cluster)
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    def _run(self, s: Scenario, wall: float, rid: str, cluster: RayCluster | None) -> SimulationResult:
+        built = self.build(cluster)
         plans, learners = built.plans, built.learners
         run_dir = None
         records: list[dict] = []
@@ -197,8 +208,9 @@ class Simulation:
         link = LinkModel(latency=net.latency, jitter=net.jitter, loss=net.loss, bandwidth=net.bandwidth)
 
         clock = trio.testing.MockClock(autojump_threshold=0)
-        workers = s.workers or os.cpu_count() or 1
-        pool = FrozenTimePool(clock, workers) if workers > 1 else None
+        # with Ray, threads that wait on shards: twice as many as the shards keep each one busy
+        workers = s.workers or (2 * len(cluster.shards) if cluster else os.cpu_count()) or 1
+        pool = FrozenTimePool(clock, workers) if workers > 1 or cluster else None
         torch.set_num_threads(1)  # parallelism comes from nodes computing side by side, not inside one op
 
         network = MemoryNetwork(link, seed=s.seed)
@@ -237,6 +249,9 @@ class Simulation:
         finally:
             if metrics is not None:
                 metrics.close()
+        if cluster is not None:  # the trained learners, back from the shards for the result
+            taken = cluster.take()
+            learners[:] = [taken[p.index] for p in plans]
         reached = max((r["round"] for r in records), default=0)
         summary = summarize(records, rounds=reached if interrupted else s.rounds,
                             wire_bytes=sum(network.bytes_sent.values()))
@@ -259,7 +274,7 @@ class Simulation:
             "fedavg_fp32_bytes_per_node_per_round": float(np.mean([
                 4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
             "scenario": dataclasses.asdict(s),
-        }
+        } | ({"ray": cluster.describe()} if cluster else {})
         if built.attackers:  # honest nodes' numbers apart: what the attack cost them
             honest = summarize([r for r in records if "attacker" not in r], rounds=summary.get("rounds", s.rounds),
                                wire_bytes=0)
@@ -298,7 +313,7 @@ class NodeHost:
         self._finished.set()
         self._meta = {"node": plan.node_id}
         if checkpoints:  # a crash before its first round loses the warm-up too
-            self.saved = checkpoint.dumps(learner, round=0, meta=self._meta, peers={})
+            self.saved = on_learner(learner, checkpoint.dumps, round=0, meta=self._meta, peers={})
 
     @property
     def up(self) -> bool:
@@ -330,7 +345,7 @@ class NodeHost:
     async def _process(self, late: bool) -> None:
         self.network.set_down(self.name, False)
         self.endpoint.drain()  # what reached the dead process is gone
-        resumed = checkpoint.loads(self.saved, self.learner, meta=self._meta) if self.saved else None
+        resumed = self._resume() if self.saved else None
         before = self.node.round_seconds if self.node is not None else None  # what a round took last time
         node = self._make(self.plan, self.learner, self.compute, self.endpoint, self._record,
                           start_round=resumed.round if resumed else 0, late=late, round_seconds=before)
@@ -346,10 +361,13 @@ class NodeHost:
         if self.state == "up":
             self.state = "done"
 
+    def _resume(self) -> checkpoint.Resumed:
+        return on_learner(self.learner, _load_checkpoint, self.saved, meta=self._meta)
+
     def _record(self, record: dict) -> None:
         if self._checkpoints:
-            self.saved = checkpoint.dumps(self.learner, round=record["round"], meta=self._meta, peers={},
-                                          mode_state=self.node.mode.state())
+            self.saved = on_learner(self.learner, checkpoint.dumps, round=record["round"], meta=self._meta,
+                                    peers={}, mode_state=self.node.mode.state())
         self._on_record(record)
 
 
@@ -438,6 +456,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, result: SimulationResult):
         super().__init__(f"interrupted at round {result.summary.get('rounds_reached', 0)}")
         self.result = result
+
+
+def _load_checkpoint(learner: Learner, saved: bytes, *, meta: dict) -> checkpoint.Resumed:
+    """checkpoint.loads with the learner first, as `on_learner` calls it (on a Ray shard, too)."""
+    return checkpoint.loads(saved, learner, meta=meta)
 
 
 def _last_rounds(records: list[dict], plans: list[NodePlan]) -> list[int]:

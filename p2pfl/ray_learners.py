@@ -1,0 +1,246 @@
+"""Learners on Ray actors: `ray = "auto" | "local" | ADDRESS` trains a simulation's nodes on a Ray cluster.
+
+One trio loop keeps the mock clock, the memory network and every node's loop, mode and gossip, as
+without Ray; only the learners (model, optimizer, private rows, random generator) live on `Shard`
+actors, a share of the nodes each, and every learner method a node's mode calls (train, logits, class
+means, evaluate, the flat parameters) runs there. The frozen-time pool's threads wait on those calls,
+so simulated time, determinism and the records are a single-process run's (tests/test_ray.py compares
+them record by record).
+
+Why this split and not one trio loop per shard with the nodes' messages carried by Ray: a node's round
+is > 80% `Learner.train` (the profile in BENCHMARKS.md), which this spreads, and a remote call costs a
+few ms against a training call's 0.1-0.8 s; loops per shard would need their mock clocks kept in step
+(a conservative synchronisation on the smallest link latency) to stay deterministic, for the < 20% of
+the work that is the loops' own. scripts/bench_scale.py measures the overhead per round.
+
+Arguments cross to the actors as Ray serialises them (pickle, inside the simulation's own cluster);
+nothing of it is the peer-to-peer wire, which stays msgpack. Ray is an optional extra: this module
+imports it only when a simulation asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from ipaddress import ip_address
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2pfl.assemble import NodePlan, learner
+from p2pfl.config import ConfigError, Scenario, TrainConfig
+from p2pfl.data.sources import Dataset
+from p2pfl.learner import Learner
+
+log = logging.getLogger(__name__)
+
+FORWARDED = ("train", "logits", "class_means", "evaluate", "get_flat", "set_flat", "epsilon_spent")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the driver reads of a learner without a call: fixed at build, refreshed after `apply`
+    (a checkpoint's load restores a private node's released label counts)."""
+
+    num_classes: int
+    label_counts: np.ndarray
+    config: TrainConfig
+    adapter_size: int
+    adapter_shape: tuple
+    private: bool
+    params: int
+
+    @staticmethod
+    def of(learner: Learner) -> Facts:
+        return Facts(learner.num_classes, learner.label_counts, learner.config, learner.adapter.size,
+                     tuple(learner.adapter.shape), learner.private is not None,
+                     sum(p.numel() for p in learner.model.parameters()))
+
+
+class Shard:
+    """Some nodes' learners, built where they train (`assemble.learner`, as every process builds them)."""
+
+    def __init__(self, scenario: Scenario, data: Dataset):
+        torch.set_num_threads(1)  # as the simulation's own threads: the same kernels, the same numbers
+        # the data and test set come read-only from the object store; learners only read them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        self.scenario, self.data = scenario, data
+        self.learners: dict[int, Learner] = {}
+
+    def build(self, plans: list[NodePlan]) -> list[Facts]:
+        for p in plans:
+            self.learners[p.index] = learner(self.scenario, p, self.data)
+        return [Facts.of(self.learners[p.index]) for p in plans]
+
+    def call(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.learners[index], method)(*args, **kwargs)
+
+    def apply(self, index: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Facts]:
+        out = fn(self.learners[index], *args, **kwargs)
+        return out, Facts.of(self.learners[index])
+
+    def take(self) -> dict[int, Learner]:
+        """The trained learners, for the driver's result (the actor ends after this)."""
+        return self.learners
+
+
+class AdapterFacts:
+    """What a node reads of its learner's adapter: the size and shape it announces in its hello."""
+
+    def __init__(self, facts: Facts):
+        self.size, self.shape = facts.adapter_size, facts.adapter_shape
+
+
+class RemoteLearner:
+    """A `Learner` that lives on a shard: the same methods, each a call the calling thread waits on."""
+
+    def __init__(self, shard: Any, index: int, facts: Facts, plan: NodePlan, data: Dataset,
+                 shared: dict[int, tuple[np.ndarray, Any]]):
+        self.shard, self.index, self._plan, self._data, self._shared = shard, index, plan, data, shared
+        self._set(facts)
+
+    def _set(self, facts: Facts) -> None:
+        self.facts = facts
+        self.num_classes, self.label_counts, self.config = facts.num_classes, facts.label_counts, facts.config
+        self.adapter = AdapterFacts(facts)
+
+    # the node's own rows, for modes that teach on them (fd): the driver has the data, so no call
+    @cached_property
+    def x(self) -> torch.Tensor:
+        return torch.as_tensor(self._data.x_train[self._plan.train_idx], dtype=torch.float32)
+
+    @cached_property
+    def y(self) -> torch.Tensor:
+        return torch.as_tensor(self._data.y_train[self._plan.train_idx], dtype=torch.long)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        import ray
+
+        # arrays every node passes (the test set) travel once, as object refs (Ray resolves those given as
+        # arguments themselves, not inside a tuple), not with every call
+        args = tuple(self._shared[id(a)][1] if id(a) in self._shared and self._shared[id(a)][0] is a else a
+                     for a in args)
+        return ray.get(self.shard.call.remote(self.index, method, *args, **kwargs))
+
+    def train(self, *args: Any, **kwargs: Any) -> float:
+        return self._call("train", *args, **kwargs)
+
+    def logits(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("logits", *args, **kwargs)
+
+    def class_means(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        return self._call("class_means", *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("evaluate", *args, **kwargs)
+
+    def get_flat(self) -> np.ndarray:
+        return self._call("get_flat")
+
+    def set_flat(self, flat: np.ndarray) -> None:
+        self._call("set_flat", flat)
+
+    def epsilon_spent(self) -> float | None:
+        return self._call("epsilon_spent") if self.facts.private else None
+
+    def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(learner, *args, **kwargs) on the shard (a checkpoint's dumps or loads); its facts refreshed."""
+        import ray
+
+        out, facts = ray.get(self.shard.apply.remote(self.index, fn, *args, **kwargs))
+        self._set(facts)
+        return out
+
+
+def on_learner(learner: Learner | RemoteLearner, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(learner, ...) where the learner lives: in this process, or on its Ray shard."""
+    if isinstance(learner, RemoteLearner):
+        return learner.apply(fn, *args, **kwargs)
+    return fn(learner, *args, **kwargs)
+
+
+def place(plans: Sequence[NodePlan], shards: int) -> list[list[NodePlan]]:
+    """Nodes to shards: round-robin within each architecture, so each shard gets its share of the costly ones."""
+    ordered = sorted(plans, key=lambda p: (p.profile.arch, p.index))
+    return [ordered[k::shards] for k in range(shards)]
+
+
+class RayCluster:
+    """The driver's side: connected to (or started) a cluster, one `Shard` actor per CPU it has."""
+
+    def __init__(self, address: str):
+        try:
+            _loopback_stays_loopback(address)
+            import ray
+        except ImportError:
+            raise ConfigError(f"ray = {address!r} needs Ray: pip install 'p2pfl[ray]' (or -e \".[ray]\" in a "
+                              f"checkout); or leave ray unset to simulate in this process") from None
+        self.address = address
+        # a cluster Ray starts for us would report usage to Ray's makers; not unasked (the variable turns it on)
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+        if address == "local":
+            kwargs |= {"include_dashboard": False}
+        try:
+            ray.init(address=None if address == "auto" else address, **kwargs)
+        except ConnectionError as e:
+            raise ConfigError(f"ray = {address!r}: no Ray cluster there ({e}); start one with `ray start --head` "
+                              f"(workers: `ray start --address HEAD:PORT`), or use ray = 'local'") from None
+        self.cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.shards: list[Any] = []
+        self._placed: list[list[NodePlan]] = []
+
+    def learners(self, scenario: Scenario, data: Dataset, plans: list[NodePlan],
+                 shared: Sequence[np.ndarray] = ()) -> list[RemoteLearner]:
+        """Every plan's learner, built on the shard it is placed on; `shared`: arrays many calls pass."""
+        import ray
+
+        actor = ray.remote(num_cpus=1)(Shard)
+        data_ref = ray.put(data)  # one copy in the object store, read by every shard
+        self._placed = [group for group in place(plans, min(self.cpus, len(plans))) if group]
+        self.shards = [actor.remote(scenario, data_ref) for _ in self._placed]
+        refs = {id(a): (a, ray.put(a)) for a in shared}
+        facts = ray.get([s.build.remote(group) for s, group in zip(self.shards, self._placed)])
+        out: dict[int, RemoteLearner] = {}
+        for shard, group, built in zip(self.shards, self._placed, facts):
+            for plan, f in zip(group, built):
+                out[plan.index] = RemoteLearner(shard, plan.index, f, plan, data, refs)
+        log.info("ray: %d nodes on %d shards (%d CPUs)", len(plans), len(self.shards), self.cpus)
+        return [out[p.index] for p in plans]
+
+    def describe(self) -> dict[str, Any]:
+        return {"address": self.address, "cpus": self.cpus,
+                "nodes_per_shard": [len(group) for group in self._placed]}
+
+    def take(self) -> dict[int, Learner]:
+        """The trained learners, back in this process (each shard's, in one call)."""
+        import ray
+
+        out: dict[int, Learner] = {}
+        for part in ray.get([s.take.remote() for s in self.shards]):
+            out |= part
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        self.shards = []
+        ray.shutdown()  # a cluster we started stops; one we joined keeps running, our actors end
+
+
+def _loopback_stays_loopback(address: str) -> None:
+    """Ray rewrites a loopback address to the host's own (meant for clusters across machines); a cluster
+    started on 127.0.0.1 (`ray start --head --node-ip-address 127.0.0.1`, the tests') is then unreachable.
+    Its switch for single-machine clusters keeps it local; it must be set before Ray is imported."""
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

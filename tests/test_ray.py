@@ -1,0 +1,87 @@
+"""Learners on Ray actors (p2pfl/ray_learners.py): placement, settings, and a local cluster on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from p2pfl.config import ConfigError, load_scenario
+from p2pfl.ray_learners import RayCluster, place
+from p2pfl.sim import Simulation
+
+TINY = {"topology.nodes": 6, "rounds": 3, "train.local_steps": 10, "train.warmup_steps": 20,
+        "data.samples": 2000, "data.test_size": 300}
+
+
+def test_place_spreads_each_architecture_over_the_shards():
+    s = load_scenario(None, {"topology.nodes": 14, "profiles": ["mlp", "cnn1d", "gru", "gru"]})
+    plans = Simulation(s, run_dir=None).build().plans
+    groups = place(plans, 3)
+    assert sorted(p.index for g in groups for p in g) == list(range(14))  # each node once
+    for arch in ("mlp", "cnn1d", "gru"):
+        counts = [sum(p.profile.arch == arch for p in g) for g in groups]
+        assert max(counts) - min(counts) <= 1, (arch, counts)
+    assert [len(g) for g in place(plans[:2], 3)] == [1, 1, 0]  # more shards than nodes: some get none
+
+
+@pytest.mark.parametrize("value", ["yes", "6379"])
+def test_a_bad_ray_setting_names_the_key_and_the_fix(value):
+    with pytest.raises(ConfigError, match=r"ray = .*'auto'.*HOST:PORT"):
+        load_scenario(None, {"ray": value})
+
+
+def test_without_ray_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'p2pfl\[ray\]'"):
+        RayCluster("local")
+
+
+def _records(run_root: Path) -> list[dict]:
+    (metrics,) = run_root.glob("*/metrics.jsonl")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return sorted(rows, key=lambda r: (r["node"], r["round"], r.get("incarnation", 0)))
+
+
+@pytest.mark.slow
+def test_a_two_worker_local_ray_cluster_gives_the_records_of_one_process(tmp_path, monkeypatch, cache):
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+    # Ray's sessions and its "current cluster" file in a short folder of our own, not the host's /tmp/ray
+    # (its socket paths live there: a unix socket path has ~107 bytes)
+    ray_tmp = tempfile.mkdtemp(prefix="p2pray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()] + ["--set=events=[{at=2,crash=[1]},{at=3,rejoin=[1]}]"]
+    cluster = None
+    try:
+        # a head and one more node, each one worker CPU, both on 127.0.0.1 only
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+        sim = [sys.executable, "-m", "p2pfl.cli", "sim", *sets, "--json", "-"]
+        on_ray = subprocess.run([*sim, "--runs", str(tmp_path / "ray"), "--ray", cluster.address],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    here = subprocess.run([*sim, "--runs", str(tmp_path / "here")], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert here.returncode == 0, here.stderr[-3000:]
+    summary = json.loads(on_ray.stdout)
+    assert summary["ray"]["cpus"] == 2 and sorted(summary["ray"]["nodes_per_shard"]) == [3, 3]
+    assert [e["event"] for e in summary["events"]] == ["crash", "rejoin"]  # a checkpoint went to the shard and back
+    a, b = _records(tmp_path / "here"), _records(tmp_path / "ray")
+    assert Counter(r["node"] for r in a) == Counter(r["node"] for r in b) and len(a) >= 18
+    assert a == b  # bit for bit: the same kernels on one thread, whichever process runs them
