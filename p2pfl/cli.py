@@ -236,6 +236,7 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
 # -- sim ----------------------------------------------------------------------------------------
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from p2pfl.ray_learners import ShardLost
     from p2pfl.sim import Interrupted, Simulation  # torch import: only when simulating
 
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
@@ -273,6 +274,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
             err.print(f"interrupted at round {stop.result.summary.get('rounds_reached', 0)}; {where}",
                       highlight=False, soft_wrap=True)
             return 130
+        except BaseExceptionGroup as group:  # a Ray worker went away under the nodes it trained (--ray)
+            lost, rest = group.split(ShardLost)
+            if lost is None or rest is not None:
+                raise
+            progress.stop()
+            print_error(_leaves(lost)[0])
+            return 1
     print_summary(out, result.summary, result.run_dir)
     if args.json:
         text = json.dumps(result.summary, indent=2, default=str)

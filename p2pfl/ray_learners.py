@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ class Facts:
         return Facts(learner.num_classes, learner.label_counts, learner.config, learner.adapter.size,
                      tuple(learner.adapter.shape), learner.private is not None,
                      sum(p.numel() for p in learner.model.parameters()))
+
+
+class ShardLost(RuntimeError):
+    """A shard's actor died (its worker process or machine went away): its nodes' learners are gone with it,
+    and a simulation cannot go on deterministically without them."""
 
 
 class Shard:
@@ -119,13 +125,22 @@ class RemoteLearner:
         return torch.as_tensor(self._data.y_train[self._plan.train_idx], dtype=torch.long)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        import ray
-
         # arrays every node passes (the test set) travel once, as object refs (Ray resolves those given as
         # arguments themselves, not inside a tuple), not with every call
         args = tuple(self._shared[id(a)][1] if id(a) in self._shared and self._shared[id(a)][0] is a else a
                      for a in args)
-        return ray.get(self.shard.call.remote(self.index, method, *args, **kwargs))
+        return self._get(self.shard.call.remote(self.index, method, *args, **kwargs))
+
+    def _get(self, ref: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            cause = str(e).strip().splitlines()[0][:300]
+            raise ShardLost(f"ray: the shard holding learner {self._plan.node_id} is gone ({cause}); a simulation "
+                            f"keeps every node's state on its shard and cannot go on without it: run again "
+                            f"(on workers that stay up)") from None
 
     def train(self, *args: Any, **kwargs: Any) -> float:
         return self._call("train", *args, **kwargs)
@@ -150,9 +165,7 @@ class RemoteLearner:
 
     def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(learner, *args, **kwargs) on the shard (a checkpoint's dumps or loads); its facts refreshed."""
-        import ray
-
-        out, facts = ray.get(self.shard.apply.remote(self.index, fn, *args, **kwargs))
+        out, facts = self._get(self.shard.apply.remote(self.index, fn, *args, **kwargs))
         self._set(facts)
         return out
 
@@ -181,6 +194,7 @@ class RayCluster:
             raise ConfigError(f"ray = {address!r} needs Ray: pip install 'p2pfl[ray]' (or -e \".[ray]\" in a "
                               f"checkout); or leave ray unset to simulate in this process") from None
         self.address = address
+        started = time.perf_counter()
         # a cluster Ray starts for us would report usage to Ray's makers; not unasked (the variable turns it on)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
@@ -194,12 +208,14 @@ class RayCluster:
         self.cpus = int(ray.cluster_resources().get("CPU", 1))
         self.shards: list[Any] = []
         self._placed: list[list[NodePlan]] = []
+        self.startup_s = time.perf_counter() - started  # connecting (or starting); `learners` adds the shards'
 
     def learners(self, scenario: Scenario, data: Dataset, plans: list[NodePlan],
                  shared: Sequence[np.ndarray] = ()) -> list[RemoteLearner]:
         """Every plan's learner, built on the shard it is placed on; `shared`: arrays many calls pass."""
         import ray
 
+        started = time.perf_counter()
         actor = ray.remote(num_cpus=1)(Shard)
         data_ref = ray.put(data)  # one copy in the object store, read by every shard
         self._placed = [group for group in place(plans, min(self.cpus, len(plans))) if group]
@@ -210,11 +226,12 @@ class RayCluster:
         for shard, group, built in zip(self.shards, self._placed, facts):
             for plan, f in zip(group, built):
                 out[plan.index] = RemoteLearner(shard, plan.index, f, plan, data, refs)
+        self.startup_s += time.perf_counter() - started
         log.info("ray: %d nodes on %d shards (%d CPUs)", len(plans), len(self.shards), self.cpus)
         return [out[p.index] for p in plans]
 
     def describe(self) -> dict[str, Any]:
-        return {"address": self.address, "cpus": self.cpus,
+        return {"address": self.address, "cpus": self.cpus, "startup_s": self.startup_s,
                 "nodes_per_shard": [len(group) for group in self._placed]}
 
     def take(self) -> dict[int, Learner]:

@@ -4,6 +4,7 @@ training step's time goes.
     python scripts/bench_scale.py                                     # 16, 64, 256 nodes; logits and fedavg
     python scripts/bench_scale.py --nodes 1024 4096 --modes logits --rounds 1 --steps 5 --no-steps
     python scripts/bench_scale.py --nodes 16 --rounds 50 --steps 0    # the quickstart itself, default steps
+    python scripts/bench_scale.py --nodes 16 64 --ray --no-steps --out scripts/results/bench_scale_ray.json
 
 Each point is one `p2pfl sim` process (peak RSS: that process's own high-water mark, VmHWM): the
 quickstart's mixed MLP / CNN1D / GRU nodes on a small world (k = 4), `dirichlet-node:0.5`, ~250 training
@@ -61,25 +62,31 @@ def scenario_sets(nodes: int, mode: str, rounds: int, steps: int) -> list[str]:
 
 # `p2pfl sim` in a process that then reports its own peak RSS (VmHWM: the high-water mark of this
 # process's memory; the kernel's rusage would start from the forking parent's, kept across exec)
-CHILD = """import re, sys
+# and its own CPU time (all its threads; with --ray the driver's alone: the shards are other processes)
+CHILD = """import re, sys, time
 from p2pfl.cli import main
 code = main(sys.argv[2:])
 hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())
-open(sys.argv[1], "w").write(hwm.group(1))
+open(sys.argv[1], "w").write(hwm.group(1) + " " + str(time.process_time()))
 sys.exit(code)"""
 
 
-def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path) -> dict:
-    """One `p2pfl sim` process; its summary plus its peak RSS and CPU time."""
-    out, rss = runs / f"{mode}-{nodes}.json", runs / f"{mode}-{nodes}.rss"
-    name = f"scale-{mode}-{nodes}"
+def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path, ray: bool = False) -> dict:
+    """One `p2pfl sim` process (with `ray`: on a local Ray cluster it starts); its summary plus its peak RSS
+    and CPU time."""
+    name = f"scale-{mode}-{nodes}" + ("-ray" if ray else "")
+    out, rss = runs / f"{name}.json", runs / f"{name}.rss"
     cmd = ["sim", "--mode", mode, "--name", name, "--runs", str(runs), "--json", str(out)]
     for s in scenario_sets(nodes, mode, rounds, steps):
         cmd += ["--set", s]
+    if ray:
+        cmd += ["--ray", "local"]
+    # Ray's sessions in our temporary folder, not the host's /tmp/ray; no usage report sent
+    env = os.environ | {"RAY_TMPDIR": str(runs), "RAY_USAGE_STATS_ENABLED": "0"}
     start = time.perf_counter()
-    with (runs / f"{mode}-{nodes}.err").open("w+") as err:  # a file, not a pipe: a full pipe would block the
+    with (runs / f"{name}.err").open("w+") as err:  # a file, not a pipe: a full pipe would block the
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rss), *cmd],  # child while we wait for it
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if (code := os.waitstatus_to_exitcode(status)) != 0:
@@ -89,13 +96,17 @@ def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path) -> dic
     metrics = runs / name / "metrics.jsonl"
     records = sum(1 for _ in metrics.open())
     sim_wall = summary["wall_time_s"]
+    hwm_kib, cpu = rss.read_text().split()
+    startup = summary["ray"]["startup_s"] if ray else 0.0
     return {
-        "nodes": nodes, "mode": mode, "rounds": rounds,
+        "nodes": nodes, "mode": mode, "rounds": rounds, "ray": ray, "ray_startup_s": startup,
+        "driver_cpu_s_per_round": float(cpu) / rounds,
         "local_steps": summary["scenario"]["train"]["local_steps"],
         "warmup_steps": summary["scenario"]["train"]["warmup_steps"],
-        "process_wall_s": wall, "sim_wall_s": sim_wall, "wall_per_round_s": sim_wall / rounds,
-        "node_rounds_per_s": nodes * rounds / sim_wall,
-        "peak_rss_mib": int(rss.read_text()) / 1024,
+        # with Ray, per round and per second without the start (connecting, shards, their learners)
+        "process_wall_s": wall, "sim_wall_s": sim_wall, "wall_per_round_s": (sim_wall - startup) / rounds,
+        "node_rounds_per_s": nodes * rounds / (sim_wall - startup),
+        "peak_rss_mib": int(hwm_kib) / 1024,
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "bytes_per_node_per_round": summary["bytes_per_node_per_round"],
         "global": summary["global"]["mean"], "personal": summary["personal"]["mean"],
@@ -162,6 +173,33 @@ def step_costs(steps: int = 40, repeats: int = 3) -> list[dict]:
     return out
 
 
+RAY_CALL = """import os, sys, time
+import numpy as np
+import ray
+ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+@ray.remote(num_cpus=1)
+class Echo:
+    def call(self, x):
+        return x[:1]
+echo = Echo.remote()
+x = np.zeros((200, 40), np.float32)  # a reference slice, as a predict call sends it
+ray.get(echo.call.remote(x))
+t = time.perf_counter()
+for _ in range(200):
+    ray.get(echo.call.remote(x))
+print((time.perf_counter() - t) / 200 * 1e3)
+ray.shutdown()"""
+
+
+def ray_call_ms(tmp: Path) -> float:
+    """The round trip of one remote call carrying a reference slice (32 KB), to an actor on this machine."""
+    env = os.environ | {"RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", RAY_CALL], capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_scale: the Ray call probe failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.split()[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[16, 64, 256])
@@ -169,6 +207,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="local and warm-up steps (0: the scenario's)")
     ap.add_argument("--no-steps", action="store_true", help="skip the per-step section")
+    ap.add_argument("--ray", action="store_true", help="each point also on a local Ray cluster (ray = 'local': "
+                    "one shard per core), and the cost of one remote call")
     ap.add_argument("--label", default="", help="what this run measures (e.g. a commit), for the table")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_scale.json"))
     args = ap.parse_args()
@@ -182,10 +222,14 @@ def main() -> int:
         for row in result["steps"]:
             print(json.dumps(row), flush=True)
     with tempfile.TemporaryDirectory(prefix="p2pfl-scale-") as tmp:
+        if args.ray:
+            result["ray_call_ms"] = ray_call_ms(Path(tmp))
+            print(json.dumps({"ray_call_ms": result["ray_call_ms"]}), flush=True)
         for mode in args.modes:
             for n in args.nodes:
-                result["points"].append(run_point(n, mode, args.rounds, args.steps, Path(tmp)))
-                print(json.dumps(result["points"][-1]), flush=True)
+                for ray in (False, True) if args.ray else (False,):
+                    result["points"].append(run_point(n, mode, args.rounds, args.steps, Path(tmp), ray=ray))
+                    print(json.dumps(result["points"][-1]), flush=True)
     out = Path(args.out)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))
@@ -201,7 +245,7 @@ def plot(result: dict, path: Path) -> None:
 
     fig, (rate, mem) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in sorted({p["mode"] for p in result["points"]}):
-        pts = sorted((p for p in result["points"] if p["mode"] == mode), key=lambda p: p["nodes"])
+        pts = sorted((p for p in result["points"] if p["mode"] == mode and not p.get("ray")), key=lambda p: p["nodes"])
         n = [p["nodes"] for p in pts]
         rate.plot(n, [p["node_rounds_per_s"] for p in pts], "o-", label=mode)
         mem.plot(n, [p["peak_rss_mib"] / 1024 for p in pts], "o-", label=mode)
@@ -223,12 +267,24 @@ def table(result: dict, source: str) -> None:
     rows = [f"| {date} | {p['mode']} | {p['nodes']} | {p['rounds']} | {p['local_steps']} / {p['warmup_steps']} | "
             f"{p['wall_per_round_s']:.1f} | {p['node_rounds_per_s']:.2f} | {p['peak_rss_mib'] / 1024:.2f} | "
             f"{p['bytes_per_node_per_round'] / 1024:.1f} | {p['metrics_bytes_per_record']:.0f} | {source} |"
-            for p in result["points"]]
+            for p in result["points"] if not p.get("ray")]
     add_rows(md, "<!-- bench_scale points -->",
              "### Scale (`scripts/bench_scale.py`): one process, 2 cores\n\n"
              "| date | mode | nodes | rounds | local / warm-up steps | wall per round (s) | node-rounds/s | "
              "peak RSS (GiB) | KB per node per round | metrics bytes per record | JSON |\n"
              "|---|---|---|---|---|---|---|---|---|---|---|", rows)
+    here = {(p["mode"], p["nodes"]): p for p in result["points"] if not p.get("ray")}
+    rows = [f"| {date} | {p['mode']} | {p['nodes']} | {p['rounds']} | {p['local_steps']} / {p['warmup_steps']} | "
+            f"{here[p['mode'], p['nodes']]['wall_per_round_s']:.2f} | {p['wall_per_round_s']:.2f} | "
+            f"{p['wall_per_round_s'] - here[p['mode'], p['nodes']]['wall_per_round_s']:+.2f} | "
+            f"{p['driver_cpu_s_per_round']:.2f} | {p['ray_startup_s']:.1f} | {result['ray_call_ms']:.1f} | {source} |"
+            for p in result["points"] if p.get("ray")]
+    if rows:
+        add_rows(md, "<!-- bench_scale ray -->",
+                 "On a local Ray cluster (`--ray`: ray = 'local', one shard per core; per round without the start):\n\n"
+                 "| date | mode | nodes | rounds | local / warm-up steps | wall per round, one process (s) | "
+                 "on Ray (s) | Ray's cost per round (s) | driver CPU per round (s) | Ray start (s) | "
+                 "one remote call (ms) | JSON |\n|---|---|---|---|---|---|---|---|---|---|---|---|", rows)
     gemm = result["gemm_gflops"]
     rows = [f"| {date} | {s['arch']} | {s['params']} | {s['state_bytes'] / 1024:.0f} KiB | {s['ms_per_step']:.2f} | "
             f"{s['ms_per_step_fused_adam']:.2f} | {s['gflop_per_step'] * 1e3:.0f} | {s['effective_gflops']:.1f} | "

@@ -50,38 +50,72 @@ def _records(run_root: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r["node"], r["round"], r.get("incarnation", 0)))
 
 
-@pytest.mark.slow
-def test_a_two_worker_local_ray_cluster_gives_the_records_of_one_process(tmp_path, monkeypatch, cache):
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and one more node, each one worker CPU, both on 127.0.0.1 only; gone afterwards."""
     pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     # Ray's sessions and its "current cluster" file in a short folder of our own, not the host's /tmp/ray
-    # (its socket paths live there: a unix socket path has ~107 bytes)
+    # (its socket paths live there: a unix socket path has ~107 bytes); no usage report leaves the machine
     ray_tmp = tempfile.mkdtemp(prefix="p2pray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()] + ["--set=events=[{at=2,crash=[1]},{at=3,rejoin=[1]}]"]
-    cluster = None
-    try:
-        # a head and one more node, each one worker CPU, both on 127.0.0.1 only
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
-        env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-        sim = [sys.executable, "-m", "p2pfl.cli", "sim", *sets, "--json", "-"]
-        on_ray = subprocess.run([*sim, "--runs", str(tmp_path / "ray"), "--ray", cluster.address],
-                                capture_output=True, text=True, timeout=300, env=env)
-        assert on_ray.returncode == 0, on_ray.stderr[-3000:]
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    here = subprocess.run([*sim, "--runs", str(tmp_path / "here")], capture_output=True, text=True, timeout=300,
-                          env=env)
+    made = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", ray_tmp)
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            made = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+            made.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+            yield made
+        finally:
+            if made is not None:
+                made.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _sim(runs: Path, *extra: str) -> list[str]:
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    return [sys.executable, "-m", "p2pfl.cli", "sim", *sets, "--runs", str(runs), *extra]
+
+
+@pytest.mark.slow
+def test_a_two_worker_local_ray_cluster_gives_the_records_of_one_process(cluster, tmp_path, cache):
+    events = "--set=events=[{at=2,crash=[1]},{at=3,rejoin=[1]}]"  # a checkpoint to the shard and back
+    on_ray = subprocess.run(_sim(tmp_path / "ray", events, "--ray", cluster.address, "--json", "-"),
+                            capture_output=True, text=True, timeout=300)
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    here = subprocess.run(_sim(tmp_path / "here", events), capture_output=True, text=True, timeout=300)
     assert here.returncode == 0, here.stderr[-3000:]
     summary = json.loads(on_ray.stdout)
     assert summary["ray"]["cpus"] == 2 and sorted(summary["ray"]["nodes_per_shard"]) == [3, 3]
-    assert [e["event"] for e in summary["events"]] == ["crash", "rejoin"]  # a checkpoint went to the shard and back
+    assert [e["event"] for e in summary["events"]] == ["crash", "rejoin"]
     a, b = _records(tmp_path / "here"), _records(tmp_path / "ray")
     assert Counter(r["node"] for r in a) == Counter(r["node"] for r in b) and len(a) >= 18
     assert a == b  # bit for bit: the same kernels on one thread, whichever process runs them
+
+
+@pytest.mark.slow
+def test_a_worker_lost_mid_run_ends_it_with_one_line_that_names_the_node(cluster, tmp_path, cache):
+    import time
+
+    extra = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # ours to lose: 3 shards, one on it
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(_sim(runs, "--ray", cluster.address, "--rounds", "200"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            files = list(runs.glob("*/metrics.jsonl"))
+            if files and len(files[0].read_text().splitlines()) >= 6:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        cluster.remove_node(extra, allow_graceful=False)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "the shard holding learner n" in lines[0] and "is gone" in lines[0], err[-3000:]
