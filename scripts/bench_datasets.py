@@ -25,28 +25,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, machine, run_or_read  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.assemble import reference_source  # noqa: E402
 from p2pfl.config import load_scenario  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
-from p2pfl.sim import Simulation  # noqa: E402
 
 NOISE = {"reference.source": "noise", "reference.size": 2_000}
 # (suffix, overrides, the local run it is judged against)
 VARIANTS = [("", {}, "-local"), ("-local", {"mode": "local"}, None),
             ("-noise", NOISE, "-local-all"), ("-local-all", {"mode": "local", "reference.source": "noise"}, None)]
-
-
-def run_or_read(scenario: str, suffix: str, overrides: dict, runs: Path) -> Path:
-    path = shipped.scenario(scenario)
-    name = load_scenario(path).name + suffix
-    folder = runs / name
-    if not (folder / "summary.json").is_file():
-        print(f"running {name} ...", flush=True)
-        folder = Simulation(load_scenario(path, overrides | {"name": name}), run_dir=runs).run().run_dir
-    return folder
 
 
 def main() -> int:
@@ -60,7 +49,8 @@ def main() -> int:
         # data with a generator (quickstart) has a data-free reference already: the noise pair is for real data
         held_out = reference_source(load_scenario(shipped.scenario(scenario))) == "held-out"
         variants = VARIANTS if held_out else VARIANTS[:2]
-        folders = {suffix: run_or_read(scenario, suffix, overrides, Path(args.runs))
+        base = load_scenario(shipped.scenario(scenario)).name
+        folders = {suffix: run_or_read(scenario, base + suffix, overrides, Path(args.runs))
                    for suffix, overrides, _ in variants}
         for suffix, _, alone in variants:
             if alone is None:

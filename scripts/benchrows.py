@@ -41,3 +41,19 @@ def save_figure(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
+    """The folder of run `name` (a shipped scenario or path, with `overrides`): read when it holds a summary
+    already, else run now (so a grid of runs can be filled over several sessions)."""
+    from p2pfl import shipped
+    from p2pfl.config import load_scenario
+    from p2pfl.sim import Simulation
+
+    # a run stopped half-way left `name` without a summary; the rerun went to name-2 (runs are never overwritten)
+    done = [f for f in [runs / name, *runs.glob(f"{name}-[0-9]*")] if (f / "summary.json").is_file()]
+    if done:
+        return done[0]
+    print(f"running {name} ...", flush=True)
+    return Simulation(load_scenario(shipped.scenario(scenario), overrides | {"name": name}), run_dir=runs).run().run_dir
+

@@ -1,0 +1,167 @@
+"""The field's benchmark protocol (HtFLlib / PFLlib style), every method in the same runtime: 20 nodes,
+Dirichlet 0.1 and pathological (shards:2) splits, 3 seeds, mean +- std over the seeds, mixed architectures.
+
+    python scripts/bench_protocol.py                                     # every dataset, split, seed, method
+    python scripts/bench_protocol.py --datasets mnist1d --rounds 20      # a part of the grid
+
+Datasets are the shipped scenarios (their models, topology, reference set and training settings; 20
+nodes): mnist1d = quickstart (MLP / CNN1D / GRU), fsdd = spoken-digits (GRU / CNN1D / Transformer),
+mnist5k = mnist-5k (CNN2D / MLP). Methods: `local` (each node alone), `logits` (this project), `fd`
+(per-class average logits, no reference set), `prototypes` (FedProto-style class means of the embedding)
+and `fedavg`, which needs one architecture: it runs with the scenario's first profile only and is judged
+against `local` on that same architecture. Unlike HtFLlib's server, nodes learn over the scenario's graph
+(quickstart: a small world), with no server.
+
+Per run: personal and global accuracy (mean over nodes), bytes per node per round, and the
+negative-transfer rate (the share of nodes whose personal accuracy is below the same node's in `local`,
+same seed and split) with its worst node's loss. A run whose folder already holds a summary is read,
+not run again (`--runs`, default runs/protocol): the grid can be filled over several sessions. Writes
+scripts/results/bench_protocol.json, a PNG beside it, and rows in BENCHMARKS.md. Real data needs the
+extras: pip install -e ".[fsdd,mnist5k]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+from benchrows import add_rows, machine, run_or_read, save_figure  # noqa: E402  (scripts/ is on sys.path)
+from p2pfl import shipped  # noqa: E402
+from p2pfl.config import load_scenario  # noqa: E402
+from p2pfl.files import atomic_write_text  # noqa: E402
+from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
+
+DATASETS = {"mnist1d": "quickstart", "fsdd": "spoken-digits", "mnist5k": "mnist-5k"}
+SPLITS = {"dir0.1": "dirichlet:0.1", "shards2": "shards:2"}
+METHODS = ["local", "logits", "fd", "prototypes", "fedavg"]
+NODES = 20
+
+
+def overrides(dataset: str, split: str, method: str, seed: int, rounds: int | None) -> dict:
+    """The scenario's overrides for one run; fedavg (and its `local` judge, "local-one") on one architecture."""
+    scenario = load_scenario(shipped.scenario(DATASETS[dataset]))
+    out = {"topology.nodes": NODES, "data.partition": SPLITS[split], "seed": seed,
+           "mode": "local" if method == "local-one" else method}
+    if method in ("fedavg", "local-one"):
+        out["profiles"] = [scenario.profiles[0]]
+    if rounds:
+        out["rounds"] = rounds
+    return out
+
+
+def run_name(dataset: str, split: str, method: str, seed: int, rounds: int | None) -> str:
+    return f"protocol-{dataset}-{split}-{method}-s{seed}" + (f"-r{rounds}" if rounds else "")
+
+
+def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None, runs: Path) -> dict:
+    """One run (read when its folder has a summary) judged against `local` of the same seed and split."""
+    judge = "local-one" if method == "fedavg" else "local"
+    folders = {m: run_or_read(DATASETS[dataset], run_name(dataset, split, m, seed, rounds),
+                              overrides(dataset, split, m, seed, rounds), runs) for m in {method, judge}}
+    s = json.loads((folders[method] / "summary.json").read_text())
+    row = {"dataset": dataset, "split": split, "method": method, "seed": seed, "rounds": s["rounds"],
+           "personal": s["personal"]["mean"], "global": s["global"]["mean"],
+           "bytes_per_node_per_round": s["bytes_per_node_per_round"], "archs": sorted(s["per_arch"]),
+           "run": folders[method].name}
+    if method != "local":
+        nt = negative_transfer(finals(read_metrics(folders[method] / "metrics.jsonl")),
+                               finals(read_metrics(folders[judge] / "metrics.jsonl")))
+        row |= {"negative_transfer": nt["rate"], "worst_loss": nt["worst_loss"], "judged_by": folders[judge].name}
+    return row
+
+
+def cells(rows: list[dict]) -> list[dict]:
+    """Rows grouped by (dataset, split, method): mean and std over the seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["split"], r["method"]), []).append(r)
+    out = []
+    for (dataset, split, method), rs in groups.items():
+        def stat(key: str) -> tuple[float, float]:
+            v = [r[key] for r in rs]
+            return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
+        cell = {"dataset": dataset, "split": split, "method": method, "seeds": sorted(r["seed"] for r in rs),
+                "rounds": rs[0]["rounds"], "archs": rs[0]["archs"],
+                "personal": stat("personal"), "global": stat("global"),
+                "bytes_per_node_per_round": statistics.fmean(r["bytes_per_node_per_round"] for r in rs)}
+        if method != "local":
+            cell |= {"negative_transfer": statistics.fmean(r["negative_transfer"] for r in rs),
+                     "worst_loss": max(r["worst_loss"] for r in rs)}
+        out.append(cell)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--rounds", type=int, default=0, help="rounds per run (0: the scenario's)")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "protocol"), help="where the run folders are (or go)")
+    ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_protocol.json"))
+    args = ap.parse_args()
+    rows = []
+    for dataset in args.datasets:
+        for split in args.splits:
+            for method in args.methods:
+                for seed in args.seeds:
+                    rows.append(measure(dataset, split, method, seed, args.rounds or None, Path(args.runs)))
+                    print(json.dumps(rows[-1]), flush=True)
+    grid = cells(rows)
+    result = {"command": "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:]),
+              "date": dt.date.today().isoformat(), "machine": machine(), "nodes": NODES, "rows": rows,
+              "cells": grid}
+    out = Path(args.out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
+    plot(grid, out.with_suffix(".png"))
+    date = result["date"]
+    add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_protocol rows -->",
+             f"### The field's protocol (`scripts/bench_protocol.py`): {NODES} nodes, mean +- std over seeds\n\n"
+             "| date | dataset | split | method | architectures | rounds | seeds | personal | global | "
+             "negative transfer (mean share of nodes), worst node | KB / node / round | JSON |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|",
+             [f"| {date} | {c['dataset']} | {c['split']} | {c['method']} | {'/'.join(c['archs'])} | {c['rounds']} | "
+              f"{len(c['seeds'])} | {c['personal'][0]:.3f} +- {c['personal'][1]:.3f} | "
+              f"{c['global'][0]:.3f} +- {c['global'][1]:.3f} | "
+              + (f"{c['negative_transfer']:.0%}, {c['worst_loss']:.3f}" if "negative_transfer" in c else "(alone)")
+              + f" | {c['bytes_per_node_per_round'] / 1e3:.1f} | {out.name} |" for c in grid])
+    return 0
+
+
+def plot(grid: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({c["dataset"] for c in grid})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        splits = sorted({c["split"] for c in grid if c["dataset"] == dataset})
+        methods = [m for m in METHODS if any(c["method"] == m and c["dataset"] == dataset for c in grid)]
+        width = 0.8 / len(splits)
+        for k, split in enumerate(splits):
+            by = {c["method"]: c for c in grid if c["dataset"] == dataset and c["split"] == split}
+            xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(methods))]
+            ax.bar(xs, [by[m]["personal"][0] if m in by else 0 for m in methods], width,
+                   yerr=[by[m]["personal"][1] if m in by else 0 for m in methods], capsize=3, label=split)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("personal accuracy (mean over nodes; +- std over seeds)")
+        ax.set_title(dataset)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{NODES} nodes, the HtFLlib-style protocol in one runtime", fontsize=9)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
