@@ -25,7 +25,7 @@ class ModeFacts:
     # shared as predictions or through a shared adapter (heterogeneous models are the point)
     must_match: tuple[str, ...] = ()
     # what a parameter mode averages when adapter.kind = "auto" (None: no adapter). Measured on quickstart
-    # (BENCHMARKS.md, "Adapter and hybrid modes"): alone, sharing the classifier helps most; beside
+    # (docs/experiments.md, "Adapter and hybrid modes"): alone, sharing the classifier helps most; beside
     # distillation, a shared classifier costs accuracy. fedavg's "adapter" is the whole model, always.
     auto_adapter: str | None = None
     adapter_fixed: bool = False  # True: adapter.kind does not apply (fedavg averages the whole model)
