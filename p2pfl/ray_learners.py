@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -187,6 +188,8 @@ class RayCluster:
     """The driver's side: connected to (or started) a cluster, one `Shard` actor per CPU it has."""
 
     def __init__(self, address: str):
+        if address not in ("auto", "local"):
+            _reachable(address)
         try:
             _loopback_stays_loopback(address)
             import ray
@@ -250,11 +253,30 @@ class RayCluster:
         ray.shutdown()  # a cluster we started stops; one we joined keeps running, our actors end
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else -1
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A head that does not answer fails now, in one line: Ray itself would retry for minutes."""
+    host, port = _host_port(address)
+    if not host or not 0 < port < 65536:
+        raise ConfigError(f"ray = {address!r}: give the head as HOST:PORT (e.g. 10.0.0.5:6379, as `ray start "
+                          f"--head` prints it), or 'auto' / 'local'")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"ray = {address!r}: nothing answers there ({e.strerror or e}); start the head with "
+                          f"`ray start --head --port {port}` (workers: `ray start --address {host}:{port}`), or use "
+                          f"ray = 'local' for a cluster on this machine") from None
+
+
 def _loopback_stays_loopback(address: str) -> None:
     """Ray rewrites a loopback address to the host's own (meant for clusters across machines); a cluster
     started on 127.0.0.1 (`ray start --head --node-ip-address 127.0.0.1`, the tests') is then unreachable.
     Its switch for single-machine clusters keeps it local; it must be set before Ray is imported."""
-    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    host, _ = _host_port(address)
     try:
         loopback = ip_address(host).is_loopback
     except ValueError:

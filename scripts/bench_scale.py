@@ -5,6 +5,7 @@ training step's time goes.
     python scripts/bench_scale.py --nodes 1024 4096 --modes logits --rounds 1 --steps 5 --no-steps
     python scripts/bench_scale.py --nodes 16 --rounds 50 --steps 0    # the quickstart itself, default steps
     python scripts/bench_scale.py --nodes 16 64 --ray --no-steps --out scripts/results/bench_scale_ray.json
+    python scripts/bench_scale.py --pypi-task --modes --no-steps --out scripts/results/bench_scale_pypi.json
 
 Each point is one `p2pfl sim` process (peak RSS: that process's own high-water mark, VmHWM): the
 quickstart's mixed MLP / CNN1D / GRU nodes on a small world (k = 4), `dirichlet-node:0.5`, ~250 training
@@ -71,13 +72,14 @@ open(sys.argv[1], "w").write(hwm.group(1) + " " + str(time.process_time()))
 sys.exit(code)"""
 
 
-def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path, ray: bool = False) -> dict:
+def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path, ray: bool = False,
+              sets: list[str] | None = None, name: str = "") -> dict:
     """One `p2pfl sim` process (with `ray`: on a local Ray cluster it starts); its summary plus its peak RSS
-    and CPU time."""
-    name = f"scale-{mode}-{nodes}" + ("-ray" if ray else "")
+    and CPU time. `sets`: the scenario's settings instead of `scenario_sets`' (then `name` names the run)."""
+    name = name or f"scale-{mode}-{nodes}" + ("-ray" if ray else "")
     out, rss = runs / f"{name}.json", runs / f"{name}.rss"
     cmd = ["sim", "--mode", mode, "--name", name, "--runs", str(runs), "--json", str(out)]
-    for s in scenario_sets(nodes, mode, rounds, steps):
+    for s in sets if sets is not None else scenario_sets(nodes, mode, rounds, steps):
         cmd += ["--set", s]
     if ray:
         cmd += ["--ray", "local"]
@@ -173,6 +175,35 @@ def step_costs(steps: int = 40, repeats: int = 3) -> list[dict]:
     return out
 
 
+# The PyPI p2pfl (0.4.4) on its own task, as issue 18 measured it beside ours in one session: an MLP
+# 40-128-128-10, IID, a ring, 10 rounds of one epoch. It is not installed beside this package (same
+# import name) and its task fetches its data online, so its figure is the recorded one, not this run's.
+PYPI_P2PFL = {"version": "0.4.4", "node_rounds_per_s": {8: 0.79, 16: 0.78},
+              "source": "issue 18, measured on this 2-core machine in one session with ours"}
+
+
+def pypi_task_sets(nodes: int, runs: Path) -> list[str]:
+    """Our fedavg on the PyPI p2pfl's task: its MLP (40-128-128-10) on every node, IID, a ring, 10 rounds of
+    one epoch (the node's rows / batch size, no warm-up), the quickstart's data and evaluation."""
+    profile = runs / "mlp-128.toml"
+    profile.write_text('arch = "mlp"\n[arch_options]\nhidden = 128\nembed_dim = 128\n')
+    train_rows = 10_000 * 0.8 / nodes  # quickstart's 10,000 samples, 80% for training
+    epoch = -(-int(train_rows) // 100)  # batches of train.batch_size (100)
+    return [f"topology.nodes={nodes}", "topology.name=ring", "data.partition=iid", "rounds=10",
+            f'profiles=["{profile}"]', f"train.local_steps={epoch}", "train.warmup_steps=0"]
+
+
+def pypi_side_by_side(runs: Path) -> list[dict]:
+    out = []
+    for n in (8, 16):
+        p = run_point(n, "fedavg", 10, 0, runs, sets=pypi_task_sets(n, runs), name=f"pypi-task-{n}")
+        theirs = PYPI_P2PFL["node_rounds_per_s"][n]
+        out.append(p | {"task": "pypi-p2pfl", "theirs_node_rounds_per_s": theirs,
+                        "speedup": p["node_rounds_per_s"] / theirs})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 RAY_CALL = """import os, sys, time
 import numpy as np
 import ray
@@ -203,10 +234,12 @@ def ray_call_ms(tmp: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[16, 64, 256])
-    ap.add_argument("--modes", nargs="+", default=["logits", "fedavg"])
+    ap.add_argument("--modes", nargs="*", default=["logits", "fedavg"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30, help="local and warm-up steps (0: the scenario's)")
     ap.add_argument("--no-steps", action="store_true", help="skip the per-step section")
+    ap.add_argument("--pypi-task", action="store_true", help="our fedavg on the PyPI p2pfl's task (ring of 8 "
+                    "and 16, IID, MLP 40-128-128-10, 10 rounds of one epoch) beside its recorded figure")
     ap.add_argument("--ray", action="store_true", help="each point also on a local Ray cluster (ray = 'local': "
                     "one shard per core), and the cost of one remote call")
     ap.add_argument("--label", default="", help="what this run measures (e.g. a commit), for the table")
@@ -225,6 +258,9 @@ def main() -> int:
         if args.ray:
             result["ray_call_ms"] = ray_call_ms(Path(tmp))
             print(json.dumps({"ray_call_ms": result["ray_call_ms"]}), flush=True)
+        if args.pypi_task:
+            result["pypi_task"] = pypi_side_by_side(Path(tmp))
+            result["pypi_p2pfl"] = PYPI_P2PFL
         for mode in args.modes:
             for n in args.nodes:
                 for ray in (False, True) if args.ray else (False,):
@@ -285,6 +321,15 @@ def table(result: dict, source: str) -> None:
                  "| date | mode | nodes | rounds | local / warm-up steps | wall per round, one process (s) | "
                  "on Ray (s) | Ray's cost per round (s) | driver CPU per round (s) | Ray start (s) | "
                  "one remote call (ms) | JSON |\n|---|---|---|---|---|---|---|---|---|---|---|---|", rows)
+    rows = [f"| {date} | {p['nodes']} | {p['local_steps']} | {p['node_rounds_per_s']:.1f} | "
+            f"{p['theirs_node_rounds_per_s']:.2f} (p2pfl {result['pypi_p2pfl']['version']}, recorded) | "
+            f"{p['speedup']:.0f}x | {p['peak_rss_mib']:.0f} | {p['global']:.3f} | {source} |"
+            for p in result.get("pypi_task", [])]
+    add_rows(md, "<!-- bench_scale pypi -->",
+             "Beside the PyPI p2pfl on its own task (fedavg, MLP 40-128-128-10, IID, ring, 10 rounds of one epoch; "
+             "its figure is the one recorded in issue 18, on this machine):\n\n"
+             "| date | nodes | steps per round (one epoch) | ours: node-rounds/s | PyPI p2pfl: node-rounds/s | "
+             "ours / theirs | our peak RSS (MiB) | our global | JSON |\n|---|---|---|---|---|---|---|---|---|", rows)
     gemm = result["gemm_gflops"]
     rows = [f"| {date} | {s['arch']} | {s['params']} | {s['state_bytes'] / 1024:.0f} KiB | {s['ms_per_step']:.2f} | "
             f"{s['ms_per_step_fused_adam']:.2f} | {s['gflop_per_step'] * 1e3:.0f} | {s['effective_gflops']:.1f} | "

@@ -44,6 +44,18 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
         RayCluster("local")
 
 
+def test_a_head_that_does_not_answer_fails_at_once_with_the_command_that_starts_one():
+    import socket
+
+    with socket.socket() as free:  # a port nobody listens on: bound, never listening
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"nothing answers there.*ray start --head --port {port}"):
+            RayCluster(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        RayCluster("somewhere:notaport")
+
+
 def _records(run_root: Path) -> list[dict]:
     (metrics,) = run_root.glob("*/metrics.jsonl")
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
