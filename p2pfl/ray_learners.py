@@ -20,6 +20,7 @@ imports it only when a simulation asks for it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -185,19 +186,28 @@ def place(plans: Sequence[NodePlan], shards: int) -> list[list[NodePlan]]:
 
 
 class RayCluster:
-    """The driver's side: connected to (or started) a cluster, one `Shard` actor per CPU it has."""
+    """The driver's side of a cluster: `learners` connects to it (or starts one) and puts one `Shard` actor
+    on each of its CPUs. Made before the run is built, so that a missing Ray fails first; connected only
+    once the scenario has built (its own errors come before any cluster starts)."""
 
     def __init__(self, address: str):
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"ray = {address!r} needs Ray: pip install 'p2pfl[ray]' (or -e \".[ray]\" in a "
+                              f"checkout); or leave ray unset to simulate in this process")
+        self.address = address
+        self.connected = False
+        self.cpus = 0
+        self.shards: list[Any] = []
+        self._placed: list[list[NodePlan]] = []
+        self.startup_s = 0.0  # connecting (or starting), the shards' start and their learners' build
+
+    def _connect(self) -> None:
+        address = self.address
         if address not in ("auto", "local"):
             _reachable(address)
-        try:
-            _loopback_stays_loopback(address)
-            import ray
-        except ImportError:
-            raise ConfigError(f"ray = {address!r} needs Ray: pip install 'p2pfl[ray]' (or -e \".[ray]\" in a "
-                              f"checkout); or leave ray unset to simulate in this process") from None
-        self.address = address
-        started = time.perf_counter()
+        _loopback_stays_loopback(address)
+        import ray
+
         # a cluster Ray starts for us would report usage to Ray's makers; not unasked (the variable turns it on)
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
@@ -208,17 +218,16 @@ class RayCluster:
         except ConnectionError as e:
             raise ConfigError(f"ray = {address!r}: no Ray cluster there ({e}); start one with `ray start --head` "
                               f"(workers: `ray start --address HEAD:PORT`), or use ray = 'local'") from None
+        self.connected = True
         self.cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.shards: list[Any] = []
-        self._placed: list[list[NodePlan]] = []
-        self.startup_s = time.perf_counter() - started  # connecting (or starting); `learners` adds the shards'
 
     def learners(self, scenario: Scenario, data: Dataset, plans: list[NodePlan],
                  shared: Sequence[np.ndarray] = ()) -> list[RemoteLearner]:
         """Every plan's learner, built on the shard it is placed on; `shared`: arrays many calls pass."""
+        started = time.perf_counter()
+        self._connect()
         import ray
 
-        started = time.perf_counter()
         actor = ray.remote(num_cpus=1)(Shard)
         data_ref = ray.put(data)  # one copy in the object store, read by every shard
         self._placed = [group for group in place(plans, min(self.cpus, len(plans))) if group]
@@ -247,6 +256,8 @@ class RayCluster:
         return out
 
     def close(self) -> None:
+        if not self.connected:
+            return
         import ray
 
         self.shards = []

@@ -7,8 +7,9 @@ Dirichlet 0.1 and pathological (shards:2) splits, 3 seeds, mean +- std over the 
 Datasets are the shipped scenarios (their models, topology, reference set and training settings; 20
 nodes): mnist1d = quickstart (MLP / CNN1D / GRU), fsdd = spoken-digits (GRU / CNN1D / Transformer),
 mnist5k = mnist-5k (CNN2D / MLP). Methods: `local` (each node alone), `logits` (this project), `fd`
-(per-class average logits, no reference set), `prototypes` (FedProto-style class means of the embedding)
-and `fedavg`, which needs one architecture: it runs with the scenario's first profile only and is judged
+(per-class average logits, no reference set), `prototypes` (FedProto-style class means of the embedding),
+`adapter` and `hybrid` (a shared adapter averaged; hybrid with logits too) and `fedavg`, which needs one
+architecture: it runs with the scenario's first profile only and is judged
 against `local` on that same architecture. Unlike HtFLlib's server, nodes learn over the scenario's graph
 (quickstart: a small world), with no server.
 
@@ -40,7 +41,7 @@ from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
 
 DATASETS = {"mnist1d": "quickstart", "fsdd": "spoken-digits", "mnist5k": "mnist-5k"}
 SPLITS = {"dir0.1": "dirichlet:0.1", "shards2": "shards:2"}
-METHODS = ["local", "logits", "fd", "prototypes", "fedavg"]
+METHODS = ["local", "logits", "fd", "prototypes", "adapter", "hybrid", "fedavg"]
 NODES = 20
 
 

@@ -38,9 +38,9 @@ def test_a_bad_ray_setting_names_the_key_and_the_fix(value):
 
 
 def test_without_ray_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "ray" else True)
     with pytest.raises(ConfigError, match=r"pip install 'p2pfl\[ray\]'"):
-        RayCluster("local")
+        Simulation(load_scenario(None, {"ray": "local"}), run_dir=None).run()
 
 
 def test_a_head_that_does_not_answer_fails_at_once_with_the_command_that_starts_one():
@@ -50,9 +50,17 @@ def test_a_head_that_does_not_answer_fails_at_once_with_the_command_that_starts_
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"nothing answers there.*ray start --head --port {port}"):
-            RayCluster(f"127.0.0.1:{port}")
+            RayCluster(f"127.0.0.1:{port}")._connect()
     with pytest.raises(ConfigError, match="HOST:PORT"):
-        RayCluster("somewhere:notaport")
+        RayCluster("somewhere:notaport")._connect()
+
+
+def test_a_scenario_error_comes_before_any_cluster_starts(monkeypatch):
+    started = []
+    monkeypatch.setattr(RayCluster, "_connect", lambda self: started.append(self))
+    with pytest.raises(ValueError, match="k=4 needs n > k"):  # a TopologyError
+        Simulation(load_scenario(None, {"ray": "local", "topology.nodes": 4}), run_dir=None).run()
+    assert not started
 
 
 def _records(run_root: Path) -> list[dict]:
