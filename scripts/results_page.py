@@ -106,8 +106,47 @@ def scale() -> list[str]:
     return lines
 
 
+def protocol() -> list[str]:
+    if not (RESULTS / "bench_protocol.json").exists():
+        return []
+    d = _load("bench_protocol.json")
+    lines = [f"The field's protocol ({d['nodes']} nodes, mean ± std over seeds; negative transfer against `local` "
+             f"of the same seed and split, fedavg on one architecture against `local` on it), from {_source(d)}:", "",
+             "| dataset | split | method | architectures | rounds | seeds | personal | global | negative transfer, "
+             "worst node | KB / node / round |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in d["cells"]:
+        nt = f"{c['negative_transfer']:.0%}, −{c['worst_loss']:.3f}" if "negative_transfer" in c else "–"
+        lines.append(f"| {c['dataset']} | {c['split']} | {c['method']} | {' / '.join(c['archs'])} | {c['rounds']} | "
+                     f"{len(c['seeds'])} | {c['personal'][0]:.3f} ± {c['personal'][1]:.3f} | "
+                     f"{c['global'][0]:.3f} ± {c['global'][1]:.3f} | {nt} | "
+                     f"{c['bytes_per_node_per_round'] / 1000:.1f} |")
+    return lines
+
+
+def ray() -> list[str]:
+    if not (RESULTS / "bench_scale_ray.json").exists():
+        return []
+    d = _load("bench_scale_ray.json")
+    here = {(p["mode"], p["nodes"]): p for p in d["points"] if not p.get("ray")}
+    costs = ", ".join(f"{p['mode']} {p['nodes']} nodes "
+                      f"{p['wall_per_round_s'] - here[p['mode'], p['nodes']]['wall_per_round_s']:+.2f} s"
+                      for p in d["points"] if p.get("ray"))
+    return [f"On a local Ray cluster on the same machine (`--ray local`, one shard per core; same records), Ray's cost "
+            f"per round: {costs}; one remote call {d['ray_call_ms']:.1f} ms; from {_source(d)}."]
+
+
+def pypi() -> list[str]:
+    if not (RESULTS / "bench_scale_pypi.json").exists():
+        return []
+    d = _load("bench_scale_pypi.json")
+    rows = ", ".join(f"{p['node_rounds_per_s']:.0f} node-rounds/s at {p['nodes']} nodes ({p['speedup']:.0f}× its "
+                     f"{p['theirs_node_rounds_per_s']:.2f})" for p in d["pypi_task"])
+    return [f"On the PyPI p2pfl's own task (fedavg, MLP 40-128-128-10, IID, a ring, 10 rounds of one epoch): {rows}; "
+            f"its figure is the one recorded ({d['pypi_p2pfl']['source']}), ours from {_source(d)}."]
+
+
 def render() -> str:
-    parts = [quickstart(), real_data(), two_widths(), scale()]
+    parts = [quickstart(), real_data(), two_widths(), protocol(), scale(), ray(), pypi()]
     body = "\n\n".join("\n".join(p) for p in parts if p)
     return f"{BEGIN}\n{body}\n{END}"
 
