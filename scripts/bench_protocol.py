@@ -61,11 +61,16 @@ def run_name(dataset: str, split: str, method: str, seed: int, rounds: int | Non
     return f"protocol-{dataset}-{split}-{method}-s{seed}" + (f"-r{rounds}" if rounds else "")
 
 
-def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None, runs: Path) -> dict:
-    """One run (read when its folder has a summary) judged against `local` of the same seed and split."""
+def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None, runs: Path,
+            run: bool = True) -> dict | None:
+    """One run (read when its folder has a summary) judged against `local` of the same seed and split;
+    without `run`, None unless both are done."""
     judge = "local-one" if method == "fedavg" else "local"
-    folders = {m: run_or_read(DATASETS[dataset], run_name(dataset, split, m, seed, rounds),
-                              overrides(dataset, split, m, seed, rounds), runs) for m in {method, judge}}
+    names = {m: run_name(dataset, split, m, seed, rounds) for m in {method, judge}}
+    if not run and not all((runs / n / "summary.json").is_file() for n in names.values()):
+        return None
+    folders = {m: run_or_read(DATASETS[dataset], n, overrides(dataset, split, m, seed, rounds), runs)
+               for m, n in names.items()}
     s = json.loads((folders[method] / "summary.json").read_text())
     row = {"dataset": dataset, "split": split, "method": method, "seed": seed, "rounds": s["rounds"],
            "personal": s["personal"]["mean"], "global": s["global"]["mean"],
@@ -108,14 +113,18 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=0, help="rounds per run (0: the scenario's)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "protocol"), help="where the run folders are (or go)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_protocol.json"))
+    ap.add_argument("--done", action="store_true", help="run nothing: the JSON and PNG of the runs already in "
+                    "--runs (rows in BENCHMARKS.md are added by the runs that ran)")
     args = ap.parse_args()
     rows = []
     for dataset in args.datasets:
         for split in args.splits:
             for method in args.methods:
                 for seed in args.seeds:
-                    rows.append(measure(dataset, split, method, seed, args.rounds or None, Path(args.runs)))
-                    print(json.dumps(rows[-1]), flush=True)
+                    row = measure(dataset, split, method, seed, args.rounds or None, Path(args.runs), not args.done)
+                    if row is not None:
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     grid = cells(rows)
     result = {"command": "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:]),
               "date": dt.date.today().isoformat(), "machine": machine(), "nodes": NODES, "rows": rows,
@@ -123,6 +132,8 @@ def main() -> int:
     out = Path(args.out)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(grid, out.with_suffix(".png"))
+    if args.done:
+        return 0
     date = result["date"]
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_protocol rows -->",
              f"### The field's protocol (`scripts/bench_protocol.py`): {NODES} nodes, mean +- std over seeds\n\n"
