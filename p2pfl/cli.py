@@ -274,7 +274,11 @@ def cmd_sim(args: argparse.Namespace) -> int:
             err.print(f"interrupted at round {stop.result.summary.get('rounds_reached', 0)}; {where}",
                       highlight=False, soft_wrap=True)
             return 130
-        except BaseExceptionGroup as group:  # a Ray worker went away under the nodes it trained (--ray)
+        except ShardLost as e:  # a Ray worker went away under the nodes it trained (--ray): before the loop...
+            progress.stop()
+            print_error(e)
+            return 1
+        except BaseExceptionGroup as group:  # ... or inside it
             lost, rest = group.split(ShardLost)
             if lost is None or rest is not None:
                 raise

@@ -70,6 +70,30 @@ class ShardLost(RuntimeError):
     and a simulation cannot go on deterministically without them."""
 
 
+def _get(refs: Any, holding: str) -> Any:
+    """ray.get, with a shard's death (or the loss of a result it computed) as `ShardLost` naming what it held."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+        cause = str(e).strip().splitlines()[0][:300]
+        raise ShardLost(f"ray: the shard holding {holding} is gone ({cause}); a simulation keeps every node's "
+                        f"state on its shard and cannot go on without it: run again (on workers that stay up)") from None
+
+
+def versions() -> dict[str, str]:
+    """What must match between the driver and its shards for their numbers to be the driver's."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("p2pfl")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        ours = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "p2pfl": ours}
+
+
 class Shard:
     """Some nodes' learners, built where they train (`assemble.learner`, as every process builds them)."""
 
@@ -80,10 +104,10 @@ class Shard:
         self.scenario, self.data = scenario, data
         self.learners: dict[int, Learner] = {}
 
-    def build(self, plans: list[NodePlan]) -> list[Facts]:
+    def build(self, plans: list[NodePlan]) -> tuple[dict[str, str], list[Facts]]:
         for p in plans:
             self.learners[p.index] = learner(self.scenario, p, self.data)
-        return [Facts.of(self.learners[p.index]) for p in plans]
+        return versions(), [Facts.of(self.learners[p.index]) for p in plans]
 
     def call(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.learners[index], method)(*args, **kwargs)
@@ -112,6 +136,12 @@ class RemoteLearner:
         self.shard, self.index, self._plan, self._data, self._shared = shard, index, plan, data, shared
         self._set(facts)
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for what this proxy lacks: a learner's model, optimizer and state live on its shard
+        raise AttributeError(f"{name!r}: with ray, node {self._plan.node_id}'s learner lives on a Ray shard, and the "
+                             f"driver reaches it only through its methods ({', '.join(FORWARDED)}) and `apply(fn)`; "
+                             f"run with ray = '' to use the learner's {name!r} directly")
+
     def _set(self, facts: Facts) -> None:
         self.facts = facts
         self.num_classes, self.label_counts, self.config = facts.num_classes, facts.label_counts, facts.config
@@ -131,18 +161,7 @@ class RemoteLearner:
         # arguments themselves, not inside a tuple), not with every call
         args = tuple(self._shared[id(a)][1] if id(a) in self._shared and self._shared[id(a)][0] is a else a
                      for a in args)
-        return self._get(self.shard.call.remote(self.index, method, *args, **kwargs))
-
-    def _get(self, ref: Any) -> Any:
-        import ray
-
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayActorError as e:
-            cause = str(e).strip().splitlines()[0][:300]
-            raise ShardLost(f"ray: the shard holding learner {self._plan.node_id} is gone ({cause}); a simulation "
-                            f"keeps every node's state on its shard and cannot go on without it: run again "
-                            f"(on workers that stay up)") from None
+        return _get(self.shard.call.remote(self.index, method, *args, **kwargs), f"learner {self._plan.node_id}")
 
     def train(self, *args: Any, **kwargs: Any) -> float:
         return self._call("train", *args, **kwargs)
@@ -167,7 +186,7 @@ class RemoteLearner:
 
     def apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(learner, *args, **kwargs) on the shard (a checkpoint's dumps or loads); its facts refreshed."""
-        out, facts = self._get(self.shard.apply.remote(self.index, fn, *args, **kwargs))
+        out, facts = _get(self.shard.apply.remote(self.index, fn, *args, **kwargs), f"learner {self._plan.node_id}")
         self._set(facts)
         return out
 
@@ -203,9 +222,10 @@ class RayCluster:
 
     def _connect(self) -> None:
         address = self.address
-        if address not in ("auto", "local"):
-            _reachable(address)
-        _loopback_stays_loopback(address)
+        given = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+        if given not in ("", "auto", "local"):  # RAY_ADDRESS too: a dead head there hangs "auto" for minutes
+            _reachable(given)
+        _loopback_stays_loopback(given)
         import ray
 
         # a cluster Ray starts for us would report usage to Ray's makers; not unasked (the variable turns it on)
@@ -219,7 +239,12 @@ class RayCluster:
             raise ConfigError(f"ray = {address!r}: no Ray cluster there ({e}); start one with `ray start --head` "
                               f"(workers: `ray start --address HEAD:PORT`), or use ray = 'local'") from None
         self.connected = True
-        self.cpus = int(ray.cluster_resources().get("CPU", 1))
+        # CPUs free now: each shard takes one for the run, and one asked for beyond them would wait forever
+        self.cpus = int(ray.available_resources().get("CPU", 0))
+        if self.cpus < 1:
+            total = ray.cluster_resources().get("CPU", 0)
+            raise ConfigError(f"ray = {address!r}: the cluster has no free CPU ({total:g} in all, the rest in use "
+                              f"by other jobs); add workers (`ray start --address HEAD:PORT`) or wait for them")
 
     def learners(self, scenario: Scenario, data: Dataset, plans: list[NodePlan],
                  shared: Sequence[np.ndarray] = ()) -> list[RemoteLearner]:
@@ -233,10 +258,16 @@ class RayCluster:
         self._placed = [group for group in place(plans, min(self.cpus, len(plans))) if group]
         self.shards = [actor.remote(scenario, data_ref) for _ in self._placed]
         refs = {id(a): (a, ray.put(a)) for a in shared}
-        facts = ray.get([s.build.remote(group) for s, group in zip(self.shards, self._placed)])
+        built = _get([s.build.remote(group) for s, group in zip(self.shards, self._placed)], "learners being built")
+        ours = versions()
+        for theirs, _ in built:
+            if theirs != ours:
+                diff = ", ".join(f"{k} {theirs.get(k)} there, {v} here" for k, v in ours.items() if theirs.get(k) != v)
+                raise ConfigError(f"ray = {self.address!r}: a worker runs other versions ({diff}); its numbers would "
+                                  f"not be this process's: install the same on every machine of the cluster")
         out: dict[int, RemoteLearner] = {}
-        for shard, group, built in zip(self.shards, self._placed, facts):
-            for plan, f in zip(group, built):
+        for shard, group, (_, facts) in zip(self.shards, self._placed, built):
+            for plan, f in zip(group, facts):
                 out[plan.index] = RemoteLearner(shard, plan.index, f, plan, data, refs)
         self.startup_s += time.perf_counter() - started
         log.info("ray: %d nodes on %d shards (%d CPUs)", len(plans), len(self.shards), self.cpus)
@@ -248,10 +279,8 @@ class RayCluster:
 
     def take(self) -> dict[int, Learner]:
         """The trained learners, back in this process (each shard's, in one call)."""
-        import ray
-
         out: dict[int, Learner] = {}
-        for part in ray.get([s.take.remote() for s in self.shards]):
+        for part in _get([s.take.remote() for s in self.shards], "trained learners"):
             out |= part
         return out
 

@@ -40,7 +40,7 @@ from p2pfl.metrics import MetricsLog, churn_summary, summarize
 from p2pfl.models import param_count
 from p2pfl.modes import Mode
 from p2pfl.node import EvalData, Node
-from p2pfl.ray_learners import RayCluster, on_learner
+from p2pfl.ray_learners import RayCluster, RemoteLearner, ShardLost, on_learner
 from p2pfl.topology import Topology
 from p2pfl.transport.memory import LinkModel, MemoryNetwork
 
@@ -249,9 +249,18 @@ class Simulation:
         finally:
             if metrics is not None:
                 metrics.close()
-        if cluster is not None:  # the trained learners, back from the shards for the result
-            taken = cluster.take()
-            learners[:] = [taken[p.index] for p in plans]
+        taken: dict[int, Learner] = {}
+        if cluster is not None:  # the trained learners, back from the shards, where the result holds them
+            try:
+                taken = cluster.take()
+            except ShardLost as e:  # the records and the summary stand without the models
+                log.warning("%s; the result holds no trained learners", e)
+            if taken:
+                learners[:] = [taken[p.index] for p in plans]
+            for h in hosts if taken else ():
+                h.learner = taken[h.plan.index]
+                if h.node is not None:
+                    h.node.learner = h.node.ctx.learner = h.learner
         reached = max((r["round"] for r in records), default=0)
         summary = summarize(records, rounds=reached if interrupted else s.rounds,
                             wire_bytes=sum(network.bytes_sent.values()))
@@ -270,9 +279,9 @@ class Simulation:
             "reference": None if built.reference is None else {
                 "source": built.reference.spec.source, "rows": built.reference.size,
                 "slice_size": built.reference.spec.slice_size, "digest": built.reference.digest},
-            "params": {p.node_id: param_count(l.model) for p, l in zip(plans, learners)},
+            "params": {p.node_id: _params(l) for p, l in zip(plans, learners)},
             "fedavg_fp32_bytes_per_node_per_round": float(np.mean([
-                4 * param_count(l.model) * len(p.neighbours) for p, l in zip(plans, learners)])),
+                4 * _params(l) * len(p.neighbours) for p, l in zip(plans, learners)])),
             "scenario": dataclasses.asdict(s),
         } | ({"ray": cluster.describe()} if cluster else {})
         if built.attackers:  # honest nodes' numbers apart: what the attack cost them
@@ -456,6 +465,10 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, result: SimulationResult):
         super().__init__(f"interrupted at round {result.summary.get('rounds_reached', 0)}")
         self.result = result
+
+
+def _params(learner: Learner | RemoteLearner) -> int:
+    return learner.facts.params if isinstance(learner, RemoteLearner) else param_count(learner.model)
 
 
 def _load_checkpoint(learner: Learner, saved: bytes, *, meta: dict) -> checkpoint.Resumed:

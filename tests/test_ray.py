@@ -46,6 +46,8 @@ def test_without_ray_the_error_says_what_to_install(monkeypatch):
 def test_a_head_that_does_not_answer_fails_at_once_with_the_command_that_starts_one():
     import socket
 
+    pytest.importorskip("ray")
+
     with socket.socket() as free:  # a port nobody listens on: bound, never listening
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -56,6 +58,7 @@ def test_a_head_that_does_not_answer_fails_at_once_with_the_command_that_starts_
 
 
 def test_a_scenario_error_comes_before_any_cluster_starts(monkeypatch):
+    pytest.importorskip("ray")
     started = []
     monkeypatch.setattr(RayCluster, "_connect", lambda self: started.append(self))
     with pytest.raises(ValueError, match="k=4 needs n > k"):  # a TopologyError
@@ -63,10 +66,47 @@ def test_a_scenario_error_comes_before_any_cluster_starts(monkeypatch):
     assert not started
 
 
+def test_what_a_remote_learner_lacks_is_named_with_the_way_round_it():
+    from p2pfl.ray_learners import Facts, RemoteLearner
+
+    built = Simulation(load_scenario(None, {"topology.nodes": 6}), run_dir=None).build()
+    plan, real = built.plans[0], built.learners[0]
+    proxy = RemoteLearner(None, 0, Facts.of(real), plan, built.dataset, {})
+    assert proxy.num_classes == real.num_classes and proxy.adapter.size == real.adapter.size
+    assert (proxy.x == real.x).all() and (proxy.y == real.y).all()  # the driver's own copy of the node's rows
+    with pytest.raises(AttributeError, match=r"'optimizer': with ray, node n0's learner lives on a Ray shard.*ray = ''"):
+        proxy.optimizer
+
+
 def _records(run_root: Path) -> list[dict]:
     (metrics,) = run_root.glob("*/metrics.jsonl")
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return sorted(rows, key=lambda r: (r["node"], r["round"], r.get("incarnation", 0)))
+
+
+@pytest.mark.slow
+def test_after_a_run_on_ray_every_node_holds_its_trained_learner(cache, monkeypatch):
+    """In this process (a Ray cluster of its own, before the module's cluster: one process, one Ray)."""
+    pytest.importorskip("ray")
+    from p2pfl.learner import Learner
+
+    ray_tmp = tempfile.mkdtemp(prefix="p2pray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    try:
+        result = Simulation(load_scenario(None, TINY | {"ray": "local", "mode": "fedavg", "profiles": ["mlp"]}),
+                            run_dir=None).run()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    for node, learner in zip(result.nodes, result.learners):
+        assert isinstance(learner, Learner) and node.learner is learner and node.ctx.learner is learner
+    data = result.built.dataset
+    last = max((r for r in result.records if r["node"] == "n0" and "global_acc" in r), key=lambda r: r["round"])
+    # the model that came back is the one the last round evaluated on the shard
+    assert result.learners[0].evaluate(data.x_test, data.y_test).global_acc == last["global_acc"]
+    assert result.summary["ray"]["nodes_per_shard"] and sum(result.summary["params"].values()) > 0
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +139,21 @@ def _sim(runs: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_two_worker_local_ray_cluster_gives_the_records_of_one_process(cluster, tmp_path, cache):
-    events = "--set=events=[{at=2,crash=[1]},{at=3,rejoin=[1]}]"  # a checkpoint to the shard and back
-    on_ray = subprocess.run(_sim(tmp_path / "ray", events, "--ray", cluster.address, "--json", "-"),
+@pytest.mark.parametrize("extra", [
+    ["--set=events=[{at=2,crash=[1]},{at=3,rejoin=[1]}]"],  # logits; a checkpoint to the shard and back
+    ["--mode", "fd"],  # class means of the node's own rows, taught on them (RemoteLearner.x / y)
+    ["--mode", "fedavg", "--archs", "mlp"],  # flat parameters out and in
+], ids=["logits-crash-rejoin", "fd", "fedavg"])
+def test_a_two_worker_local_ray_cluster_gives_the_records_of_one_process(cluster, tmp_path, cache, extra):
+    on_ray = subprocess.run(_sim(tmp_path / "ray", *extra, "--ray", cluster.address, "--json", "-"),
                             capture_output=True, text=True, timeout=300)
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
-    here = subprocess.run(_sim(tmp_path / "here", events), capture_output=True, text=True, timeout=300)
+    here = subprocess.run(_sim(tmp_path / "here", *extra), capture_output=True, text=True, timeout=300)
     assert here.returncode == 0, here.stderr[-3000:]
     summary = json.loads(on_ray.stdout)
     assert summary["ray"]["cpus"] == 2 and sorted(summary["ray"]["nodes_per_shard"]) == [3, 3]
-    assert [e["event"] for e in summary["events"]] == ["crash", "rejoin"]
+    if "events" in extra[0]:
+        assert [e["event"] for e in summary["events"]] == ["crash", "rejoin"]
     a, b = _records(tmp_path / "here"), _records(tmp_path / "ray")
     assert Counter(r["node"] for r in a) == Counter(r["node"] for r in b) and len(a) >= 18
     assert a == b  # bit for bit: the same kernels on one thread, whichever process runs them
