@@ -39,6 +39,7 @@ from p2pfl.assemble import NodePlan, learner
 from p2pfl.config import ConfigError, Scenario, TrainConfig
 from p2pfl.data.sources import Dataset
 from p2pfl.learner import Learner
+from p2pfl.models import param_count
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,7 @@ class Facts:
     @staticmethod
     def of(learner: Learner) -> Facts:
         return Facts(learner.num_classes, learner.label_counts, learner.config, learner.adapter.size,
-                     tuple(learner.adapter.shape), learner.private is not None,
-                     sum(p.numel() for p in learner.model.parameters()))
+                     tuple(learner.adapter.shape), learner.private is not None, param_count(learner.model))
 
 
 class ShardLost(RuntimeError):

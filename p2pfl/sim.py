@@ -249,18 +249,17 @@ class Simulation:
         finally:
             if metrics is not None:
                 metrics.close()
-        taken: dict[int, Learner] = {}
         if cluster is not None:  # the trained learners, back from the shards, where the result holds them
             try:
                 taken = cluster.take()
             except ShardLost as e:  # the records and the summary stand without the models
                 log.warning("%s; the result holds no trained learners", e)
-            if taken:
+            else:
                 learners[:] = [taken[p.index] for p in plans]
-            for h in hosts if taken else ():
-                h.learner = taken[h.plan.index]
-                if h.node is not None:
-                    h.node.learner = h.node.ctx.learner = h.learner
+                for h in hosts:
+                    h.learner = taken[h.plan.index]
+                    if h.node is not None:
+                        h.node.learner = h.node.ctx.learner = h.learner
         reached = max((r["round"] for r in records), default=0)
         summary = summarize(records, rounds=reached if interrupted else s.rounds,
                             wire_bytes=sum(network.bytes_sent.values()))

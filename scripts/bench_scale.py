@@ -72,6 +72,11 @@ open(sys.argv[1], "w").write(hwm.group(1) + " " + str(time.process_time()))
 sys.exit(code)"""
 
 
+def ray_env(tmp: Path) -> dict[str, str]:
+    """A child's environment: Ray's sessions in our temporary folder, not the host's /tmp/ray; no usage report."""
+    return os.environ | {"RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path, ray: bool = False,
               sets: list[str] | None = None, name: str = "") -> dict:
     """One `p2pfl sim` process (with `ray`: on a local Ray cluster it starts); its summary plus its peak RSS
@@ -83,8 +88,7 @@ def run_point(nodes: int, mode: str, rounds: int, steps: int, runs: Path, ray: b
         cmd += ["--set", s]
     if ray:
         cmd += ["--ray", "local"]
-    # Ray's sessions in our temporary folder, not the host's /tmp/ray; no usage report sent
-    env = os.environ | {"RAY_TMPDIR": str(runs), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = ray_env(runs)
     start = time.perf_counter()
     with (runs / f"{name}.err").open("w+") as err:  # a file, not a pipe: a full pipe would block the
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(rss), *cmd],  # child while we wait for it
@@ -224,8 +228,8 @@ ray.shutdown()"""
 
 def ray_call_ms(tmp: Path) -> float:
     """The round trip of one remote call carrying a reference slice (32 KB), to an actor on this machine."""
-    env = os.environ | {"RAY_TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run([sys.executable, "-c", RAY_CALL], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", RAY_CALL], capture_output=True, text=True, env=ray_env(tmp),
+                          timeout=300)
     if done.returncode != 0:
         raise SystemExit(f"bench_scale: the Ray call probe failed:\n{done.stderr[-2000:]}")
     return float(done.stdout.split()[-1])

@@ -25,6 +25,11 @@ def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
+def _load_if_run(name: str) -> dict | None:
+    """A benchmark's JSON, or None where it has not been run (its section is left out)."""
+    return _load(name) if (RESULTS / name).exists() else None
+
+
 def _pg(run: dict) -> str:
     return f"{run['personal']['mean']:.3f} / {run['global']['mean']:.3f}"
 
@@ -107,9 +112,8 @@ def scale() -> list[str]:
 
 
 def protocol() -> list[str]:
-    if not (RESULTS / "bench_protocol.json").exists():
+    if (d := _load_if_run("bench_protocol.json")) is None:
         return []
-    d = _load("bench_protocol.json")
     lines = [f"The field's protocol ({d['nodes']} nodes, mean ± std over seeds; negative transfer against `local` "
              f"of the same seed and split, fedavg on one architecture against `local` on it), from {_source(d)}:", "",
              "| dataset | split | method | architectures | rounds | seeds | personal | global | negative transfer, "
@@ -124,9 +128,8 @@ def protocol() -> list[str]:
 
 
 def ray() -> list[str]:
-    if not (RESULTS / "bench_scale_ray.json").exists():
+    if (d := _load_if_run("bench_scale_ray.json")) is None:
         return []
-    d = _load("bench_scale_ray.json")
     here = {(p["mode"], p["nodes"]): p for p in d["points"] if not p.get("ray")}
     costs = ", ".join(f"{p['mode']} {p['nodes']} nodes "
                       f"{p['wall_per_round_s'] - here[p['mode'], p['nodes']]['wall_per_round_s']:+.2f} s"
@@ -136,9 +139,8 @@ def ray() -> list[str]:
 
 
 def pypi() -> list[str]:
-    if not (RESULTS / "bench_scale_pypi.json").exists():
+    if (d := _load_if_run("bench_scale_pypi.json")) is None:
         return []
-    d = _load("bench_scale_pypi.json")
     rows = ", ".join(f"{p['node_rounds_per_s']:.0f} node-rounds/s at {p['nodes']} nodes ({p['speedup']:.0f}× its "
                      f"{p['theirs_node_rounds_per_s']:.2f})" for p in d["pypi_task"])
     return [f"On the PyPI p2pfl's own task (fedavg, MLP 40-128-128-10, IID, a ring, 10 rounds of one epoch): {rows}; "
