@@ -65,6 +65,7 @@ REFERENCE_SOURCES = ("auto", "mnist1d", "synthetic", "held-out", "noise")
 GENERATED_SOURCES = ("mnist1d", "synthetic")  # data sources with a generator a reference set can come from
 SELECT_RULES = ("all", "confident", "uncertain", "changed")
 AVERAGING = ("metropolis", "push-sum")
+OUTLIER_EXPOSURE = ("pooled", "uniform", "none")  # gossip.outlier_exposure
 # topology.GENERATORS builds each (and asserts it has exactly these); watts-strogatz is small-world's other name
 TOPOLOGY_GENERATORS = ("ring", "line", "star", "complete", "grid", "torus", "erdos-renyi", "small-world",
                        "watts-strogatz", "barabasi-albert", "random-regular")
@@ -228,7 +229,10 @@ class GossipConfig:
     # centred (consensus.normalize_logits); 0 = raw logits. With 8, int3 is as accurate as int4 (BENCHMARKS.md)
     logit_range: float = 8.0
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
-    warmup_uniform: bool = True  # logits mode: outlier exposure on reference rows during warm-up
+    # logits mode: outlier exposure on reference rows during warm-up. "pooled": each row is to say no more than
+    # how likely it is one of the node's own classes (distill.outlier_loss); "uniform": uniform targets (which
+    # also flatten the node's ranking among its own classes); "none"
+    outlier_exposure: str = "pooled"
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down) ...
     # ... and, when > 0, a straggler (its rounds come at under 0.7 x our rate) or a neighbour gone quiet at most
@@ -257,6 +261,8 @@ class GossipConfig:
             parse_reliability(self.reliability)
         except ValueError as e:
             raise ConfigError(f"gossip.reliability = {e}") from None
+        _check(self.outlier_exposure in OUTLIER_EXPOSURE, f"gossip.outlier_exposure = {self.outlier_exposure!r}; "
+                                                          f"choose one of: {', '.join(OUTLIER_EXPOSURE)}")
         _check(self.averaging == "auto" or self.averaging in AVERAGING,
                f"gossip.averaging = {self.averaging!r}; choose one of: auto, {', '.join(AVERAGING)}")
         _check(0.0 <= self.adaptive_bits <= 1.0, f"gossip.adaptive_bits = {self.adaptive_bits}: a total-variation "
@@ -752,6 +758,7 @@ _ACCEPTS = {
     "gossip.codec": f"auto | {codecs.CODEC_GRAMMAR}",
     "gossip.params_codec": f"'' (as gossip.codec) | {codecs.CODEC_GRAMMAR}",
     "gossip.averaging": "auto | " + " | ".join(AVERAGING),
+    "gossip.outlier_exposure": " | ".join(OUTLIER_EXPOSURE),
     "gossip.select": "all | confident:F | uncertain:F | changed:T (0 < F, T <= 1)",
     "gossip.adaptive_bits": "0 (off) .. 1: total-variation threshold",
     "adapter.kind": "auto | " + " | ".join(ADAPTER_KINDS),

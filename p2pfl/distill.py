@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +34,25 @@ def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temp
     if temperature != 1.0:
         teacher_probs = F.softmax(torch.log(teacher_probs.clamp_min(1e-12)) / temperature, dim=-1)
     return F.kl_div(log_q, teacher_probs, reduction="batchmean") * temperature**2
+
+
+def outlier_loss(student_logits: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure that keeps what a node knows: KL from "uniform over the classes" to the student,
+    with the classes the node has labels of (`known`, (C,) bool) pooled into one outcome.
+
+    A reference row may be of one of the node's own classes, so uniform targets on every row
+    (Hendrycks et al.'s outlier exposure) also flatten the node's ranking among its own classes: a node
+    with a majority and a minority class loses the minority (its prior then names the majority). Pooled,
+    the row only has to say how likely it is to be one of mine (|known| / C) and leave the split among
+    them to the labels: the gradient inside the pool is proportional to the student's own split, so
+    that ranking is not pushed at. Zero when the node knows every class (nothing is unknown to it)."""
+    log_q = F.log_softmax(student_logits, dim=-1)
+    c, k = student_logits.shape[-1], int(known.sum())
+    if k == c:
+        return student_logits.sum() * 0.0  # no outlier to expose; keeps the graph for backward
+    if k == 0:
+        return -(log_q.mean(dim=-1)).mean() - math.log(c)  # no labels at all: plain uniform targets
+    mine = torch.logsumexp(log_q[:, known], dim=-1)  # (B,) log probability of "one of my classes"
+    cross = -(k / c) * mine - log_q[:, ~known].sum(dim=-1) / c
+    entropy = -(k / c) * math.log(k / c) + (c - k) / c * math.log(c)
+    return (cross - entropy).mean()

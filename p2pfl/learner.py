@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from p2pfl.config import PrivacyConfig, TrainConfig
-from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
+from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior, outlier_loss
 from p2pfl.models.adapter import Adapter
 from p2pfl.privacy import PrivateSteps, noisy_counts
 
@@ -75,13 +75,15 @@ class Learner:
 
     def train(self, steps: int, teacher_x: torch.Tensor | None = None, teacher_p: torch.Tensor | None = None,
               kd_weight: float | None = None, anchors: torch.Tensor | None = None,
-              anchored: torch.Tensor | None = None) -> float:
+              anchored: torch.Tensor | None = None, outliers: bool = False) -> float:
         """`steps` optimizer steps of CE on private labels (+ KD on teacher rows if given). Returns mean loss.
 
         kd_weight: this call's weight of the KD term (None: config.kd_weight).
         anchors, anchored: (C, d) class prototypes and the (C,) mask of classes that have one (prototypes
         mode): each labelled embedding is pulled toward its class's prototype (MSE, config.proto_weight)
-        and the classifier learns to name every prototype's class (config.proto_head_weight, 0: off)."""
+        and the classifier learns to name every prototype's class (config.proto_head_weight, 0: off).
+        outliers: teacher_x are rows to expose as outliers (`distill.outlier_loss`; teacher_p, if given,
+        is not read) rather than rows to distill on."""
         c = self.config
         kd_weight = c.kd_weight if kd_weight is None else kd_weight
         self.model.train()
@@ -90,30 +92,42 @@ class Learner:
             for g in self.optimizer.param_groups:
                 g["lr"] = self._lr()
             if self.private is not None:
-                total += self._private_step(teacher_x, teacher_p, kd_weight)
+                total += self._private_step(teacher_x, teacher_p, kd_weight, outliers)
                 continue
             idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
             x = shift_augment(self.x[idx], c.augment_shift, self.gen) if c.augment_shift else self.x[idx]
             if anchors is not None:
                 loss = self._anchored_loss(x, self.y[idx], anchors, anchored)
-            elif teacher_p is None:
+            elif teacher_x is None:
                 loss = balanced_cross_entropy(self.model(x), self.y[idx], self.log_p)
             else:
                 # One forward over labelled and reference rows together: the models have no batch
                 # statistics, so this is the same loss as two passes at a fraction of the per-call cost.
-                kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
-                kd_x = teacher_x[kd_idx]
-                if c.augment_reference:
-                    kd_x = shift_augment(kd_x, c.augment_reference, self.gen)
+                kd_idx, kd_x = self._kd_rows(teacher_x)
                 z = self.model(torch.cat([x, kd_x]))
                 loss = (balanced_cross_entropy(z[:len(idx)], self.y[idx], self.log_p)
-                        + kd_weight * distill_loss(z[len(idx):], teacher_p[kd_idx], c.temperature))
+                        + kd_weight * self._kd_loss(z[len(idx):], kd_idx, teacher_p, outliers))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1
             total += loss.item()
         return total / max(steps, 1)
+
+    def _kd_rows(self, teacher_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of reference rows to learn from: their indices and the rows, shift-augmented if set."""
+        c = self.config
+        kd_idx = torch.randint(len(teacher_x), (min(c.kd_batch_size, len(teacher_x)),), generator=self.gen)
+        kd_x = teacher_x[kd_idx]
+        return kd_idx, shift_augment(kd_x, c.augment_reference, self.gen) if c.augment_reference else kd_x
+
+    def _kd_loss(self, z: torch.Tensor, kd_idx: torch.Tensor, teacher_p: torch.Tensor | None,
+                 outliers: bool) -> torch.Tensor:
+        """What the reference rows' logits `z` are trained toward: the teacher's rows, or, for outliers, no
+        more than "unknown" (against the classes the node claims to have: its release, under DP)."""
+        if outliers:
+            return outlier_loss(z, torch.as_tensor(self.label_counts > 0))
+        return distill_loss(z, teacher_p[kd_idx], self.config.temperature)
 
     def _anchored_loss(self, x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor,
                        anchored: torch.Tensor) -> torch.Tensor:
@@ -128,17 +142,15 @@ class Learner:
             loss = loss + c.proto_head_weight * nn.functional.cross_entropy(self.model.head(anchors[classes]), classes)
         return loss
 
-    def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float) -> float:
+    def _private_step(self, teacher_x: torch.Tensor | None, teacher_p: torch.Tensor | None, kd_weight: float,
+                      outliers: bool) -> float:
         """One DP-SGD step (privacy.PrivateSteps): a Poisson sample of private rows, their per-sample
         gradients clipped and noised, plus the distillation rows' plain gradient. Once the planned private
         steps are spent: distillation alone, a plain step (no private row is touched)."""
         c = self.config
-        kd_x = kd_p = None
-        if teacher_p is not None:
-            kd_idx = torch.randint(len(teacher_p), (min(c.kd_batch_size, len(teacher_p)),), generator=self.gen)
-            kd_x, kd_p = teacher_x[kd_idx], teacher_p[kd_idx]
-            if c.augment_reference:
-                kd_x = shift_augment(kd_x, c.augment_reference, self.gen)
+        kd_idx = kd_x = None
+        if teacher_x is not None:
+            kd_idx, kd_x = self._kd_rows(teacher_x)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if not self.private.can_step():
@@ -146,7 +158,7 @@ class Learner:
                 return 0.0  # nothing public to learn from
             self._per_sample.disable_hooks()  # no per-sample gradients needed: public rows only
             try:
-                loss = kd_weight * distill_loss(self.model(kd_x), kd_p, c.temperature)
+                loss = kd_weight * self._kd_loss(self.model(kd_x), kd_idx, teacher_p, outliers)
                 _backward(loss)
             finally:
                 self._per_sample.enable_hooks()
@@ -163,7 +175,7 @@ class Learner:
             if len(rows):
                 loss = nn.functional.cross_entropy(z[:len(rows)] + self.log_p, self.y[rows], reduction="sum")
             if kd_x is not None:
-                loss = loss + kd_weight * distill_loss(z[len(rows):], kd_p, c.temperature)
+                loss = loss + kd_weight * self._kd_loss(z[len(rows):], kd_idx, teacher_p, outliers)
             _backward(loss)
         self.private.set_grads([p for p in self.model.parameters() if p.requires_grad], len(rows))
         self.optimizer.step()

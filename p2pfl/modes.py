@@ -45,6 +45,7 @@ class Teaching:
     weighed: dict[str, float] = field(default_factory=dict)
     anchors: torch.Tensor | None = None  # prototypes: (C, d) pooled class means to pull embeddings toward
     anchored: torch.Tensor | None = None  # (C,) bool: the classes that have one
+    outliers: bool = False  # x are rows to expose as outliers (Learner.train), probs unused
 
 
 # A neighbour's parameter vector farther from ours than this many times our own norm (+1) is no model
@@ -100,7 +101,7 @@ class Mode(ABC):
 
     def train(self, ctx: NodeContext, teaching: Teaching, steps: int) -> float:
         return ctx.learner.train(steps, teaching.x, teaching.probs, teaching.kd_weight, teaching.anchors,
-                                 teaching.anchored)
+                                 teaching.anchored, teaching.outliers)
 
     def state(self) -> dict[str, float]:
         """Numbers a restarted node needs besides its model (saved in its checkpoint)."""
@@ -144,12 +145,16 @@ class LogitsMode(Mode):
         return self._table, self._taught
 
     def warmup(self, ctx):
-        # Outlier exposure: uniform targets on reference rows, most of which are classes this node
-        # never saw, teach it to say "I don't know" there instead of naming one of its own classes.
-        # Its first knowledge is then worth combining (see BENCHMARKS.md for the measured effect).
-        if not ctx.gossip.warmup_uniform:
+        # Outlier exposure: reference rows, most of which are classes this node never saw, teach it to say
+        # "I don't know" there instead of naming one of its own classes, so its first knowledge is worth
+        # combining (docs/experiments.md). "pooled" asks a row only "one of mine or not": rows of its own
+        # classes keep its ranking of them, which uniform targets flatten (BENCHMARKS.md, spoken digits).
+        exposure = ctx.gossip.outlier_exposure
+        if exposure == "none":
             return Teaching()
         x = torch.from_numpy(ctx.reference.x[ctx.reference.slice_rows(0)])
+        if exposure == "pooled":
+            return Teaching(x, outliers=True)
         c = ctx.learner.num_classes
         return Teaching(x, torch.full((len(x), c), 1.0 / c))
 

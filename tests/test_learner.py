@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from p2pfl.config import TrainConfig
 from p2pfl.data import synthetic
-from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior
+from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior, outlier_loss
 from p2pfl.learner import Learner
 from p2pfl.models import MODELS, UnknownModelError, build_model, param_count
 
@@ -216,3 +216,43 @@ def test_shift_augment_moves_each_signal_by_at_most_max_shift():
         assert -2 <= offset <= 2
         torch.testing.assert_close(row[2:8], orig[2 + offset:8 + offset])
     torch.testing.assert_close(shift_augment(x, 0, torch.Generator()), x)
+
+
+def test_outlier_loss_pushes_only_the_pool_of_known_classes():
+    """Pooled outlier exposure: inside the known classes the gradient is proportional to the student's own
+    split (their ranking is not pushed at), outside it pulls each unknown class toward 1/C."""
+    torch.manual_seed(0)
+    z = torch.randn(6, 10, requires_grad=True)
+    known = torch.zeros(10, dtype=torch.bool)
+    known[[2, 5]] = True
+    outlier_loss(z, known).backward()
+    q = z.softmax(-1).detach()
+    grad = z.grad * len(z)
+    pool = q[:, known].sum(1, keepdim=True)
+    assert torch.allclose(grad[:, known], q[:, known] * (1 - 0.2 / pool), atol=1e-6)
+    assert torch.allclose(grad[:, ~known], q[:, ~known] - 0.1, atol=1e-6)
+    # ratios inside the pool are free: any split with pool mass 2/10 and 1/10 elsewhere costs nothing
+    at_target = torch.zeros(1, 10)
+    at_target[0, 2], at_target[0, 5] = math.log(1.7), math.log(0.3)
+    assert float(outlier_loss(at_target, known)) == pytest.approx(0.0, abs=1e-6)
+    assert float(outlier_loss(torch.randn(3, 10), torch.ones(10, dtype=torch.bool))) == 0.0  # nothing unknown
+    assert float(outlier_loss(torch.zeros(3, 10), torch.zeros(10, dtype=torch.bool))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pooled_exposure_keeps_a_minority_class_that_uniform_targets_flatten():
+    """A node with a majority and a minority class, exposed to reference rows of its own classes: uniform
+    targets pull the minority's rows toward chance, pooled exposure leaves the labels' ranking."""
+    d = synthetic(num_samples=800, seed=0)
+    x, y = d.x_train, d.y_train
+    keep = (y == 0) | ((y == 1) & (np.arange(len(y)) % 4 == 0))  # class 1 a minority
+    ref = torch.from_numpy(d.x_test[(d.y_test == 0) | (d.y_test == 1)])
+    margins = {}
+    for pooled in (True, False):
+        torch.manual_seed(0)
+        model = build_model("mlp", input_length=40, num_classes=4, embed_dim=16)
+        learner = Learner(model, x[keep], y[keep], num_classes=4, config=TrainConfig(batch_size=32, kd_weight=2.0),
+                          total_steps=200, seed=0)
+        learner.train(200, ref, None if pooled else torch.full((len(ref), 4), 0.25), outliers=pooled)
+        z = torch.as_tensor(learner.logits(d.x_test[d.y_test == 1]))
+        margins[pooled] = float((z[:, 1] - z[:, 0]).mean())  # minority over majority on minority rows
+    assert margins[True] > margins[False] + 0.5, margins
