@@ -229,10 +229,10 @@ class GossipConfig:
     # centred (consensus.normalize_logits); 0 = raw logits. With 8, int3 is as accurate as int4 (BENCHMARKS.md)
     logit_range: float = 8.0
     teacher_memory: int = 0  # logits mode: also distill rows taught in the last N rounds (0: this round's only)
-    # logits mode: outlier exposure on reference rows during warm-up. "pooled": each row is to say no more than
-    # how likely it is one of the node's own classes (distill.outlier_loss); "uniform": uniform targets (which
-    # also flatten the node's ranking among its own classes); "none"
-    outlier_exposure: str = "pooled"
+    # logits mode: outlier exposure on reference rows during warm-up. "uniform": uniform targets, which also
+    # flatten the node's ranking among its own classes; "pooled": each row is to say no more than how likely it
+    # is one of the node's own classes (distill.outlier_loss; spoken-digits' setting, BENCHMARKS.md); "none"
+    outlier_exposure: str = "uniform"
     max_lag: int = 1  # start round r only once each live neighbour's knowledge is from round >= r-1-max_lag ...
     wait_timeout: float = 30.0  # ... or this many seconds passed (then the silent neighbour counts as down) ...
     # ... and, when > 0, a straggler (its rounds come at under 0.7 x our rate) or a neighbour gone quiet at most
