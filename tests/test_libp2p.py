@@ -163,7 +163,8 @@ def test_a_checkpoint_of_another_model_shape_is_one_clear_error(tmp_path):
 
 
 def test_cli_node_refuses_another_nodes_checkpoint(cache, tmp_path, capsys):
-    args = ["node", "--state-dir", str(tmp_path), "--rounds", "1", "--listen", LOOPBACK]
+    # --min-peers 0: alone, the first run would wait out start_timeout (60 s) for a neighbour
+    args = ["node", "--state-dir", str(tmp_path), "--rounds", "1", "--listen", LOOPBACK, "--min-peers", "0"]
     for kv in TINY_SETS:
         args += ["--set", kv]
     assert cli.main(args + ["--shard", "0/2"]) == 0
