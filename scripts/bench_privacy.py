@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -51,7 +51,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_privacy.json"))
+    ap.add_argument("--curve-from", nargs="+", metavar="JSON",
+                    help="run nothing: draw the accuracy-epsilon curve of these runs' rows (one scenario) as a PNG "
+                         "beside the first")
     args = ap.parse_args()
+    if args.curve_from:
+        rows = [r for p in args.curve_from for r in json.loads(Path(p).read_text())["rows"]]
+        plot(rows, Path(args.curve_from[0]).with_suffix(".png"))
+        return
     path = shipped.scenario(args.scenario)
     overrides = parse_sets(args.set) | ({"rounds": args.rounds} if args.rounds else {})
     grid = [None] * args.local + list(args.epsilons)
@@ -76,6 +83,38 @@ def main() -> None:
              "| date | scenario | epsilon | delta | personal | global | global worst 10% | bytes / node / round "
              "| epsilon spent (max node) | wall |\n|---|---|---|---|---|---|---|---|---|---|", table)
     print(f"wrote {args.out} and a table in BENCHMARKS.md")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Global and personal accuracy against epsilon (log scale; no privacy drawn at the right edge), with
+    the local baseline and the issue's bar (global >= local + 0.10) as lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    private = sorted((r for r in rows if isinstance(r["epsilon"], (int, float)) and math.isfinite(r["epsilon"])),
+                     key=lambda r: r["epsilon"])
+    free = [r for r in rows if r["epsilon"] in (math.inf, "inf", "Infinity")]
+    local = [r for r in rows if r["epsilon"] == "local"]
+    eps = [r["epsilon"] for r in private]
+    edge = 2 * max(eps) if eps else 16.0  # where "no privacy" is drawn
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for key, colour in (("global", "tab:blue"), ("personal", "tab:orange")):
+        ax.plot(eps, [r[key] for r in private], "o-", color=colour, label=f"{key}, DP-SGD at epsilon")
+        if free:
+            ax.plot([edge], [free[0][key]], "s", color=colour, label=f"{key}, no privacy")
+        if local:
+            ax.axhline(local[0][key], color=colour, ls="--", lw=0.8, label=f"{key}, each node alone")
+    if local:
+        ax.axhline(local[0]["global"] + 0.10, color="grey", ls=":", lw=0.8, label="bar: global >= local + 0.10")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(eps + [edge], [f"{e:g}" for e in eps] + ["inf"])
+    ax.set_xlabel("epsilon per node over the whole run (delta 1e-5)")
+    ax.set_ylabel("final accuracy (mean over nodes)")
+    ax.set_title("privacy: what the (epsilon, delta)-DP release costs")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
