@@ -136,6 +136,10 @@ class TrainConfig:
     local_steps: int = 90  # steps per round, labels and teacher mixed; +0.02 global over 60 on two seeds (BENCHMARKS.md)
     kd_weight: float = 2.0  # measured: +1.0 / +1.5 points global over 1.0 on two seeds and alphas (BENCHMARKS.md)
     temperature: float = 1.0
+    # the weight of the teacher's split among the classes a node has labels of (distill.own_split_distill_loss):
+    # 1 plain distillation; 0 leaves that ranking to the node's own labels, the teacher still saying how
+    # likely a row is to be one of them and which other class (measured on spoken digits: BENCHMARKS.md)
+    kd_own_split: float = 1.0
     weight_decay: float = 0.0
     balanced: bool = True  # prior-corrected CE (see distill.balanced_cross_entropy)
     augment_shift: int = 4  # shift labelled signals by up to this many steps (0: off); +10 points global at 25 rounds
@@ -155,6 +159,8 @@ class TrainConfig:
         _at_least(self, "train.", 1, "batch_size", "kd_batch_size")
         _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay", "proto_weight",
                   "proto_head_weight")
+        _check(0.0 <= self.kd_own_split <= 1.0, f"train.kd_own_split = {self.kd_own_split}: the weight of the "
+                                                f"teacher's split among a node's own classes, 0 .. 1 (1: plain distillation)")
         for key in ("augment_shift", "augment_reference"):
             _check(getattr(self, key) >= 0, f"train.{key} = {getattr(self, key)}: a shift in steps, >= 0 (0: off), e.g. 4")
 
@@ -765,6 +771,7 @@ _ACCEPTS = {
     "network.loss": "0 .. 1",
     "gossip.floor": "0 .. 1",
     "train.min_lr_ratio": "0 .. 1 (1: constant rate)",
+    "train.kd_own_split": "0 .. 1: the teacher's weight on the split among a node's own classes (1: plain distillation)",
     "attack": "KIND:N | KIND:F (N nodes or a share F), or [{kind = ..., count | fraction | nodes | neighbours = ..., "
               "start, strength, place = random | bottleneck}]; kinds: " + " | ".join(ATTACKS) + ", joined by +",
     "gossip.defence": "auto (= " + "+".join(AUTO_DEFENCE) + ") | none | " + " | ".join(DEFENCES) + ", joined by +",

@@ -36,6 +36,28 @@ def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temp
     return F.kl_div(log_q, teacher_probs, reduction="batchmean") * temperature**2
 
 
+def own_split_distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, known: torch.Tensor,
+                           own_split: float, temperature: float = 1.0) -> torch.Tensor:
+    """`distill_loss` with the teacher's split among the node's own classes (`known`, (C,) bool) weighed
+    by `own_split`. By the chain rule KL(t || s) = KL over the coarse outcomes ("one of mine", each other
+    class) + t(mine) x KL of the split among mine; this keeps the first whole and multiplies the second
+    by `own_split`: 1 is plain distillation, 0 leaves the ranking among a node's own classes to its
+    labels (the teacher still says how likely a row is to be one of them, and which other class)."""
+    if own_split == 1.0 or not bool(known.any()):
+        return distill_loss(student_logits, teacher_probs, temperature)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    if temperature != 1.0:
+        teacher_probs = F.softmax(torch.log(teacher_probs.clamp_min(1e-12)) / temperature, dim=-1)
+    t_mine = teacher_probs[:, known].sum(dim=-1)  # (B,)
+    log_s_mine = torch.logsumexp(log_q[:, known], dim=-1)
+    others = teacher_probs[:, ~known]
+    coarse = (torch.special.xlogy(t_mine, t_mine) - t_mine * log_s_mine
+              + (torch.special.xlogy(others, others) - others * log_q[:, ~known]).sum(dim=-1))
+    t_split = teacher_probs[:, known] / t_mine.clamp_min(1e-12)[:, None]
+    split = (torch.special.xlogy(t_split, t_split) - t_split * (log_q[:, known] - log_s_mine[:, None])).sum(dim=-1)
+    return (coarse + own_split * t_mine * split).mean() * temperature**2
+
+
 def outlier_loss(student_logits: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Outlier exposure that keeps what a node knows: KL from "uniform over the classes" to the student,
     with the classes the node has labels of (`known`, (C,) bool) pooled into one outcome.

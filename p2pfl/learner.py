@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from p2pfl.config import PrivacyConfig, TrainConfig
-from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior, outlier_loss
+from p2pfl.distill import balanced_cross_entropy, log_prior, outlier_loss, own_split_distill_loss
 from p2pfl.models.adapter import Adapter
 from p2pfl.privacy import PrivateSteps, noisy_counts
 
@@ -127,7 +127,8 @@ class Learner:
         more than "unknown" (against the classes the node claims to have: its release, under DP)."""
         if outliers:
             return outlier_loss(z, torch.as_tensor(self.label_counts > 0))
-        return distill_loss(z, teacher_p[kd_idx], self.config.temperature)
+        return own_split_distill_loss(z, teacher_p[kd_idx], torch.as_tensor(self.label_counts > 0),
+                                      self.config.kd_own_split, self.config.temperature)
 
     def _anchored_loss(self, x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor,
                        anchored: torch.Tensor) -> torch.Tensor:

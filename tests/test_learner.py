@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from p2pfl.config import TrainConfig
+from p2pfl.config import ConfigError, TrainConfig
 from p2pfl.data import synthetic
-from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior, outlier_loss
+from p2pfl.distill import balanced_cross_entropy, distill_loss, log_prior, outlier_loss, own_split_distill_loss
 from p2pfl.learner import Learner
 from p2pfl.models import MODELS, UnknownModelError, build_model, param_count
 
@@ -237,6 +237,38 @@ def test_outlier_loss_pushes_only_the_pool_of_known_classes():
     assert float(outlier_loss(at_target, known)) == pytest.approx(0.0, abs=1e-6)
     assert float(outlier_loss(torch.randn(3, 10), torch.ones(10, dtype=torch.bool))) == 0.0  # nothing unknown
     assert float(outlier_loss(torch.zeros(3, 10), torch.zeros(10, dtype=torch.bool))) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_own_split_distillation_is_the_chain_rule_of_plain_distillation(temperature):
+    """KL(t || s) = coarse KL + t(mine) x KL of the split among mine: the loss is linear in own_split,
+    and at 1 it is plain distillation (by the formula, not only by the shortcut)."""
+    torch.manual_seed(0)
+    z, t = torch.randn(7, 10), torch.randn(7, 10).softmax(-1)
+    known = torch.zeros(10, dtype=torch.bool)
+    known[[1, 4, 8]] = True
+    at = {w: float(own_split_distill_loss(z, t, known, w, temperature)) for w in (0.0, 0.5)}
+    assert 2 * at[0.5] - at[0.0] == pytest.approx(float(distill_loss(z, t, temperature)), rel=1e-5)
+    assert float(own_split_distill_loss(z, t, known, 1.0, temperature)) == float(distill_loss(z, t, temperature))
+    none_known = torch.zeros(10, dtype=torch.bool)
+    assert float(own_split_distill_loss(z, t, none_known, 0.0)) == float(distill_loss(z, t))  # nothing to split
+
+
+def test_own_split_zero_leaves_the_ranking_among_own_classes_to_the_labels():
+    """At own_split 0 the gradient inside the node's own classes is proportional to the student's own
+    split (it moves the pool's mass, not the ranking inside it); outside, it is plain distillation's."""
+    torch.manual_seed(0)
+    z, t = torch.randn(5, 10, requires_grad=True), torch.randn(5, 10).softmax(-1)
+    known = torch.zeros(10, dtype=torch.bool)
+    known[[0, 3]] = True
+    own_split_distill_loss(z, t, known, 0.0).backward()
+    q = z.softmax(-1).detach()
+    grad = z.grad * len(z)
+    pool_q, pool_t = q[:, known].sum(1, keepdim=True), t[:, known].sum(1, keepdim=True)
+    assert torch.allclose(grad[:, known], q[:, known] * (1 - pool_t / pool_q), atol=1e-6)
+    assert torch.allclose(grad[:, ~known], q[:, ~known] - t[:, ~known], atol=1e-6)
+    with pytest.raises(ConfigError, match="train.kd_own_split"):
+        TrainConfig(kd_own_split=1.5)
 
 
 def test_pooled_exposure_keeps_a_minority_class_that_uniform_targets_flatten():
