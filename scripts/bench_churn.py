@@ -8,6 +8,7 @@ Cases (node indices of the scenario's topology, n nodes):
     patience             undisturbed with gossip.patience 0.25 (off by default): what patience costs
     churn                churn.rate 0.2, downtime 3 rounds, half the downs crashes (back from the checkpoint)
     churn-stale-decay    churn, late knowledge weighed by (1 + rounds old)^-1 instead of full weight
+    churn-drop-stale     churn, late knowledge dropped (gossip.staleness 0) instead of used at full weight
     partition            nodes 0..n/2-1 and n/2..n-1 split at round 15, healed at 25
     join                 a quarter of the nodes (every 4th) absent until round 25
     straggler            node 5 at a quarter of its speed from the start, gossip.patience 0.25
@@ -52,6 +53,7 @@ def case_overrides(case: str, n: int) -> dict:
         "patience": {"gossip.patience": 0.25},
         "churn": churn,
         "churn-stale-decay": churn | {"gossip.stale_decay": 1.0},
+        "churn-drop-stale": churn | {"gossip.staleness": 0},
         "partition": {"events": [{"at": SPLIT, "partition": [list(range(n // 2)), list(range(n // 2, n))]},
                                  {"at": HEAL, "heal": True}]},
         "join": {"events": [{"at": JOIN, "join": list(range(3, n, 4))}]},
@@ -60,7 +62,7 @@ def case_overrides(case: str, n: int) -> dict:
     }[case]
 
 
-CASES = ("undisturbed", "patience", "churn", "churn-stale-decay", "partition", "join", "straggler")
+CASES = ("undisturbed", "patience", "churn", "churn-stale-decay", "churn-drop-stale", "partition", "join", "straggler")
 
 
 def run(scenario_path, overrides: dict, case: str, seed: int) -> dict:
