@@ -127,6 +127,54 @@ def protocol() -> list[str]:
     return lines
 
 
+# The robustness grids of the quickstart at 30 rounds, in the order they were run: a later JSON's row of the
+# same attack, share and defence replaces an earlier one (replay was rerun after its fix)
+ROBUSTNESS = ("bench_robustness_grid.json", "bench_robustness_replay.json", "bench_robustness_heavy.json")
+
+
+def robustness() -> list[str]:
+    grids = [d for name in ROBUSTNESS if (d := _load_if_run(name)) is not None]
+    if not grids:
+        return []
+    cells: dict[tuple, dict] = {}
+    for d in grids:
+        for r in d["rows"]:
+            if r["attack"] != "none" and "vs_clean" in r:
+                cells[r["attack"], str(r["share"]), r["defence"]] = r
+    keys = list(dict.fromkeys((a, f) for a, f, _ in cells))
+    share = lambda f: f if " of " in f else f"{float(f):.0%}"  # noqa: E731
+
+    def cell(key: tuple, defence: str) -> str:
+        r = cells.get((*key, defence))
+        return "–" if r is None else f"{r['personal_kept']:.1%} / {r['vs_clean']:+.3f}"
+
+    lines = [f"Liars among the quickstart's 16 nodes (30 rounds, seed 0; honest nodes only: personal accuracy kept "
+             f"of the clean run, global change against the same nodes in the undefended clean run), from "
+             f"{', '.join(_source(d) for d in grids)}:", "",
+             "| attack | attackers | defence `auto` | no defence |", "|---|---|---|---|"]
+    lines += [f"| {a} | {share(f)} | {cell((a, f), 'auto')} | {cell((a, f), 'none')} |" for a, f in keys]
+    return lines
+
+
+# The privacy runs: every step private at each epsilon, the local baseline and no privacy (inf)
+PRIVACY = ("bench_privacy.json", "bench_privacy_curve.json")
+
+
+def privacy() -> list[str]:
+    runs = [d for name in PRIVACY if (d := _load_if_run(name)) is not None]
+    rows = {str(r["epsilon"]): r for d in runs for r in d["rows"]}
+    if not rows:
+        return []
+    order = sorted((e for e in rows if e not in ("local", "inf")), key=float) + [e for e in ("inf", "local") if e in rows]
+    name = {"inf": "no privacy", "local": "each node alone (no sharing)"}
+    lines = [f"Privacy on the quickstart (50 rounds, seed 0; DP-SGD on every node's private samples, opacus's RDP "
+             f"accountant, delta 1e-5), from {', '.join(_source(d) for d in runs)}:", "",
+             "| epsilon per node | personal / global | bytes / node / round |", "|---|---|---|"]
+    lines += [f"| {name.get(e) or format(float(e), 'g')} | {rows[e]['personal']:.3f} / {rows[e]['global']:.3f} | "
+              f"{_kb(rows[e]['bytes_per_node_per_round'])} |" for e in order]
+    return lines
+
+
 def ray() -> list[str]:
     if (d := _load_if_run("bench_scale_ray.json")) is None:
         return []
@@ -148,7 +196,7 @@ def pypi() -> list[str]:
 
 
 def render() -> str:
-    parts = [quickstart(), real_data(), two_widths(), protocol(), scale(), ray(), pypi()]
+    parts = [quickstart(), real_data(), two_widths(), protocol(), robustness(), privacy(), scale(), ray(), pypi()]
     body = "\n\n".join("\n".join(p) for p in parts if p)
     return f"{BEGIN}\n{body}\n{END}"
 
