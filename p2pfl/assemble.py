@@ -137,7 +137,7 @@ def topology(s: Scenario) -> Topology:
 
 def plans(s: Scenario, data: Dataset, graph: Topology) -> list[NodePlan]:
     """Every node of the graph: its shard of the data, its profile (round-robin), its mixing weights."""
-    parts = partition(data.y_train, graph.n, s.data.partition, s.seed)
+    parts = partition(data.y_train, graph.n, s.data.partition, s.data.split(s.seed))
     weights = metropolis_hastings_weights(graph.graph)
     profiles = [resolve_profile(name) for name in s.profiles]
     out = []
@@ -151,7 +151,7 @@ def plans(s: Scenario, data: Dataset, graph: Topology) -> list[NodePlan]:
 def shard_plan(s: Scenario, data: Dataset, shard: int, shards: int, node_id: str, profile: str | None) -> NodePlan:
     """Node `shard` of `shards` as a real process sees it: the data and profile simulated node `shard`
     would have, and no neighbours yet (the transport finds them)."""
-    parts = partition(data.y_train, shards, s.data.partition, s.seed)
+    parts = partition(data.y_train, shards, s.data.partition, s.data.split(s.seed))
     chosen = resolve_profile(profile or s.profiles[shard % len(s.profiles)])
     return node_plan(s, shard, node_id, chosen, parts[shard], {})
 

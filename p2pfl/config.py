@@ -174,9 +174,18 @@ class DataConfig:
     # rows of the global test set every node is evaluated on each round (0: all). The test set grows with
     # data.samples; at 1,024 nodes evaluating all of it every round cost ~300 s a round (issue 18)
     test_size: int = 0
+    # the seed of the split over nodes; -1: the scenario's seed. Fixed while `seed` varies, runs differ only
+    # in training randomness (models, batches): how much of a difference between runs is noise
+    split_seed: int = -1
 
     def __post_init__(self):
         _at_least(self, "data.", 0, "test_size")
+        _check(self.split_seed >= -1, f"data.split_seed = {self.split_seed}: the seed of the split over nodes, "
+                                      f">= 0, or -1 for the scenario's seed")
+
+    def split(self, seed: int) -> int:
+        """The seed the split over nodes uses in a scenario of seed `seed`."""
+        return seed if self.split_seed == -1 else self.split_seed
 
 
 @dataclass(frozen=True)

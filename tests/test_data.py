@@ -513,3 +513,19 @@ def test_test_size_caps_the_global_test_set_and_names_the_key():
     assert len(data_and_reference(full)[0].x_train) == len(data_and_reference(s)[0].x_train)
     with pytest.raises(ConfigError, match="data.test_size"):
         load_scenario("sim/quickstart.toml", {"data.test_size": -1})
+
+
+def test_split_seed_fixes_the_split_while_the_scenario_seed_varies():
+    """data.split_seed: runs of two scenario seeds with one split seed give every node the same rows (only
+    training randomness differs); -1, the default, splits by the scenario's seed as before."""
+    from p2pfl.assemble import data_and_reference, plans, topology
+    from p2pfl.config import load_scenario
+
+    def shards(**sets):
+        s = load_scenario("sim/quickstart.toml", {"data.samples": 1000, "topology.nodes": 6} | sets)
+        return [p.train_idx.tolist() for p in plans(s, data_and_reference(s)[0], topology(s))]
+
+    assert shards(seed=1, **{"data.split_seed": 0}) == shards(seed=0) == shards(seed=0, **{"data.split_seed": 0})
+    assert shards(seed=1) != shards(seed=0)
+    with pytest.raises(ConfigError, match="data.split_seed"):
+        load_scenario("sim/quickstart.toml", {"data.split_seed": -2})
