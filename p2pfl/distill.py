@@ -30,10 +30,17 @@ def balanced_cross_entropy(logits: torch.Tensor, y: torch.Tensor, log_p: torch.T
 
 def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher ‖ student_T) · T², averaged over rows. teacher_probs: (B, C), rows sum to one."""
+    log_q, teacher_probs = _tempered(student_logits, teacher_probs, temperature)
+    return F.kl_div(log_q, teacher_probs, reduction="batchmean") * temperature**2
+
+
+def _tempered(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log-probabilities and the teacher's probabilities, both at `temperature`."""
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
     if temperature != 1.0:
         teacher_probs = F.softmax(torch.log(teacher_probs.clamp_min(1e-12)) / temperature, dim=-1)
-    return F.kl_div(log_q, teacher_probs, reduction="batchmean") * temperature**2
+    return log_q, teacher_probs
 
 
 def own_split_distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, known: torch.Tensor,
@@ -45,9 +52,7 @@ def own_split_distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Te
     labels (the teacher still says how likely a row is to be one of them, and which other class)."""
     if own_split == 1.0 or not bool(known.any()):
         return distill_loss(student_logits, teacher_probs, temperature)
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
-    if temperature != 1.0:
-        teacher_probs = F.softmax(torch.log(teacher_probs.clamp_min(1e-12)) / temperature, dim=-1)
+    log_q, teacher_probs = _tempered(student_logits, teacher_probs, temperature)
     t_mine = teacher_probs[:, known].sum(dim=-1)  # (B,)
     log_s_mine = torch.logsumexp(log_q[:, known], dim=-1)
     others = teacher_probs[:, ~known]

@@ -123,12 +123,13 @@ class Learner:
 
     def _kd_loss(self, z: torch.Tensor, kd_idx: torch.Tensor, teacher_p: torch.Tensor | None,
                  outliers: bool) -> torch.Tensor:
-        """What the reference rows' logits `z` are trained toward: the teacher's rows, or, for outliers, no
-        more than "unknown" (against the classes the node claims to have: its release, under DP)."""
+        """What the reference rows' logits `z` are trained toward: the teacher's rows (its split among our
+        own classes weighed by train.kd_own_split), or, for outliers, no more than "unknown"; our own
+        classes are those the node claims to have (its release, under DP)."""
+        known = torch.as_tensor(self.label_counts > 0)
         if outliers:
-            return outlier_loss(z, torch.as_tensor(self.label_counts > 0))
-        return own_split_distill_loss(z, teacher_p[kd_idx], torch.as_tensor(self.label_counts > 0),
-                                      self.config.kd_own_split, self.config.temperature)
+            return outlier_loss(z, known)
+        return own_split_distill_loss(z, teacher_p[kd_idx], known, self.config.kd_own_split, self.config.temperature)
 
     def _anchored_loss(self, x: torch.Tensor, y: torch.Tensor, anchors: torch.Tensor,
                        anchored: torch.Tensor) -> torch.Tensor:
