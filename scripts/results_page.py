@@ -129,7 +129,8 @@ def protocol() -> list[str]:
 
 # The robustness grids of the quickstart at 30 rounds, in the order they were run: a later JSON's row of the
 # same attack, share and defence replaces an earlier one (replay was rerun after its fix)
-ROBUSTNESS = ("bench_robustness_grid.json", "bench_robustness_replay.json", "bench_robustness_heavy.json")
+ROBUSTNESS = ("bench_robustness_grid.json", "bench_robustness_replay.json", "bench_robustness_heavy.json",
+              "bench_robustness_silent.json")
 
 
 def robustness() -> list[str]:
@@ -149,7 +150,8 @@ def robustness() -> list[str]:
         return "–" if r is None else f"{r['personal_kept']:.1%} / {r['vs_clean']:+.3f}"
 
     lines = [f"Liars among the quickstart's 16 nodes (30 rounds, seed 0; honest nodes only: personal accuracy kept "
-             f"of the clean run, global change against the same nodes in the undefended clean run), from "
+             f"of the clean run, global change against the same nodes in the undefended clean run, or the clean run of "
+             f"the same defence where a grid has no undefended one), from "
              f"{', '.join(_source(d) for d in grids)}:", "",
              "| attack | attackers | defence `auto` | no defence |", "|---|---|---|---|"]
     lines += [f"| {a} | {share(f)} | {cell((a, f), 'auto')} | {cell((a, f), 'none')} |" for a, f in keys]
