@@ -153,6 +153,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = [g for g in by_setting(rows) if g["attack"] != "none"]
+    if not groups:  # clean runs only: nothing to draw
+        return
     attacks = list(dict.fromkeys(g["attack"] for g in groups))
     settings = list(dict.fromkeys((share_label(g["share"]), g["defence"]) for g in groups))
     value = {(g["attack"], share_label(g["share"]), g["defence"]): g["vs_clean"] for g in groups}
