@@ -7,10 +7,11 @@ For each architecture of the quickstart (the zoo's MLP, CNN1D and GRU at its sha
 10 classes, 300 rows a step as a distillation step has) and each N: the forward and backward of N
 nodes' losses, each node its own parameters and rows,
   loop     one node after the other (what the simulation does today),
-  batched  all N at once, each node's parameters stacked: the MLP and the GRU written out as one
-           batched matrix product (bmm over the nodes) per layer and, for the GRU, per time step
-           (nn.GRU itself cannot be batched by vmap); the CNN1D through torch.func.vmap, which turns
-           its convolutions into grouped ones; autograd's backward,
+  bmm      all N at once, each node's parameters stacked, the architecture written out as one batched
+           matrix product (bmm over the nodes) per layer: per time step for the GRU, unfold + bmm for
+           the CNN1D's convolutions; autograd's backward,
+  vmap     torch.func.vmap over the stacked parameters (MLP and CNN1D, whose convolutions it turns into
+           grouped ones; nn.GRU has no batching rule),
 checked to give the loop's gradients (max relative difference printed and stored), then timed
 interleaved (the machine's noise hits both) and the median kept. The optimizer step is left out: it is
 per node in both. Writes scripts/results/bench_batching.json and a table in BENCHMARKS.md.
@@ -40,7 +41,6 @@ from p2pfl.models import build_model  # noqa: E402
 from p2pfl.models.zoo import _tokens  # noqa: E402
 
 LENGTH, CLASSES, ROWS = 40, 10, 300
-BMM = ("mlp", "cnn1d", "gru")  # written out as batched matrix products (also measured: vmap, --vmap)
 
 
 def loop_grads(models, x, y) -> list[list[torch.Tensor]]:
@@ -53,7 +53,7 @@ def loop_grads(models, x, y) -> list[list[torch.Tensor]]:
 
 
 def vmap_step(models):
-    """A function (x, y) -> per-node gradients of every parameter, stacked over the nodes."""
+    """A function (x, y) -> each node's gradients, in `parameters()` order, from one vmapped call."""
     params, buffers = stack_module_state(models)
     base = models[0]
 
@@ -120,8 +120,8 @@ def bmm_step(models, arch: str):
     """The architecture written out with the nodes' parameters stacked (in `parameters()` order) and
     one batched matrix product per layer; autograd's backward."""
     leaves = [torch.stack([p.detach() for p in ps]).requires_grad_() for ps in zip(*(m.parameters() for m in models))]
-    forward = {"mlp": mlp_forward, "cnn1d": cnn1d_forward,
-               "gru": functools.partial(gru_forward, chunk=getattr(models[0], "chunk", 0))}[arch]
+    forward = functools.partial(gru_forward, chunk=models[0].chunk) if arch == "gru" else \
+        {"mlp": mlp_forward, "cnn1d": cnn1d_forward}[arch]
 
     def step(x, y):
         out = forward(x, *leaves)
