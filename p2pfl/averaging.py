@@ -47,6 +47,35 @@ def push_sum(own: np.ndarray, kept_mass: float, received: Sequence[tuple[float, 
 
 
 CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
+# The parameter reputation defence (`standing`). Distance alone cannot tell a sign-flipper from an honest
+# neighbour on non-IID data: one round of local training moves a model by about its own norm, so honest
+# neighbours lie ~0.9 of our norm away and a sign-flipper ~1.8 (quickstart fedavg, round 1). Direction can:
+# honest neighbours' vectors point our way (cosine 0.5-0.65 in round 1, rising to 0.95+), a sign-flipper's or
+# an IPM sender's away from us (-0.5), noise nowhere (0). So a neighbour keeps its whole weight from cosine
+# ALIGNED_FULL up and none from 0 down, and, for lies that point our way but reach far, none from
+# STANDING_FAR lower-median distances (whole up to STANDING_NEAR; honest quickstart neighbours: all within
+# 2.3 in fedavg, 1.5 in adapter and hybrid).
+ALIGNED_FULL = 0.3
+STANDING_NEAR, STANDING_FAR = 2.5, 5.0
+
+
+def spread(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray:
+    """Each vector's distance from `own` in lower-median distances of them all (1: the median one; the
+    lower median, so that with half the neighbours far the yardstick is still a near one)."""
+    own64 = own.astype(np.float64)
+    dist = np.array([float(np.linalg.norm(x.astype(np.float64) - own64)) for x in received])
+    median = float(np.percentile(dist, 50, method="lower")) if len(dist) else 0.0
+    if median == 0.0:  # the nearest half says exactly what we hold: anything else is infinitely far
+        return np.where(dist > 0, np.inf, 0.0)
+    return dist / median
+
+
+def toward(own: np.ndarray, x: np.ndarray, f: float) -> np.ndarray:
+    """own + f (x - own): x's pull on an average kept to the share f of it (f = 1: x itself)."""
+    if f >= 1.0:
+        return x
+    own64 = own.astype(np.float64)
+    return (own64 + f * (x.astype(np.float64) - own64)).astype(np.float32)
 
 
 def clip_around(own: np.ndarray, received: Sequence[np.ndarray], factor: float = CLIP_FACTOR) -> list[np.ndarray]:
@@ -54,11 +83,29 @@ def clip_around(own: np.ndarray, received: Sequence[np.ndarray], factor: float =
     `factor` x the lower median of the neighbours' distances from `own`, in the direction it lies. A
     minority of neighbours, however far they send us, then pulls us at most a bounded distance each;
     honest neighbours within that radius are unchanged."""
-    if not received:
-        return []
+    return [toward(own, x, factor / s if s > factor else 1.0) for x, s in zip(received, spread(own, received))]
+
+
+def alignment(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray:
+    """The cosine between `own` and each vector: 0 for a vector of zeros (it points nowhere), 1 for every
+    vector when `own` is all zeros (no direction of ours to point away from: distance alone judges)."""
     own64 = own.astype(np.float64)
-    gaps = [x.astype(np.float64) - own64 for x in received]
-    dist = np.array([float(np.linalg.norm(g)) for g in gaps])
-    radius = factor * float(np.percentile(dist, 50, method="lower"))
-    return [x if d <= radius else (own64 + g * (radius / d)).astype(np.float32)
-            for x, g, d in zip(received, gaps, dist)]
+    norm = float(np.linalg.norm(own64))
+    if norm == 0.0:
+        return np.ones(len(received))
+    out = []
+    for x in received:
+        x64 = x.astype(np.float64)
+        both = norm * float(np.linalg.norm(x64))
+        out.append(float(np.dot(own64, x64)) / both if both > 0 else 0.0)
+    return np.clip(np.array(out), -1.0, 1.0)
+
+
+def standing(spread_of: float, aligned: float) -> float:
+    """A neighbour's weight factor from how far (`spread`) and which way (`alignment`) its vector lies: the
+    smaller of 1 up to STANDING_NEAR, 0 from STANDING_FAR (linear between) and 1 from ALIGNED_FULL, 0 at
+    and below 0 (linear between). Clipping bounds a far neighbour's pull to the ball's edge, every round, in
+    its direction, so a sign-flipper still pulls twice as hard as an honest neighbour; standing takes the
+    pull away instead."""
+    near = (STANDING_FAR - spread_of) / (STANDING_FAR - STANDING_NEAR)
+    return float(np.clip(min(near, aligned / ALIGNED_FULL), 0.0, 1.0))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from p2pfl.averaging import clip_around, mix, push_sum
+from p2pfl.averaging import alignment, clip_around, mix, push_sum, spread, standing, toward
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
 from p2pfl.consensus import (Contribution, agreement, bound_claims, class_means, clip_to_own, normalize_logits,
                              reputation_factor, self_support, teacher, total_variation)
@@ -41,7 +41,8 @@ class Teaching:
     # logits: per sender, the share of rows where its top class matched the others' pool (what
     # gossip.reliability weighs by; a liar's is low), for status and metrics
     agreement: dict[str, float] = field(default_factory=dict)
-    # logits, gossip.defence "reputation": per sender, the factor its weight was multiplied by (1: full)
+    # gossip.defence "reputation": per sender, the factor its weight was multiplied by (1: full); logits by
+    # what it says of our own classes, parameters by how far its vector lies (hybrid: the smaller)
     weighed: dict[str, float] = field(default_factory=dict)
     anchors: torch.Tensor | None = None  # prototypes: (C, d) pooled class means to pull embeddings toward
     anchored: torch.Tensor | None = None  # (C,) bool: the classes that have one
@@ -56,6 +57,25 @@ PLAUSIBLE_RADIUS = 100.0
 # honest-looking round after many lies lifts a liar's weight by 30% of the way, not all of it.
 REPUTATION_MEMORY = 0.7
 MAX_REPUTATIONS = 1024  # senders remembered (16x node.MAX_PEERS)
+
+
+class RunningMeans:
+    """Per sender, a running mean (REPUTATION_MEMORY of the old value, the rest the new one; a stranger's
+    first value taken whole), for at most MAX_REPUTATIONS senders: identities come and go (Sybils), the
+    least recently heard is forgotten first."""
+
+    def __init__(self) -> None:
+        self._mean: dict[str, float] = {}
+
+    def update(self, sender: str, value: float) -> float | None:
+        """The sender's mean after `value` (NaN: nothing to judge, the mean as it was; None if it has none)."""
+        old = self._mean.pop(sender, None)  # re-inserted last: the dict forgets the least recent first
+        new = old if np.isnan(value) else value if old is None else REPUTATION_MEMORY * old + (1 - REPUTATION_MEMORY) * value
+        if new is not None:
+            self._mean[sender] = new
+        while len(self._mean) > MAX_REPUTATIONS:
+            del self._mean[next(iter(self._mean))]
+        return new
 
 
 def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
@@ -136,7 +156,7 @@ class LogitsMode(Mode):
         self._table: np.ndarray | None = None  # (reference size, C) latest teacher of every row
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
         self._drift: float | None = None  # the last drift measured (Teaching.drift)
-        self._support: dict[str, float] = {}  # sender -> running mean of its self_support (the reputation defence)
+        self._support = RunningMeans()  # sender -> running mean of its self_support (the reputation defence)
 
     @property
     def taught(self) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -216,19 +236,12 @@ class LogitsMode(Mode):
                         agreement=agreed, weighed=weighed, refused=refused)
 
     def _reputation(self, received: list[Received], support: np.ndarray) -> list[float]:
-        """Each sender's weight factor: its running self_support (REPUTATION_MEMORY of the old value; a
-        slice without rows to judge leaves it as it was, a stranger starts at full weight) through
-        `reputation_factor`."""
+        """Each sender's weight factor: its running self_support (a slice without rows to judge leaves it
+        as it was, a stranger starts at full weight) through `reputation_factor`."""
         out = []
         for r, s in zip(received, support[1:]):
-            old = self._support.pop(r.sender, None)  # re-inserted last: the dict forgets the least recent first
-            if not np.isnan(s):
-                self._support[r.sender] = s if old is None else REPUTATION_MEMORY * old + (1 - REPUTATION_MEMORY) * s
-            elif old is not None:
-                self._support[r.sender] = old
-            while len(self._support) > MAX_REPUTATIONS:  # identities come and go (Sybils): memory stays bounded
-                del self._support[next(iter(self._support))]
-            out.append(reputation_factor(self._support.get(r.sender, 1.0)))
+            mean = self._support.update(r.sender, float(s))
+            out.append(reputation_factor(1.0 if mean is None else mean))
         return out
 
     def _own_logits(self, ctx, start, count):
@@ -314,6 +327,7 @@ class AdapterMode(Mode):
         self.push_sum = averaging == "push-sum"
         self.mass = 1.0
         self._consumed: dict[str, int] = {}  # push-sum: sender -> last round whose mass we added
+        self._standing = RunningMeans()  # sender -> running mean of its standing (the reputation defence)
 
     @classmethod
     def from_config(cls, adapter, averaging):
@@ -338,7 +352,14 @@ class AdapterMode(Mode):
     def absorb(self, ctx, inbox, round_idx):
         own = ctx.learner.get_flat()
         inbox, refused = plausible(own, [r for r in inbox if r.kind == "params"])
-        if "clip" in parse_defence(ctx.gossip.defence):  # each neighbour pulls us at most a bounded distance
+        defence, weighed = parse_defence(ctx.gossip.defence), {}
+        if "reputation" in defence and inbox:  # a far or opposed neighbour's pull taken away, now and for a while
+            vectors = [r.array for r in inbox]
+            now = map(standing, spread(own, vectors), alignment(own, vectors))
+            factors = [min(f, self._standing.update(r.sender, f)) for r, f in zip(inbox, now)]
+            weighed = {r.sender: f for r, f in zip(inbox, factors)}
+            inbox = [replace(r, array=toward(own, r.array, f)) for r, f in zip(inbox, factors)]
+        if "clip" in defence:  # each neighbour pulls us at most a bounded distance
             inbox = [replace(r, array=v) for r, v in zip(inbox, clip_around(own, [r.array for r in inbox]))]
         if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
             inbox = [r for r in inbox if self._consumed.get(r.sender, -1) < r.round]
@@ -348,7 +369,8 @@ class AdapterMode(Mode):
                 ctx.learner.set_flat(flat)
         elif inbox:
             ctx.learner.set_flat(mix(ctx.learner.get_flat(), [(r.weight, r.array) for r in inbox]))
-        return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox], refused=refused)
+        return Teaching(contributors=len(inbox), staleness=[round_idx - 1 - r.round for r in inbox], refused=refused,
+                        weighed=weighed)
 
 
 class FedAvgMode(AdapterMode):
@@ -395,6 +417,8 @@ class HybridMode(LogitsMode):
         teaching.contributors = max(teaching.contributors, averaged.contributors)
         teaching.staleness += averaged.staleness
         teaching.refused += averaged.refused
+        teaching.weighed = {s: min(teaching.weighed.get(s, 1.0), averaged.weighed.get(s, 1.0))
+                            for s in teaching.weighed.keys() | averaged.weighed.keys()}
         teaching.kd_weight = ctx.learner.config.kd_weight * (1.0 - self.kd_decay * round_idx / ctx.rounds)
         return teaching
 

@@ -332,8 +332,9 @@ class Node(Lifetime):
                 if (p := self.peers.get(sender)) is not None:
                     p.reputation = factor
                 if factor < DISTRUSTED:
-                    self._reject(sender, "distrusted", f"round {r}: its predictions contradict the classes our "
-                                                       f"own labels know; its weight x {factor:.2f}")
+                    self._reject(sender, "distrusted", f"round {r}: its knowledge contradicts ours (predictions "
+                                                       f"against the classes our own labels know, or parameters far "
+                                                       f"beyond our other neighbours'); its weight x {factor:.2f}")
             for sender, reason, why in teaching.refused:
                 self._reject(sender, reason, f"round {r}: {why}")
             steps = self.learner.config.local_steps

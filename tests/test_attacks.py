@@ -233,6 +233,76 @@ def test_clipped_vectors_never_leave_the_ball(own, n, seed):
         assert np.linalg.norm(x.astype(np.float64) - own) <= radius * (1 + 1e-5) + rounding
 
 
+# -- the parameter reputation defence --------------------------------------------------------------------
+
+def test_standing_keeps_near_aligned_neighbours_whole_and_takes_far_or_opposed_ones_away():
+    from p2pfl.averaging import ALIGNED_FULL, STANDING_FAR, STANDING_NEAR, alignment, spread, standing, toward
+
+    own = np.zeros(3, np.float32)
+    received = [np.array([1.0, 0, 0], np.float32), np.array([0, 1.5, 0], np.float32), np.array([0, 0, -40], np.float32),
+                np.array([0, 0, 60], np.float32)]
+    np.testing.assert_allclose(spread(own, received), [1 / 1.5, 1.0, 40 / 1.5, 60 / 1.5])  # the lower median: 1.5
+    np.testing.assert_array_equal(spread(own, [own, own, received[0]]), [0.0, 0.0, np.inf])  # the near half agrees
+    ours = np.array([3.0, 4.0, 0.0], np.float32)
+    np.testing.assert_allclose(alignment(ours, [ours * 2, -ours, np.array([0, 0, 1.0], np.float32), own]), [1, -1, 0, 0])
+    np.testing.assert_array_equal(alignment(own, [ours, -ours]), [1.0, 1.0])  # no direction of ours: distance judges
+    assert standing(STANDING_NEAR, 1.0) == 1.0 and standing((STANDING_NEAR + STANDING_FAR) / 2, 1.0) == pytest.approx(0.5)
+    assert standing(STANDING_FAR, 1.0) == 0.0 and standing(40.0, 1.0) == 0.0  # far, whichever way
+    assert standing(1.0, ALIGNED_FULL) == 1.0 and standing(1.0, ALIGNED_FULL / 2) == pytest.approx(0.5)
+    assert standing(1.0, 0.0) == 0.0 and standing(1.0, -0.5) == 0.0  # near, but pointing away from us
+    np.testing.assert_allclose(toward(own, received[2], 0.25), [0, 0, -10])
+    assert toward(own, received[0], 1.0) is received[0]
+
+
+def _param_mode_absorbs(inbox_rounds, defence="auto"):
+    """What an adapter node at (4, 4) holds after absorbing each round's (sender, vector) pairs at weight 0.25."""
+    from p2pfl.modes import NodeContext, Received, make_mode
+
+    learner = SimpleNamespace()
+    learner.get_flat = lambda: learner.v.copy()
+    learner.set_flat = lambda v: setattr(learner, "v", np.asarray(v, np.float32))
+    mode, out = make_mode("adapter"), []
+    ctx = NodeContext(learner, None, 0.25, GossipConfig(defence=defence))
+    for r, pairs in enumerate(inbox_rounds, 1):
+        learner.v = np.full(2, 4.0, np.float32)  # the same own vector each round: only the verdict changes
+        teaching = mode.absorb(ctx, [Received(s, r - 1, "params", np.asarray(v, np.float32), 0, 0, np.zeros(2), 0.25)
+                                     for s, v in pairs], r)
+        out.append((learner.v.copy(), teaching.weighed))
+    return out
+
+
+def test_a_sign_flipper_moves_us_nothing_and_regains_its_weight_only_slowly():
+    honest = [("a", [5.0, 4.0]), ("b", [4.0, 5.0]), ("c", [5.0, 5.0])]
+    flip = ("liar", [-4.0, -4.0])  # as near as twice our norm, but pointing the other way
+    (held, weighed), = _param_mode_absorbs([honest + [flip]])
+    np.testing.assert_allclose(held, 0.25 * np.array([14.0 + 4.0, 14.0 + 4.0]))  # the liar's share stays on us
+    assert weighed["liar"] == 0.0 and all(weighed[s] == 1.0 for s in "abc")
+    (undefended, _), = _param_mode_absorbs([honest + [flip]], defence="none")
+    np.testing.assert_allclose(undefended, [2.5, 2.5])  # what the defence took away
+    # three rounds of lies, then an honest-looking vector: the running mean keeps most of its pull away
+    rounds = _param_mode_absorbs([honest + [flip]] * 3 + [honest + [("liar", [5.0, 4.0])]])
+    assert rounds[-1][1]["liar"] == pytest.approx(0.3)  # REPUTATION_MEMORY 0.7 of the old 0
+    # honest neighbours are never cut: the same vectors every round keep their whole weight
+    assert all(w == {"a": 1.0, "b": 1.0, "c": 1.0} for _, w in _param_mode_absorbs([honest] * 4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 99))
+def test_standing_never_lets_a_sender_pull_beyond_the_far_edge(n, seed):
+    """Whatever the vectors, a neighbour's pull after the reputation defence is at most STANDING_FAR lower-median
+    distances: the ball the defence bounds every contribution to, liars or not."""
+    from p2pfl.averaging import STANDING_FAR, alignment, spread, standing, toward
+
+    rng = np.random.default_rng(seed)
+    own = rng.normal(size=4).astype(np.float32)
+    received = [(own + rng.normal(scale=10.0 ** rng.integers(-2, 6), size=4)).astype(np.float32) for _ in range(n)]
+    dist = sorted(float(np.linalg.norm(x.astype(np.float64) - own)) for x in received)
+    yardstick = dist[(n - 1) // 2]
+    for x, s, a in zip(received, spread(own, received), alignment(own, received)):
+        moved = toward(own, x, standing(s, a))
+        assert np.linalg.norm(moved.astype(np.float64) - own) <= STANDING_FAR * yardstick * (1 + 1e-5) + 1e-5
+
+
 def test_defences_combine_and_bad_ones_are_named():
     from p2pfl.config import parse_defence
 
