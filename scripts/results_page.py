@@ -127,14 +127,16 @@ def protocol() -> list[str]:
     return lines
 
 
-# The robustness grids of the quickstart at 30 rounds, in the order they were run: a later JSON's row of the
-# same attack, share and defence replaces an earlier one (replay was rerun after its fix)
+# The robustness grids at 30 rounds, in the order they were run: a later JSON's row of the same attack, share
+# and defence replaces an earlier one (replay was rerun after its fix). Logits mode (the quickstart) and the
+# parameter attacks on fedavg (16 CNN1D nodes) apart.
 ROBUSTNESS = ("bench_robustness_grid.json", "bench_robustness_replay.json", "bench_robustness_heavy.json",
               "bench_robustness_silent.json")
+ROBUSTNESS_PARAMS = ("bench_robustness_params.json",)
 
 
-def robustness() -> list[str]:
-    grids = [d for name in ROBUSTNESS if (d := _load_if_run(name)) is not None]
+def robustness(names: tuple[str, ...] = ROBUSTNESS, nodes: str = "the quickstart's 16 nodes") -> list[str]:
+    grids = [d for name in names if (d := _load_if_run(name)) is not None]
     if not grids:
         return []
     cells: dict[tuple, dict] = {}
@@ -149,7 +151,7 @@ def robustness() -> list[str]:
         r = cells.get((*key, defence))
         return "–" if r is None else f"{r['personal_kept']:.1%} / {r['vs_clean']:+.3f}"
 
-    lines = [f"Liars among the quickstart's 16 nodes (30 rounds, seed 0; honest nodes only: personal accuracy kept "
+    lines = [f"Liars among {nodes} (30 rounds, seed 0; honest nodes only: personal accuracy kept "
              f"of the clean run, global change against the same nodes in the undefended clean run, or the clean run of "
              f"the same defence where a grid has no undefended one), from "
              f"{', '.join(_source(d) for d in grids)}:", "",
@@ -198,7 +200,8 @@ def pypi() -> list[str]:
 
 
 def render() -> str:
-    parts = [quickstart(), real_data(), two_widths(), protocol(), robustness(), privacy(), scale(), ray(), pypi()]
+    parts = [quickstart(), real_data(), two_widths(), protocol(), robustness(),
+             robustness(ROBUSTNESS_PARAMS, "16 fedavg nodes (all CNN1D), parameter attacks"), privacy(), scale(), ray(), pypi()]
     body = "\n\n".join("\n".join(p) for p in parts if p)
     return f"{BEGIN}\n{body}\n{END}"
 

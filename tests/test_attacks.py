@@ -357,14 +357,15 @@ def test_a_neighbour_that_says_what_we_say_is_never_down_weighted(seed, n, noise
         assert np.isnan(s) or reputation_factor(s) == 1.0
 
 
-def test_in_a_simulation_reputation_cuts_a_liar_with_honest_counts_and_counts_it(cache):
+@pytest.mark.parametrize("mode, attack", [("logits", "shift"), ("adapter", "sign-flip")])
+def test_in_a_simulation_reputation_cuts_a_liar_with_honest_counts_and_counts_it(cache, mode, attack):
     from p2pfl.node import DISTRUSTED
     from p2pfl.sim import Simulation
     from tests.test_sim import TINY
 
-    s = load_scenario(None, TINY | {"topology.name": "ring", "topology.nodes": 6, "rounds": 4,
+    s = load_scenario(None, TINY | {"topology.name": "ring", "topology.nodes": 6, "rounds": 4, "mode": mode,
                                     "gossip.defence": "claims+reputation",
-                                    "attack": [{"kind": "shift", "nodes": [2]}]})
+                                    "attack": [{"kind": attack, "nodes": [2]}]})
     result = Simulation(s, run_dir=None).run()
     liar = result.built.plans[2].node_id
     last = [r for r in result.records if r["round"] == 4 and r["node"] != liar]
