@@ -54,7 +54,10 @@ CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
 # an IPM sender's away from us (-0.5), noise nowhere (0). So a neighbour keeps its whole weight from cosine
 # ALIGNED_FULL up and none from 0 down, and, for lies that point our way but reach far, none from
 # STANDING_FAR lower-median distances (whole up to STANDING_NEAR; honest quickstart neighbours: all within
-# 2.3 in fedavg, 1.5 in adapter and hybrid).
+# 2.3 in fedavg, 1.5 in adapter and hybrid). Nodes started from unlike initialisations (real nodes with
+# different seeds) point nowhere in particular (cosine ~0) until averaging brings them together, so the
+# cosine's yardstick is the upper-median neighbour's where that is below ALIGNED_FULL: full weight from
+# it, none from ALIGNED_FULL below it, and a run whose honest nodes are all unaligned still averages.
 ALIGNED_FULL = 0.3
 STANDING_NEAR, STANDING_FAR = 2.5, 5.0
 
@@ -101,11 +104,17 @@ def alignment(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray:
     return np.clip(np.array(out), -1.0, 1.0)
 
 
-def standing(spread_of: float, aligned: float) -> float:
-    """A neighbour's weight factor from how far (`spread`) and which way (`alignment`) its vector lies: the
-    smaller of 1 up to STANDING_NEAR, 0 from STANDING_FAR (linear between) and 1 from ALIGNED_FULL, 0 at
-    and below 0 (linear between). Clipping bounds a far neighbour's pull to the ball's edge, every round, in
-    its direction, so a sign-flipper still pulls twice as hard as an honest neighbour; standing takes the
-    pull away instead."""
-    near = (STANDING_FAR - spread_of) / (STANDING_FAR - STANDING_NEAR)
-    return float(np.clip(min(near, aligned / ALIGNED_FULL), 0.0, 1.0))
+def standings(own: np.ndarray, received: Sequence[np.ndarray]) -> list[float]:
+    """Each neighbour's weight factor from how far (`spread`) and which way (`alignment`) its vector lies:
+    the smaller of 1 up to STANDING_NEAR, 0 from STANDING_FAR (linear between), and 1 from the yardstick
+    y = min(ALIGNED_FULL, the upper-median cosine), 0 from y - ALIGNED_FULL (linear between; the upper
+    median, so that with half the neighbours pointing away the yardstick is still an aligned one).
+    Clipping bounds a far neighbour's pull to the ball's edge, every round, in its direction, so a
+    sign-flipper still pulls twice as hard as an honest neighbour; standing takes the pull away instead."""
+    if not received:
+        return []
+    aligned = alignment(own, received)
+    yardstick = min(ALIGNED_FULL, float(np.percentile(aligned, 50, method="higher")))
+    near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
+    way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
+    return [float(f) for f in np.clip(np.minimum(near, way), 0.0, 1.0)]

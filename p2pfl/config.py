@@ -40,7 +40,7 @@ ROW_RULES = ("mean", "class-weighted", "median", "trimmed")  # the rules that po
 # - reputation (consensus.self_support, reputation_factor): logits; a neighbour's weight scaled by what it says
 #   where our own labelled classes let us judge (its running mean probability of our confident top class,
 #   full weight from chance level up), so a liar that moves, inverts or reorders classes loses its say;
-#   parameter modes (averaging.standing): a neighbour's pull scaled down as its vector points away from ours
+#   parameter modes (averaging.standings): a neighbour's pull scaled down as its vector points away from ours
 #   (cosine below ALIGNED_FULL, none from 0) or lies beyond STANDING_NEAR lower-median distances (none from
 #   STANDING_FAR); this round's verdict or its running mean, the smaller; a sign-flipper, IPM or noise sender
 #   is then not averaged in at all;

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from p2pfl.averaging import alignment, clip_around, mix, push_sum, spread, standing, toward
+from p2pfl.averaging import clip_around, mix, push_sum, standings, toward
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
 from p2pfl.consensus import (Contribution, agreement, bound_claims, class_means, clip_to_own, normalize_logits,
                              reputation_factor, self_support, teacher, total_variation)
@@ -354,8 +354,7 @@ class AdapterMode(Mode):
         inbox, refused = plausible(own, [r for r in inbox if r.kind == "params"])
         defence, weighed = parse_defence(ctx.gossip.defence), {}
         if "reputation" in defence and inbox:  # a far or opposed neighbour's pull taken away, now and for a while
-            vectors = [r.array for r in inbox]
-            now = map(standing, spread(own, vectors), alignment(own, vectors))
+            now = standings(own, [r.array for r in inbox])
             factors = [min(f, self._standing.update(r.sender, f)) for r, f in zip(inbox, now)]
             weighed = {r.sender: f for r, f in zip(inbox, factors)}
             inbox = [replace(r, array=toward(own, r.array, f)) for r, f in zip(inbox, factors)]

@@ -235,8 +235,15 @@ def test_clipped_vectors_never_leave_the_ball(own, n, seed):
 
 # -- the parameter reputation defence --------------------------------------------------------------------
 
+def _at(cosine: float, norm: float, axis: int = 1) -> np.ndarray:
+    """A vector of `norm` at `cosine` with (1, 0, 0)."""
+    v = np.zeros(3)
+    v[0], v[axis] = cosine, np.sqrt(1 - cosine ** 2)
+    return (norm * v).astype(np.float32)
+
+
 def test_standing_keeps_near_aligned_neighbours_whole_and_takes_far_or_opposed_ones_away():
-    from p2pfl.averaging import ALIGNED_FULL, STANDING_FAR, STANDING_NEAR, alignment, spread, standing, toward
+    from p2pfl.averaging import STANDING_FAR, STANDING_NEAR, alignment, spread, standings, toward
 
     own = np.zeros(3, np.float32)
     received = [np.array([1.0, 0, 0], np.float32), np.array([0, 1.5, 0], np.float32), np.array([0, 0, -40], np.float32),
@@ -246,12 +253,21 @@ def test_standing_keeps_near_aligned_neighbours_whole_and_takes_far_or_opposed_o
     ours = np.array([3.0, 4.0, 0.0], np.float32)
     np.testing.assert_allclose(alignment(ours, [ours * 2, -ours, np.array([0, 0, 1.0], np.float32), own]), [1, -1, 0, 0])
     np.testing.assert_array_equal(alignment(own, [ours, -ours]), [1.0, 1.0])  # no direction of ours: distance judges
-    assert standing(STANDING_NEAR, 1.0) == 1.0 and standing((STANDING_NEAR + STANDING_FAR) / 2, 1.0) == pytest.approx(0.5)
-    assert standing(STANDING_FAR, 1.0) == 0.0 and standing(40.0, 1.0) == 0.0  # far, whichever way
-    assert standing(1.0, ALIGNED_FULL) == 1.0 and standing(1.0, ALIGNED_FULL / 2) == pytest.approx(0.5)
-    assert standing(1.0, 0.0) == 0.0 and standing(1.0, -0.5) == 0.0  # near, but pointing away from us
-    np.testing.assert_allclose(toward(own, received[2], 0.25), [0, 0, -10])
+    own = np.array([1.0, 0, 0], np.float32)
+    honest = [_at(0.9, 2.0), _at(0.9, 2.0, axis=2), _at(0.9, 2.0) * np.array([1, -1, 1], np.float32)]  # equally near
+    flip = _at(-0.9, 1.0)  # near (1.7 median distances), but pointing away from us
+    assert spread(own, [*honest, flip])[-1] < STANDING_NEAR
+    assert standings(own, [*honest, flip]) == [1.0, 1.0, 1.0, 0.0]
+    assert standings(own, [*honest[:2], flip, flip])[2:] == [0.0, 0.0]  # half of them away: the yardstick is aligned
+    half = own + (STANDING_NEAR + STANDING_FAR) / 2 * (honest[0] - own)  # aligned, but reaching far
+    far = own + 2 * STANDING_FAR * (honest[0] - own)
+    assert standings(own, [*honest, half, far])[3:] == [pytest.approx(0.5), 0.0]
+    # unlike initialisations (real nodes with different seeds): nobody points our way, nobody is cut for it
+    unaligned = [_at(c, 1.0, axis) for c, axis in ((0.02, 1), (0.0, 2), (-0.02, 1), (0.01, 2))]
+    assert min(standings(own, unaligned)) >= 0.9
+    np.testing.assert_allclose(toward(np.zeros(3, np.float32), received[2], 0.25), [0, 0, -10])
     assert toward(own, received[0], 1.0) is received[0]
+    assert standings(own, []) == []
 
 
 def _param_mode_absorbs(inbox_rounds, defence="auto"):
@@ -291,15 +307,15 @@ def test_a_sign_flipper_moves_us_nothing_and_regains_its_weight_only_slowly():
 def test_standing_never_lets_a_sender_pull_beyond_the_far_edge(n, seed):
     """Whatever the vectors, a neighbour's pull after the reputation defence is at most STANDING_FAR lower-median
     distances: the ball the defence bounds every contribution to, liars or not."""
-    from p2pfl.averaging import STANDING_FAR, alignment, spread, standing, toward
+    from p2pfl.averaging import STANDING_FAR, standings, toward
 
     rng = np.random.default_rng(seed)
     own = rng.normal(size=4).astype(np.float32)
     received = [(own + rng.normal(scale=10.0 ** rng.integers(-2, 6), size=4)).astype(np.float32) for _ in range(n)]
     dist = sorted(float(np.linalg.norm(x.astype(np.float64) - own)) for x in received)
     yardstick = dist[(n - 1) // 2]
-    for x, s, a in zip(received, spread(own, received), alignment(own, received)):
-        moved = toward(own, x, standing(s, a))
+    for x, f in zip(received, standings(own, received)):
+        moved = toward(own, x, f)
         assert np.linalg.norm(moved.astype(np.float64) - own) <= STANDING_FAR * yardstick * (1 + 1e-5) + 1e-5
 
 
