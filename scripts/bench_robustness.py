@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each (one core each)")
     ap.add_argument("--out", default=str(ROOT / "scripts" / "results" / "bench_robustness.json"))
     ap.add_argument("--table-from", metavar="JSON", help="run nothing: add the table rows of an earlier run's JSON")
+    ap.add_argument("--no-table", action="store_true", help="a screen: write the JSON and PNG, not BENCHMARKS.md rows")
     ap.add_argument("--reuse", nargs="*", default=[], metavar="JSON",
                     help="earlier JSONs of this scenario, settings and rounds: their rows are taken, not rerun")
     args = ap.parse_args()
@@ -108,7 +109,8 @@ def main() -> None:
     out["rows"] = [done[key(*g[2:])] for g in grid]
     compare_to_clean(out["rows"])
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
-    write_table(out, Path(args.out))
+    if not args.no_table:
+        write_table(out, Path(args.out))
     plot(out["rows"], Path(args.out).with_suffix(".png"))
 
 
