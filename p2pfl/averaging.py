@@ -47,7 +47,7 @@ def push_sum(own: np.ndarray, kept_mass: float, received: Sequence[tuple[float, 
 
 
 CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
-# The parameter reputation defence (`standing`). Distance alone cannot tell a sign-flipper from an honest
+# The parameter reputation defence (`standings`). Distance alone cannot tell a sign-flipper from an honest
 # neighbour on non-IID data: one round of local training moves a model by about its own norm, so honest
 # neighbours lie ~0.9 of our norm away and a sign-flipper ~1.8 (quickstart fedavg, round 1). Direction can:
 # honest neighbours' vectors point our way (cosine 0.5-0.65 in round 1, rising to 0.95+), a sign-flipper's or
@@ -113,8 +113,10 @@ def standings(own: np.ndarray, received: Sequence[np.ndarray]) -> list[float]:
     sign-flipper still pulls twice as hard as an honest neighbour; standing takes the pull away instead."""
     if not received:
         return []
-    aligned = alignment(own, received)
-    yardstick = min(ALIGNED_FULL, float(np.percentile(aligned, 50, method="higher")))
-    near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
-    way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
-    return [float(f) for f in np.clip(np.minimum(near, way), 0.0, 1.0)]
+    with np.errstate(invalid="ignore", over="ignore"):  # a non-finite vector gets NaN here, and 0 below
+        aligned = alignment(own, received)
+        yardstick = min(ALIGNED_FULL, float(np.percentile(aligned, 50, method="higher")))
+        near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
+        way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
+    # a vector no finite arithmetic can judge (the wire and `modes.plausible` refuse those first) gets nothing
+    return [float(f) for f in np.nan_to_num(np.clip(np.minimum(near, way), 0.0, 1.0), nan=0.0)]

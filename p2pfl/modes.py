@@ -42,7 +42,7 @@ class Teaching:
     # gossip.reliability weighs by; a liar's is low), for status and metrics
     agreement: dict[str, float] = field(default_factory=dict)
     # gossip.defence "reputation": per sender, the factor its weight was multiplied by (1: full); logits by
-    # what it says of our own classes, parameters by how far its vector lies (hybrid: the smaller)
+    # what it says of our own classes, parameters by which way and how far its vector lies (hybrid: the smaller)
     weighed: dict[str, float] = field(default_factory=dict)
     anchors: torch.Tensor | None = None  # prototypes: (C, d) pooled class means to pull embeddings toward
     anchored: torch.Tensor | None = None  # (C,) bool: the classes that have one
