@@ -48,13 +48,12 @@ def push_sum(own: np.ndarray, kept_mass: float, received: Sequence[tuple[float, 
 
 CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
 # The parameter reputation defence (`standings`). Distance alone cannot tell a sign-flipper from an honest
-# neighbour on non-IID data: one round of local training moves a model by about its own norm, so honest
-# neighbours lie ~0.9 of our norm away and a sign-flipper ~1.8 (quickstart fedavg, round 1). Direction can:
-# honest neighbours' vectors point our way (cosine 0.5-0.65 in round 1, rising to 0.95+), a sign-flipper's or
-# an IPM sender's away from us (-0.5), noise nowhere (0). So a neighbour keeps its whole weight from cosine
+# neighbour on non-IID data: one round of local training moves a model by about its own norm, so a sign-flipper
+# lies only ~2 lower-median distances away in round 1 (scripts/diag_standing.py, quickstart fedavg). Direction can:
+# honest neighbours' vectors point our way (cosine 0.52-0.67 in round 1, 0.79-0.95 by round 3), a sign-flipper's
+# away from us (-0.53 to -0.61), noise nowhere (0). So a neighbour keeps its whole weight from cosine
 # ALIGNED_FULL up and none from 0 down, and, for lies that point our way but reach far, none from
-# STANDING_FAR lower-median distances (whole up to STANDING_NEAR; honest quickstart neighbours: all within
-# 2.3 in fedavg, 1.5 in adapter and hybrid). Nodes started from unlike initialisations (real nodes with
+# STANDING_FAR lower-median distances (whole up to STANDING_NEAR; honest fedavg neighbours: within 1.95 in rounds 1-3). Nodes started from unlike initialisations (real nodes with
 # different seeds) point nowhere in particular (cosine ~0) until averaging brings them together, so the
 # cosine's yardstick is the upper-median neighbour's where that is below ALIGNED_FULL: full weight from
 # it, none from ALIGNED_FULL below it, and a run whose honest nodes are all unaligned still averages.
