@@ -15,8 +15,9 @@ against `local` on that same architecture. Unlike HtFLlib's server, nodes learn 
 
 Per run: personal and global accuracy (mean over nodes), bytes per node per round, and the
 negative-transfer rate (the share of nodes whose personal accuracy is below the same node's in `local`,
-same seed and split) with its worst node's loss. A run whose folder already holds a summary is read,
-not run again (`--runs`, default runs/protocol): the grid can be filled over several sessions. Writes
+same seed and split) with its worst node's loss. A run whose folder already holds a summary of the same scenario is read,
+not run again (`--runs`, default runs/protocol), and the JSON keeps the rows this invocation does not
+measure: the grid can be filled over several sessions. Writes
 scripts/results/bench_protocol.json, a PNG beside it, and rows in BENCHMARKS.md. Real data needs the
 extras: pip install -e ".[fsdd,mnist5k]".
 """
@@ -83,6 +84,18 @@ def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None
     return row
 
 
+def merged(out: Path, rows: list[dict]) -> list[dict]:
+    """`rows` and the rows already in the JSON at `out` that this invocation did not measure (other datasets,
+    splits, methods or seeds), so a part of the grid rerun keeps the rest of it; run folders do not outlive
+    a machine, the JSON does."""
+    key = lambda r: (r["dataset"], r["split"], r["method"], r["seed"], r["rounds"])  # noqa: E731
+    new = {key(r) for r in rows}
+    before = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    # each row names the command that measured it (rows of older files: the file's command)
+    kept = [{"command": before.get("command")} | r for r in before["rows"] if key(r) not in new]
+    return kept + rows
+
+
 def cells(rows: list[dict]) -> list[dict]:
     """Rows grouped by (dataset, split, method): mean and std over the seeds."""
     groups: dict[tuple, list[dict]] = {}
@@ -125,11 +138,13 @@ def main() -> int:
                     if row is not None:
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+    command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
+    out = Path(args.out)
+    rows = merged(out, [r | {"command": command} for r in rows])
     grid = cells(rows)
-    result = {"command": "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:]),
+    result = {"command": command, "commands": list(dict.fromkeys(r["command"] for r in rows)),
               "date": dt.date.today().isoformat(), "machine": machine(), "nodes": NODES, "rows": rows,
               "cells": grid}
-    out = Path(args.out)
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(grid, out.with_suffix(".png"))
     if args.done:

@@ -3,6 +3,7 @@ benchmark owns one table, found by a marker comment)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -45,15 +46,23 @@ def save_figure(fig, path: Path) -> None:
 
 def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
     """The folder of run `name` (a shipped scenario or path, with `overrides`): read when it holds a summary
-    already, else run now (so a grid of runs can be filled over several sessions)."""
+    of this very scenario already, else run now (so a grid of runs can be filled over several sessions)."""
+    import dataclasses
+
     from p2pfl import shipped
     from p2pfl.config import load_scenario
     from p2pfl.sim import Simulation
 
-    # a run stopped half-way left `name` without a summary; the rerun went to name-2 (runs are never overwritten)
-    done = [f for f in [runs / name, *runs.glob(f"{name}-[0-9]*")] if (f / "summary.json").is_file()]
-    if done:
-        return done[0]
+    s = load_scenario(shipped.scenario(scenario), overrides | {"name": name})
+    # what the summary records, through the same JSON round trip (tuples become lists)
+    wanted = json.loads(json.dumps(dataclasses.asdict(s), default=str))
+    # a run stopped half-way left `name` without a summary; the rerun went to name-2 (runs are never
+    # overwritten). A folder whose scenario differs (a shipped setting changed since) is not reused.
+    for f in [runs / name, *sorted(runs.glob(f"{name}-[0-9]*"))]:
+        if (f / "summary.json").is_file():
+            if json.loads((f / "summary.json").read_text()).get("scenario") == wanted:
+                return f
+            print(f"{f.name} ran another scenario (a setting changed since): not reused", flush=True)
     print(f"running {name} ...", flush=True)
-    return Simulation(load_scenario(shipped.scenario(scenario), overrides | {"name": name}), run_dir=runs).run().run_dir
+    return Simulation(s, run_dir=runs).run().run_dir
 

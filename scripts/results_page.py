@@ -39,7 +39,8 @@ def _kb(n: float) -> str:
 
 
 def _source(d: dict) -> str:
-    return f"`{d['command']}` ({d['date']}, {d['machine']})"
+    commands = d.get("commands") or [d["command"]]  # a grid filled by several invocations names each
+    return " and ".join(f"`{c}`" for c in commands) + f" ({d['date']}, {d['machine']})"
 
 
 def quickstart() -> list[str]:
