@@ -71,7 +71,9 @@ def loads(data: bytes, learner: Trainable, *, meta: dict[str, str | int], where:
     """Restore `learner` from a checkpoint's bytes; ValueError (naming `where` and the fix) if they are not
     a checkpoint of this kind of node."""
     try:
-        state = torch.load(io.BytesIO(data), weights_only=True)
+        # onto the CPU: a checkpoint written on a GPU still loads where there is none; load_state_dict
+        # then copies the tensors onto the learner's device
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:
         raise ValueError(f"{where} is not a readable checkpoint ({type(e).__name__}: {e}); "
                          f"delete it to start this node from round 0") from None

@@ -8,8 +8,9 @@ Python is checked as one read from TOML. Mode names come from `mode_facts`, code
 from __future__ import annotations
 
 import dataclasses
-import math
 import difflib
+import math
+import re
 import tomllib
 import types
 import typing
@@ -155,8 +156,14 @@ class TrainConfig:
     # (off: on quickstart it moved global accuracy by 0.001 and put 2 nodes below local; BENCHMARKS.md)
     proto_weight: float = 1.0
     proto_head_weight: float = 0.0
+    # where a node's model trains: "cpu", "cuda", "cuda:N", "mps", or "auto" (the first CUDA device if torch
+    # sees one, else the CPU). Models this small gain little from a GPU one by one; the default stays the CPU
+    device: str = "cpu"
 
     def __post_init__(self):
+        _check(re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device) is not None,
+               f"train.device = {self.device!r}: use 'cpu' (the default), 'cuda', 'cuda:N', 'mps' or 'auto' "
+               f"(CUDA when torch sees a GPU, else the CPU)")
         _positive(self, "train.", "lr", "temperature")
         _check(0.0 <= self.min_lr_ratio <= 1.0, f"train.min_lr_ratio = {self.min_lr_ratio}: the cosine schedule's "
                                                 f"end as a share of train.lr, between 0 and 1 (1 = constant)")
@@ -572,6 +579,9 @@ class Scenario:
         _check(self.ray in ("", "auto", "local") or ":" in self.ray,
                f"ray = {self.ray!r}: use 'auto' (a running cluster, else a new local one), 'local' (a new one on "
                f"this machine) or the head's HOST:PORT (as `ray start --head` prints it); '' trains in this process")
+        _check(not (self.privacy.on and self.train.device != "cpu"),
+               f"privacy.epsilon with train.device = {self.train.device!r}: DP-SGD runs on the CPU only so far; "
+               f"set train.device = 'cpu'")
         _check(not (self.privacy.on and set(kinds) & set(PER_CLASS_KINDS)),
                f"privacy.epsilon with mode = {self.mode!r}: class means of private rows are not released under "
                f"differential privacy yet; use mode = 'logits' (or 'local') with privacy")

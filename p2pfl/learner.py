@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from p2pfl.config import PrivacyConfig, TrainConfig
+from p2pfl.config import ConfigError, PrivacyConfig, TrainConfig
 from p2pfl.distill import balanced_cross_entropy, log_prior, outlier_loss, own_split_distill_loss
 from p2pfl.models.adapter import Adapter
 from p2pfl.privacy import PrivateSteps, noisy_counts
@@ -35,13 +35,17 @@ class Learner:
                  total_steps: int, seed: int, adapter: Adapter | None = None, privacy: PrivacyConfig | None = None):
         """privacy: train under DP-SGD (p2pfl/privacy.py) for `total_steps` private steps, and release
         noisy label counts; the model must be `privacy.private_model`'s."""
-        self.model = model
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)  # in place: the adapter's views of its parameters stay valid
         # what the parameter modes gossip: an attached adapter, else the whole model
         self.adapter = adapter or Adapter.whole(model)
         self.config = config
         self.num_classes = num_classes
+        # x, y: the private rows on the CPU (what modes read); _x, _y: the same on the training device
+        # (the same tensors on the CPU: no copy)
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.y = torch.as_tensor(y, dtype=torch.long)
+        self._x, self._y = self.x.to(self.device), self.y.to(self.device)
         self.gen = torch.Generator().manual_seed(seed)
         own_counts = np.bincount(y, minlength=num_classes).astype(np.int64)
         self.private: PrivateSteps | None = None
@@ -57,7 +61,7 @@ class Learner:
             self._per_sample = GradSampleModule(model, loss_reduction="sum")
         self.log_p = self._prior(self.label_counts)
         self._mix = own_counts / max(own_counts.sum(), 1)  # evaluation only: nothing of it is released
-        self.personal_log_p = log_prior(torch.as_tensor(own_counts))
+        self.personal_log_p = log_prior(torch.as_tensor(own_counts)).to(self.device)
         # frozen parameters (a LoRA backbone) are not the optimizer's
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         self.total_steps = max(1, total_steps)
@@ -65,7 +69,8 @@ class Learner:
 
     def _prior(self, counts: np.ndarray) -> torch.Tensor:
         """The log prior the balanced loss trains with, from the counts the node claims (zeros: not balanced)."""
-        return log_prior(torch.as_tensor(counts)) if self.config.balanced else torch.zeros(self.num_classes)
+        prior = log_prior(torch.as_tensor(counts)) if self.config.balanced else torch.zeros(self.num_classes)
+        return prior.to(self.device)
 
     # -- training -----------------------------------------------------------------------------
     def _lr(self) -> float:
@@ -86,6 +91,8 @@ class Learner:
         is not read) rather than rows to distill on."""
         c = self.config
         kd_weight = c.kd_weight if kd_weight is None else kd_weight
+        teacher_x, teacher_p, anchors, anchored = (None if t is None else t.to(self.device)
+                                                   for t in (teacher_x, teacher_p, anchors, anchored))
         self.model.train()
         total = 0.0
         for _ in range(steps):
@@ -94,18 +101,19 @@ class Learner:
             if self.private is not None:
                 total += self._private_step(teacher_x, teacher_p, kd_weight, outliers)
                 continue
-            idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen)
-            x = shift_augment(self.x[idx], c.augment_shift, self.gen) if c.augment_shift else self.x[idx]
+            # indices from the CPU generator (the same draws on every device), moved to the rows
+            idx = torch.randint(len(self.y), (min(c.batch_size, len(self.y)),), generator=self.gen).to(self.device)
+            x = shift_augment(self._x[idx], c.augment_shift, self.gen) if c.augment_shift else self._x[idx]
             if anchors is not None:
-                loss = self._anchored_loss(x, self.y[idx], anchors, anchored)
+                loss = self._anchored_loss(x, self._y[idx], anchors, anchored)
             elif teacher_x is None:
-                loss = balanced_cross_entropy(self.model(x), self.y[idx], self.log_p)
+                loss = balanced_cross_entropy(self.model(x), self._y[idx], self.log_p)
             else:
                 # One forward over labelled and reference rows together: the models have no batch
                 # statistics, so this is the same loss as two passes at a fraction of the per-call cost.
                 kd_idx, kd_x = self._kd_rows(teacher_x)
                 z = self.model(torch.cat([x, kd_x]))
-                loss = (balanced_cross_entropy(z[:len(idx)], self.y[idx], self.log_p)
+                loss = (balanced_cross_entropy(z[:len(idx)], self._y[idx], self.log_p)
                         + kd_weight * self._kd_loss(z[len(idx):], kd_idx, teacher_p, outliers))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -117,7 +125,8 @@ class Learner:
     def _kd_rows(self, teacher_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of reference rows to learn from: their indices and the rows, shift-augmented if set."""
         c = self.config
-        kd_idx = torch.randint(len(teacher_x), (min(c.kd_batch_size, len(teacher_x)),), generator=self.gen)
+        kd_idx = torch.randint(len(teacher_x), (min(c.kd_batch_size, len(teacher_x)),),
+                               generator=self.gen).to(teacher_x.device)
         kd_x = teacher_x[kd_idx]
         return kd_idx, shift_augment(kd_x, c.augment_reference, self.gen) if c.augment_reference else kd_x
 
@@ -126,7 +135,7 @@ class Learner:
         """What the reference rows' logits `z` are trained toward: the teacher's rows (its split among our
         own classes weighed by train.kd_own_split), or, for outliers, no more than "unknown"; our own
         classes are those the node claims to have (its release, under DP)."""
-        known = torch.as_tensor(self.label_counts > 0)
+        known = torch.as_tensor(self.label_counts > 0, device=z.device)
         if outliers:
             return outlier_loss(z, known)
         return own_split_distill_loss(z, teacher_p[kd_idx], known, self.config.kd_own_split, self.config.temperature)
@@ -201,7 +210,7 @@ class Learner:
         """(N, C) prior-free logits."""
         self.model.eval()
         x = torch.as_tensor(x, dtype=torch.float32)
-        return torch.cat([self.model(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
+        return torch.cat([self.model(x[i:i + batch].to(self.device)).cpu() for i in range(0, len(x), batch)]).numpy()
 
     @torch.inference_mode()
     def class_means(self, *, logits: bool = False, batch: int = 4096) -> np.ndarray:
@@ -209,7 +218,7 @@ class Learner:
         mean prior-free logits; zeros for classes it has none of."""
         self.model.eval()
         f = self.model if logits else self.model.embed
-        e = torch.cat([f(self.x[i:i + batch]) for i in range(0, len(self.x), batch)])
+        e = torch.cat([f(self._x[i:i + batch]).cpu() for i in range(0, len(self._x), batch)])
         sums = torch.zeros(self.num_classes, e.shape[1]).index_add_(0, self.y, e)
         counts = torch.bincount(self.y, minlength=self.num_classes).clamp(min=1)
         return (sums / counts[:, None]).numpy()
@@ -236,6 +245,22 @@ class Learner:
         self.adapter.set_flat(flat)
 
 
+def resolve_device(name: str) -> torch.device:
+    """train.device as a torch device; "auto": the first CUDA device if torch sees one, else the CPU. A device
+    this torch cannot use is a ConfigError that says which it can."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    usable = {"cpu": lambda: True, "mps": lambda: torch.backends.mps.is_available(),
+              "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
+    if not usable[device.type]():
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ConfigError(f"train.device = {name!r}: torch {torch.__version__} sees {gpus} CUDA device(s)"
+                         f"{' and an MPS device' if torch.backends.mps.is_available() else ''}; "
+                         f"use 'cpu' or 'auto' (CUDA when there is one)")
+    return device
+
+
 def _backward(loss: torch.Tensor) -> None:
     with warnings.catch_warnings():  # opacus's hooks see inputs that need no gradient (the data): expected
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
@@ -246,7 +271,7 @@ def shift_augment(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     """Shift each signal by a random -max_shift..max_shift steps along its last axis, edges repeated."""
     length = x.shape[-1]
     shifts = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 1), generator=gen)  # (B, 1)
-    idx = (torch.arange(length)[None, :] + shifts).clamp(0, length - 1)  # (B, L)
+    idx = (torch.arange(length)[None, :] + shifts).clamp(0, length - 1).to(x.device)  # (B, L)
     idx = idx.view(x.shape[0], *([1] * (x.dim() - 2)), length).expand_as(x)
     return x.gather(-1, idx)
 

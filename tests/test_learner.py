@@ -288,3 +288,30 @@ def test_pooled_exposure_keeps_a_minority_class_that_uniform_targets_flatten():
         z = torch.as_tensor(learner.logits(d.x_test[d.y_test == 1]))
         margins[pooled] = float((z[:, 1] - z[:, 0]).mean())  # minority over majority on minority rows
     assert margins[True] > margins[False] + 0.5, margins
+
+
+# ----------------------------------------------------------------------------------------- device
+
+def test_train_device_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError, match=r"train.device = 'gpu'.*'cuda'.*'auto'"):
+        TrainConfig(device="gpu")
+    assert TrainConfig(device="cuda:1").device == "cuda:1"
+
+
+def test_privacy_on_a_gpu_is_refused_with_the_fix():
+    from p2pfl import shipped
+    from p2pfl.config import load_scenario
+
+    with pytest.raises(ConfigError, match=r"train.device = 'cpu'"):
+        load_scenario(shipped.scenario("quickstart"), {"privacy.epsilon": 8, "train.device": "cuda"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch sees a CUDA device")
+def test_a_device_this_torch_cannot_use_is_a_config_error_and_auto_is_the_cpu():
+    from p2pfl.learner import resolve_device
+
+    with pytest.raises(ConfigError, match=r"train.device = 'cuda:0'.*0 CUDA device.*use 'cpu' or 'auto'"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device = 'cuda'"):
+        _learner("mlp", device="cuda")

@@ -110,7 +110,7 @@ class Adapter:
 
     def get_flat(self) -> np.ndarray:
         parts = [t.reshape(-1) for t in self._tensors()]
-        return torch.cat(parts).numpy().copy() if parts else np.zeros(0, np.float32)
+        return torch.cat(parts).cpu().numpy().copy() if parts else np.zeros(0, np.float32)
 
     @torch.no_grad()
     def set_flat(self, flat: np.ndarray) -> None:
