@@ -140,6 +140,7 @@ def main() -> int:
                         print(json.dumps(row), flush=True)
     command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
     out = Path(args.out)
+    measured = {(r["dataset"], r["split"], r["method"]) for r in rows}
     rows = merged(out, [r | {"command": command} for r in rows])
     grid = cells(rows)
     result = {"command": command, "commands": list(dict.fromkeys(r["command"] for r in rows)),
@@ -159,7 +160,9 @@ def main() -> int:
               f"{len(c['seeds'])} | {c['personal'][0]:.3f} +- {c['personal'][1]:.3f} | "
               f"{c['global'][0]:.3f} +- {c['global'][1]:.3f} | "
               + (f"{c['negative_transfer']:.0%}, {c['worst_loss']:.3f}" if "negative_transfer" in c else "(alone)")
-              + f" | {c['bytes_per_node_per_round'] / 1e3:.1f} | {out.name} |" for c in grid])
+              + f" | {c['bytes_per_node_per_round'] / 1e3:.1f} | {out.name} |"
+              # rows kept from the JSON were tabled by the run that measured them
+              for c in grid if (c["dataset"], c["split"], c["method"]) in measured])
     return 0
 
 
