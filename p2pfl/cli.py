@@ -345,6 +345,7 @@ def print_churn(console: Console, s: dict) -> None:
     up = list(c["up_share"].values())
     lines = [f"nodes up {min(up):.0%}-{max(up):.0%} of rounds (mean {sum(up) / len(up):.0%}), {c['restarts']} restarts, "
              f"waiting {c['waiting_share']:.1%} of the time, {c['skipped_rounds']} rounds skipped to catch up"
+             + (f" ({c['made_up_steps']} steps made up)" if c.get("made_up_steps") else "")
              + (f", {c['alone_rounds']} rounds with no neighbour up" if c["alone_rounds"] else "")]
     for h in c.get("recovery", []):
         back = h["rounds_to_recover"]

@@ -139,6 +139,10 @@ class TrainConfig:
     kd_batch_size: int = 200  # reference rows per distillation step
     warmup_steps: int = 200  # label-only steps before the first round, so round-0 knowledge is worth sending
     local_steps: int = 90  # steps per round, labels and teacher mixed; +0.02 global over 60 on two seeds (BENCHMARKS.md)
+    # a node that starts late (joins a running network, or restarts after a crash) and jumps over rounds to
+    # reach the network owes their steps; it trains up to this many times local_steps more per round until
+    # they are made up (0: never; its rounds then take up to 1 + make_up times as long)
+    make_up: float = 0.0
     kd_weight: float = 2.0  # measured: +1.0 / +1.5 points global over 1.0 on two seeds and alphas (BENCHMARKS.md)
     temperature: float = 1.0
     # the weight of the teacher's split among the classes a node has labels of (distill.own_split_distill_loss):
@@ -169,7 +173,7 @@ class TrainConfig:
                                                 f"end as a share of train.lr, between 0 and 1 (1 = constant)")
         _at_least(self, "train.", 1, "batch_size", "kd_batch_size")
         _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay", "proto_weight",
-                  "proto_head_weight")
+                  "proto_head_weight", "make_up")
         _check(0.0 <= self.kd_own_split <= 1.0, f"train.kd_own_split = {self.kd_own_split}: the weight of the "
                                                 f"teacher's split among a node's own classes, 0 .. 1 (1: plain distillation)")
         for key in ("augment_shift", "augment_reference"):

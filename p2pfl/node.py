@@ -237,6 +237,7 @@ class Node(Lifetime):
         self._round_s = round_seconds  # our last round's duration, waiting apart (patience is a share of it)
         self._alone_said = False
         self._skipped = 0  # rounds jumped over to catch up since the last record
+        self._owed = 0  # steps of the rounds a late start jumped over, still to be made up (train.make_up)
         self._own_rounds: deque = deque(maxlen=RATE_WINDOW)  # (round, time) of our last records
         self._rounds_scope = trio.CancelScope()  # `leave` cancels the round loop, not the sessions (bye goes out)
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
@@ -337,7 +338,7 @@ class Node(Lifetime):
                                                        f"beyond our other neighbours'); its weight x {factor:.2f}")
             for sender, reason, why in teaching.refused:
                 self._reject(sender, reason, f"round {r}: {why}")
-            steps = self.learner.config.local_steps
+            steps, made_up = self._steps()
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
             await self._share(r)
             alone = bool(self.mode.kinds) and not inbox and not any(p.up for p in self.peers.values())
@@ -354,7 +355,7 @@ class Node(Lifetime):
                 "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "lagging": sum(p.up and p.lagging for p in self.peers.values()),
-                "alone": alone, "skipped": self._skipped,
+                "alone": alone, "skipped": self._skipped, "made_up": made_up,
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
                 "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
@@ -471,25 +472,36 @@ class Node(Lifetime):
 
     async def _join_running(self) -> None:
         """A late node: wait until we know where the network is (at most wait_timeout: we may be the
-        first one up), then catch up."""
+        first one up), then catch up; the rounds jumped over are steps owed (train.make_up)."""
         with trio.move_on_after(self.gossip.wait_timeout):
             while self.network_round() is None:
                 await self._arrived.wait()
-        self._catch_up()
+        self._owed += self._catch_up() * self.learner.config.local_steps
 
-    def _catch_up(self) -> None:
+    def _catch_up(self) -> int:
         """Jump to the network's round when it is more than max_lag + 1 rounds past ours (we were down,
         joined late or are slow; neighbours that wait for us are never that far ahead), keeping our
         model: we then speak about the slices our neighbours speak about. The next record counts the
-        rounds skipped."""
+        rounds skipped; returns how many."""
         there = self.network_round()
         if there is None or there - self.round <= self.gossip.max_lag + 1:
-            return
+            return 0
         target = min(there, self.rounds - 1)
         log.info("%s: the network is at round %d: skipping %d round(s) to join it", self.node_id, there,
                  target - self.round)
-        self._skipped += target - self.round
+        skipped = target - self.round
+        self._skipped += skipped
         self.round = target
+        return skipped
+
+    def _steps(self) -> tuple[int, int]:
+        """This round's training steps, and how many of them make up for rounds a late start jumped
+        over: at most train.make_up x local_steps more a round until what is owed is paid. Only a late
+        start owes: a slow node that skips rounds would only fall further behind with more work."""
+        c = self.learner.config
+        extra = min(self._owed, round(c.make_up * c.local_steps))
+        self._owed -= extra
+        return c.local_steps + extra, extra
 
     def usable_inbox(self, r: int) -> list[Received]:
         """Per neighbour, the newest knowledge within the staleness bound, as whole rows."""

@@ -126,6 +126,7 @@ def compare(rows: list[dict]) -> list[dict]:
             row["up_share_mean"] = float(np.mean(list(r["churn"]["up_share"].values())))
             row["waiting_share"] = r["churn"]["waiting_share"]
             row["skipped_rounds"] = r["churn"]["skipped_rounds"]
+            row["made_up_steps"] = r["churn"].get("made_up_steps", 0)
         out.append(row)
     return out
 
@@ -178,6 +179,7 @@ def write_table(out: dict, json_path: Path) -> None:
                                  f"of undisturbed; slow node's global vs median {_fmt(r.get('slow_vs_median_global'))}",
         }.get(r["case"], lambda: (f"{r['restarts']} restarts, up {r['up_share_mean']:.0%} of rounds, waiting "
                                   f"{r['waiting_share']:.1%} of the time, {r['skipped_rounds']} rounds skipped"
+                                  + (f", {r['made_up_steps']} steps made up" if r.get("made_up_steps") else "")
                                   if "restarts" in r else ""))()
         table.append(f"| {out['date']} | {out['label']}, {out['rounds']} rounds | {r['case']} | {r['seed']} "
                      f"| {r['personal']:.3f} | {r['global']:.3f} | {_fmt(r.get('d_personal'))} "

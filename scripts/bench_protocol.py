@@ -15,7 +15,8 @@ against `local` on that same architecture. Unlike HtFLlib's server, nodes learn 
 
 Per run: personal and global accuracy (mean over nodes), bytes per node per round, and the
 negative-transfer rate (the share of nodes whose personal accuracy is below the same node's in `local`,
-same seed and split) with its worst node's loss. A run whose folder already holds a summary of the same scenario is read,
+same seed and split) with its worst node's loss; `local-again` (local with other training randomness on
+the same split) measures that rate's noise floor. A run whose folder already holds a summary of the same scenario is read,
 not run again (`--runs`, default runs/protocol), and the JSON keeps the rows this invocation does not
 measure: the grid can be filled over several sessions. Writes
 scripts/results/bench_protocol.json, a PNG beside it, and rows in BENCHMARKS.md. Real data needs the
@@ -42,15 +43,22 @@ from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
 
 DATASETS = {"mnist1d": "quickstart", "fsdd": "spoken-digits", "mnist5k": "mnist-5k"}
 SPLITS = {"dir0.1": "dirichlet:0.1", "shards2": "shards:2"}
-METHODS = ["local", "logits", "fd", "prototypes", "adapter", "hybrid", "fedavg"]
+METHODS = ["local", "local-again", "logits", "fd", "prototypes", "adapter", "hybrid", "fedavg"]
+# local-again: `local` once more on the same split with other training randomness (models, batches). Its
+# negative-transfer rate against `local` is the metric's noise floor: what a method that changes nothing
+# would be charged with.
+AGAIN_SEED = 1_000
 NODES = 20
 
 
 def overrides(dataset: str, split: str, method: str, seed: int, rounds: int | None) -> dict:
-    """The scenario's overrides for one run; fedavg (and its `local` judge, "local-one") on one architecture."""
+    """The scenario's overrides for one run; fedavg (and its `local` judge, "local-one") on one architecture;
+    local-again on seed's split with another seed's training."""
     scenario = load_scenario(shipped.scenario(DATASETS[dataset]))
     out = {"topology.nodes": NODES, "data.partition": SPLITS[split], "seed": seed,
-           "mode": "local" if method == "local-one" else method}
+           "mode": "local" if method.startswith("local") else method}
+    if method == "local-again":
+        out |= {"seed": seed + AGAIN_SEED, "data.split_seed": seed}
     if method in ("fedavg", "local-one"):
         out["profiles"] = [scenario.profiles[0]]
     if rounds:
@@ -173,22 +181,23 @@ def plot(grid: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({c["dataset"] for c in grid})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    fig, axes = plt.subplots(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
+    for col, dataset in enumerate(datasets):
         splits = sorted({c["split"] for c in grid if c["dataset"] == dataset})
         methods = [m for m in METHODS if any(c["method"] == m and c["dataset"] == dataset for c in grid)]
         width = 0.8 / len(splits)
-        for k, split in enumerate(splits):
-            by = {c["method"]: c for c in grid if c["dataset"] == dataset and c["split"] == split}
-            xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(methods))]
-            ax.bar(xs, [by[m]["personal"][0] if m in by else 0 for m in methods], width,
-                   yerr=[by[m]["personal"][1] if m in by else 0 for m in methods], capsize=3, label=split)
-        ax.set_xticks(range(len(methods)), methods)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("personal accuracy (mean over nodes; +- std over seeds)")
-        ax.set_title(dataset)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend()
+        for ax, key in zip(axes[:, col], ("personal", "global")):
+            for k, split in enumerate(splits):
+                by = {c["method"]: c for c in grid if c["dataset"] == dataset and c["split"] == split}
+                xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(methods))]
+                ax.bar(xs, [by[m][key][0] if m in by else 0 for m in methods], width,
+                       yerr=[by[m][key][1] if m in by else 0 for m in methods], capsize=3, label=split)
+            ax.set_xticks(range(len(methods)), methods, rotation=30, fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel(f"{key} accuracy\n(mean over nodes; +- std over seeds)", fontsize=8)
+            ax.set_title(f"{dataset}: {key}")
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
     fig.suptitle(f"{NODES} nodes, the HtFLlib-style protocol in one runtime", fontsize=9)
     save_figure(fig, path)
 

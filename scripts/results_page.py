@@ -116,7 +116,8 @@ def protocol() -> list[str]:
     if (d := _load_if_run("bench_protocol.json")) is None:
         return []
     lines = [f"The field's protocol ({d['nodes']} nodes, mean ± std over seeds; negative transfer against `local` "
-             f"of the same seed and split, fedavg on one architecture against `local` on it), from {_source(d)}:", "",
+             f"of the same seed and split, fedavg on one architecture against `local` on it; `local-again`, local "
+             f"once more with other training randomness, is the rate's noise floor), from {_source(d)}:", "",
              "| dataset | split | method | architectures | rounds | seeds | personal | global | negative transfer, "
              "worst node | KB / node / round |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in d["cells"]:

@@ -116,6 +116,26 @@ def test_a_late_joiner_is_absent_until_it_joins_then_catches_up_with_the_network
     assert joiner["node"] == "n2" and joiner["joined_round"] == 4
 
 
+def test_a_late_joiner_makes_up_the_steps_of_the_rounds_it_jumped_over_only_with_make_up():
+    steps = TINY["train.local_steps"]
+    made = run([{"at": 4, "join": [2]}], rounds=12, **{"train.make_up": 0.5})
+    ours = [r for r in made.records if r["node"] == "n2"]
+    skipped = sum(r["skipped"] for r in ours)
+    assert skipped >= 2
+    # half a round's steps more per round (rounded) until the rounds jumped over are paid for
+    assert max(r["made_up"] for r in ours) == round(0.5 * steps)
+    assert sum(r["made_up"] for r in ours) == min(skipped * steps, round(0.5 * steps) * len(ours))
+    assert all(r["made_up"] == 0 for r in made.records if r["node"] != "n2")  # nobody else owes
+    plain = run([{"at": 4, "join": [2]}], rounds=12)
+    assert all(r["made_up"] == 0 for r in plain.records)  # off by default
+
+
+def test_a_slow_node_that_skips_rounds_owes_nothing():
+    result = run([{"at": 0, "slow": [1], "speed": 0.25}], rounds=10, **{"gossip.patience": 0.25, "train.make_up": 1.0})
+    assert sum(r["skipped"] for r in result.records if r["node"] == "n1") > 0
+    assert all(r["made_up"] == 0 for r in result.records)  # more work would only put it further behind
+
+
 def newest(result, node: str, peer: str) -> int:
     """The newest round `node` holds of `peer`'s knowledge at the end of the run."""
     return next(n for n in result.nodes if n.node_id == node).peers[peer].inbox.newest_round
