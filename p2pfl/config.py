@@ -143,6 +143,10 @@ class TrainConfig:
     # reach the network owes their steps; it trains up to this many times local_steps more per round until
     # they are made up (0: never; its rounds then take up to 1 + make_up times as long)
     make_up: float = 0.0
+    # steps a node may train per round while it waits for a neighbour, with what its last round learned
+    # from (0: it waits idle). They hold nobody but by a chunk (node.IDLE_CHUNK): it was waiting anyway,
+    # under 20% churn ~40% of the time
+    idle_steps: int = 0
     kd_weight: float = 2.0  # measured: +1.0 / +1.5 points global over 1.0 on two seeds and alphas (BENCHMARKS.md)
     temperature: float = 1.0
     # the weight of the teacher's split among the classes a node has labels of (distill.own_split_distill_loss):
@@ -173,7 +177,7 @@ class TrainConfig:
                                                 f"end as a share of train.lr, between 0 and 1 (1 = constant)")
         _at_least(self, "train.", 1, "batch_size", "kd_batch_size")
         _at_least(self, "train.", 0, "warmup_steps", "local_steps", "kd_weight", "weight_decay", "proto_weight",
-                  "proto_head_weight", "make_up")
+                  "proto_head_weight", "make_up", "idle_steps")
         _check(0.0 <= self.kd_own_split <= 1.0, f"train.kd_own_split = {self.kd_own_split}: the weight of the "
                                                 f"teacher's split among a node's own classes, 0 .. 1 (1: plain distillation)")
         for key in ("augment_shift", "augment_reference"):

@@ -141,7 +141,8 @@ RECOVERED = 0.01  # back within this of the pre-partition level (global accuracy
 def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]]) -> dict[str, Any]:
     """How the nodes came through a run's events (`log`: sim.EventRunner's): the share of rounds each
     node was up, the share of time spent waiting, the staleness of what was used, rounds trained alone
-    and skipped to catch up, steps trained to make up for those (train.make_up); per heal, the rounds until the network's mean global accuracy was back
+    and skipped to catch up, steps trained to make up for those (train.make_up) and while waiting
+    (train.idle_steps); per heal, the rounds until the network's mean global accuracy was back
     within RECOVERED of its level before the split; per late joiner, `_joiners`."""
     last_time: dict[str, float] = defaultdict(float)
     waited: dict[str, float] = defaultdict(float)
@@ -158,6 +159,7 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
         "alone_rounds": sum(bool(r.get("alone")) for r in records),
         "skipped_rounds": sum(r.get("skipped", 0) for r in records),
         "made_up_steps": sum(r.get("made_up", 0) for r in records),
+        "idle_steps": sum(r.get("idle_steps", 0) for r in records),
         "restarts": sum(len(e["nodes"]) for e in log if e["event"] == "rejoin"),
     }
     curve = {c["round"]: c["global"] for c in rounds_curve(records)}

@@ -31,7 +31,7 @@ from p2pfl.data.reference import Reference
 from p2pfl.gossip import Inbox, Outbox, Share, resolve_codecs
 from p2pfl.learner import Learner
 from p2pfl.lifetime import Lifetime
-from p2pfl.modes import Mode, NodeContext, Received
+from p2pfl.modes import Mode, NodeContext, Received, Teaching
 from p2pfl.transport import PeerUnreachable, Transport
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ QUIET = 3.0  # ... and so is one we have heard nothing from for this many of our
 # Our connection to a neighbour quiet for QUIET of its rounds and ours, and at least this long, while we
 # keep sending to it is renewed once: it may be dead with neither end told (a pulled cable)
 RECONNECT_S = 5.0
+# train.idle_steps are trained in chunks this long, so a neighbour's knowledge that arrives mid-chunk waits
+# at most a chunk (a ninth of a default 90-step round) before our round goes on
+IDLE_CHUNK = 10
 
 Compute = Callable[..., Awaitable[Any]]  # await compute(fn, *args, steps=N) -> fn(*args)
 
@@ -238,6 +241,8 @@ class Node(Lifetime):
         self._alone_said = False
         self._skipped = 0  # rounds jumped over to catch up since the last record
         self._owed = 0  # steps of the rounds a late start jumped over, still to be made up (train.make_up)
+        self._teaching: Teaching | None = None  # what our last training learned from (train.idle_steps go on with it)
+        self._idle = 0  # steps trained while waiting since the last record
         self._own_rounds: deque = deque(maxlen=RATE_WINDOW)  # (round, time) of our last records
         self._rounds_scope = trio.CancelScope()  # `leave` cancels the round loop, not the sessions (bye goes out)
         self.say = say or (lambda line: log.info("%s: %s", node_id, line))
@@ -308,6 +313,7 @@ class Node(Lifetime):
             steps = self.learner.config.warmup_steps
             teaching = self.mode.warmup(self.ctx)
             await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
+            self._teaching = teaching
             await self._wait_for_peers()  # a fresh node only: a resumed one goes on where it stopped
             if self.late and self.gossip.catch_up:
                 await self._join_running()
@@ -340,6 +346,7 @@ class Node(Lifetime):
                 self._reject(sender, reason, f"round {r}: {why}")
             steps, made_up = self._steps()
             loss = await self.compute(self.mode.train, self.ctx, teaching, steps, steps=steps)
+            self._teaching = teaching
             await self._share(r)
             alone = bool(self.mode.kinds) and not inbox and not any(p.up for p in self.peers.values())
             if alone and not self._alone_said:
@@ -355,7 +362,7 @@ class Node(Lifetime):
                 "bytes_out": self.counters.bytes_out - self._logged[0], "bytes_in": self.counters.bytes_in - self._logged[1],
                 "neighbours_up": sum(p.up for p in self.peers.values()),
                 "lagging": sum(p.up and p.lagging for p in self.peers.values()),
-                "alone": alone, "skipped": self._skipped, "made_up": made_up,
+                "alone": alone, "skipped": self._skipped, "made_up": made_up, "idle_steps": self._idle,
                 "rejected": dict(self.counters.rejected), "delta_behind": self.counters.behind,
                 "drift": self.drift,
                 "trust": {pid: round(p.trust, 4) for pid, p in self.peers.items() if p.trust is not None},
@@ -369,7 +376,7 @@ class Node(Lifetime):
             self._logged = (self.counters.bytes_out, self.counters.bytes_in)
             self._round_s = trio.current_time() - began
             self._own_rounds.append((r, trio.current_time()))
-            self._skipped = 0
+            self._skipped = self._idle = 0
             records.append(record)
             self.on_record(record)
             self.round = r
@@ -413,7 +420,9 @@ class Node(Lifetime):
         rate) or one gone quiet (nothing from it for QUIET of our rounds: it went down) is waited for at
         most gossip.patience x our last round's duration, then lags (is not waited for) until its
         knowledge is within max_lag again; any other at most wait_timeout, then counts as down until it
-        speaks. So a slow or vanished neighbour costs a bounded wait, not one per round."""
+        speaks. So a slow or vanished neighbour costs a bounded wait, not one per round. With
+        train.idle_steps, the wait is spent training on (up to that many steps, in IDLE_CHUNKs) with
+        what our last round learned from, instead of idle."""
         if not self.mode.kinds:
             return 0.0
         need = r - 1 - self.gossip.max_lag
@@ -421,6 +430,7 @@ class Node(Lifetime):
         deadline = start + self.gossip.wait_timeout
         cut_short = self._round_s is not None and self.gossip.patience > 0
         patience = start + self.gossip.patience * self._round_s if cut_short else math.inf
+        idle = 0
         while True:
             behind = [p for p in self.peers.values() if p.up and not p.lagging and p.inbox.newest_round < need]
             now = trio.current_time()
@@ -436,8 +446,13 @@ class Node(Lifetime):
                 log.info("%s: round %d: %d neighbour(s) silent for %.1fs, going on without them",
                          self.node_id, r, len(behind), self.gossip.wait_timeout)
                 break
+            if (chunk := min(IDLE_CHUNK, self.learner.config.idle_steps - idle)) > 0 and self._teaching is not None:
+                await self.compute(self.mode.train, self.ctx, self._teaching, chunk, steps=chunk)
+                idle += chunk
+                continue  # what arrived meanwhile is in the peers' state
             with trio.move_on_at(min(deadline, patience) if patience > now else deadline):
                 await self._arrived.wait()
+        self._idle += idle
         return trio.current_time() - start
 
     def _cut_short(self, p: PeerState, now: float) -> bool:

@@ -127,6 +127,7 @@ def compare(rows: list[dict]) -> list[dict]:
             row["waiting_share"] = r["churn"]["waiting_share"]
             row["skipped_rounds"] = r["churn"]["skipped_rounds"]
             row["made_up_steps"] = r["churn"].get("made_up_steps", 0)
+            row["idle_steps"] = r["churn"].get("idle_steps", 0)
         out.append(row)
     return out
 
@@ -180,6 +181,7 @@ def write_table(out: dict, json_path: Path) -> None:
         }.get(r["case"], lambda: (f"{r['restarts']} restarts, up {r['up_share_mean']:.0%} of rounds, waiting "
                                   f"{r['waiting_share']:.1%} of the time, {r['skipped_rounds']} rounds skipped"
                                   + (f", {r['made_up_steps']} steps made up" if r.get("made_up_steps") else "")
+                                  + (f", {r['idle_steps']} steps trained while waiting" if r.get("idle_steps") else "")
                                   if "restarts" in r else ""))()
         table.append(f"| {out['date']} | {out['label']}, {out['rounds']} rounds | {r['case']} | {r['seed']} "
                      f"| {r['personal']:.3f} | {r['global']:.3f} | {_fmt(r.get('d_personal'))} "

@@ -136,6 +136,18 @@ def test_a_slow_node_that_skips_rounds_owes_nothing():
     assert all(r["made_up"] == 0 for r in result.records)  # more work would only put it further behind
 
 
+def test_a_node_waiting_for_a_crashed_neighbour_trains_while_it_waits_only_with_idle_steps():
+    crash = [{"at": 3, "crash": [1]}, {"at": 6, "rejoin": [1]}]  # back behind the others: they wait for it
+    idle = run(crash, rounds=8, **{"train.idle_steps": 15, "gossip.wait_timeout": 5.0})
+    waited = [r for r in idle.records if r["node"] in ("n0", "n2") and r["waited"] > 1.0]
+    assert waited and all(r["idle_steps"] > 0 for r in waited)  # n1's neighbours trained while they waited
+    assert max(r["idle_steps"] for r in idle.records) == 15  # the whole budget (10 + 5), never past it
+    assert all(r["idle_steps"] == 0 for r in idle.records if r["waited"] == 0.0)  # no wait, nothing extra
+    assert idle.summary["churn"]["idle_steps"] == sum(r["idle_steps"] for r in idle.records)
+    plain = run(crash, rounds=8, **{"gossip.wait_timeout": 5.0})
+    assert all(r["idle_steps"] == 0 for r in plain.records)  # off by default: a wait is idle
+
+
 def newest(result, node: str, peer: str) -> int:
     """The newest round `node` holds of `peer`'s knowledge at the end of the run."""
     return next(n for n in result.nodes if n.node_id == node).peers[peer].inbox.newest_round
