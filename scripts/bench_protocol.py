@@ -99,8 +99,11 @@ def merged(out: Path, rows: list[dict]) -> list[dict]:
     key = lambda r: (r["dataset"], r["split"], r["method"], r["seed"], r["rounds"])  # noqa: E731
     new = {key(r) for r in rows}
     before = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    # each row names the command that measured it (rows of older files: the file's command)
-    kept = [{"command": before.get("command")} | r for r in before["rows"] if key(r) not in new]
+    # each row names the command, date and machine that measured it (rows of older files: the file's,
+    # where the row is the file's own command's)
+    sitting = {k: before.get(k) for k in ("command", "date", "machine")}
+    kept = [(sitting if r.get("command", sitting["command"]) == sitting["command"] else
+             {"date": None, "machine": None}) | r for r in before["rows"] if key(r) not in new]
     return kept + rows
 
 
@@ -149,10 +152,13 @@ def main() -> int:
     command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
     out = Path(args.out)
     measured = {(r["dataset"], r["split"], r["method"]) for r in rows}
-    rows = merged(out, [r | {"command": command} for r in rows])
+    today = dt.date.today().isoformat()
+    rows = merged(out, [r | {"command": command, "date": today, "machine": machine()} for r in rows])
     grid = cells(rows)
-    result = {"command": command, "commands": list(dict.fromkeys(r["command"] for r in rows)),
-              "date": dt.date.today().isoformat(), "machine": machine(), "nodes": NODES, "rows": rows,
+    # each invocation whose rows the JSON holds: what a reader needs to rerun and to compare machines
+    sittings = list({r["command"]: {k: r[k] for k in ("command", "date", "machine")} for r in rows}.values())
+    result = {"command": command, "sittings": sittings,
+              "date": today, "machine": machine(), "nodes": NODES, "rows": rows,
               "cells": grid}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(grid, out.with_suffix(".png"))

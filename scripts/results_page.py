@@ -39,8 +39,9 @@ def _kb(n: float) -> str:
 
 
 def _source(d: dict) -> str:
-    commands = d.get("commands") or [d["command"]]  # a grid filled by several invocations names each
-    return " and ".join(f"`{c}`" for c in commands) + f" ({d['date']}, {d['machine']})"
+    if "sittings" in d:  # a grid filled by several invocations names each, with its date and machine
+        return " and ".join(f"`{s['command']}` ({s['date']}, {s['machine']})" for s in d["sittings"])
+    return f"`{d['command']}` ({d['date']}, {d['machine']})"
 
 
 def quickstart() -> list[str]:
