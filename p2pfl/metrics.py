@@ -64,17 +64,33 @@ def finals(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 NEGATIVE_TRANSFER_TOLERANCE = 0.005
 
 
-def negative_transfer(ours: dict[str, dict], alone: dict[str, dict]) -> dict[str, Any]:
-    """The share of nodes whose final personal accuracy is below what the same node reaches alone
-    (`alone`: the finals of a `local` run, same seed and split; nodes matched by id), and the worst
-    node's loss. Only nodes in both runs count."""
+def negative_transfer(ours: dict[str, dict], alone: dict[str, dict],
+                      tolerance: float = NEGATIVE_TRANSFER_TOLERANCE) -> dict[str, Any]:
+    """The share of nodes whose final personal accuracy is below what the same node reaches alone by
+    more than `tolerance` (`alone`: the finals of a `local` run, same seed and split; nodes matched by
+    id), and the worst node's loss. Only nodes in both runs count."""
     common = sorted(set(ours) & set(alone))
     if not common:
         raise ValueError("the two runs share no node id: compare runs of one scenario, seed and node count")
     diffs = {n: ours[n]["personal_acc"] - alone[n]["personal_acc"] for n in common}
-    below = sorted(n for n, d in diffs.items() if d < -NEGATIVE_TRANSFER_TOLERANCE)
+    below = sorted(n for n, d in diffs.items() if d < -tolerance)
     return {"rate": len(below) / len(common), "worst_loss": max(0.0, -min(diffs.values())), "nodes": len(common),
             "below": below}
+
+
+NOISE_SIGMAS = 2.0
+
+
+def noise_tolerance(alone: dict[str, dict], again: dict[str, dict], sigmas: float = NOISE_SIGMAS) -> float:
+    """How far below alone a node may be by chance: `sigmas` x the std over nodes of the personal
+    accuracy differences between two `local` runs of one split that differ only in training randomness
+    (`again`), at least NEGATIVE_TRANSFER_TOLERANCE. A node of one or two classes, scored on a few dozen
+    test rows of each, moves by a row's worth between such runs (BENCHMARKS.md, the protocol section)."""
+    common = sorted(set(alone) & set(again))
+    if len(common) < 2:
+        raise ValueError("the two local runs share fewer than two node ids: runs of one scenario and split")
+    diffs = [again[n]["personal_acc"] - alone[n]["personal_acc"] for n in common]
+    return max(NEGATIVE_TRANSFER_TOLERANCE, sigmas * float(np.std(diffs, ddof=1)))
 
 
 def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) -> dict[str, Any]:

@@ -16,7 +16,9 @@ against `local` on that same architecture. Unlike HtFLlib's server, nodes learn 
 Per run: personal and global accuracy (mean over nodes), bytes per node per round, and the
 negative-transfer rate (the share of nodes whose personal accuracy is below the same node's in `local`,
 same seed and split) with its worst node's loss; `local-again` (local with other training randomness on
-the same split) measures that rate's noise floor. A run whose folder already holds a summary of the same scenario is read,
+the same split) measures that rate's noise floor, and where it ran, the rate *beyond noise* counts a node
+only when it is below alone by more than twice the std of the per-node differences between the two local
+runs (metrics.noise_tolerance). A run whose folder already holds a summary of the same scenario is read,
 not run again (`--runs`, default runs/protocol), and the JSON keeps the rows this invocation does not
 measure: the grid can be filled over several sessions. Writes
 scripts/results/bench_protocol.json, a PNG beside it, and rows in BENCHMARKS.md. Real data needs the
@@ -35,11 +37,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine, run_or_read, save_figure  # noqa: E402  (scripts/ is on sys.path)
+from benchrows import add_rows, find_run, machine, run_or_read, save_figure  # noqa: E402  (scripts/ is on sys.path)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
-from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
+from p2pfl.metrics import finals, negative_transfer, noise_tolerance, read_metrics  # noqa: E402
 
 DATASETS = {"mnist1d": "quickstart", "fsdd": "spoken-digits", "mnist5k": "mnist-5k"}
 SPLITS = {"dir0.1": "dirichlet:0.1", "shards2": "shards:2"}
@@ -72,39 +74,44 @@ def run_name(dataset: str, split: str, method: str, seed: int, rounds: int | Non
 
 def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None, runs: Path,
             run: bool = True) -> dict | None:
-    """One run (read when its folder has a summary) judged against `local` of the same seed and split;
-    without `run`, None unless both are done."""
+    """One run (read when its folder has a summary) judged against `local` of the same seed and split, and
+    beyond the noise where a `local-again` run of them is there; without `run`, None unless both are done."""
     judge = "local-one" if method == "fedavg" else "local"
-    names = {m: run_name(dataset, split, m, seed, rounds) for m in {method, judge}}
-    if not run and not all((runs / n / "summary.json").is_file() for n in names.values()):
+    get = run_or_read if run else find_run
+    folders = {m: get(DATASETS[dataset], run_name(dataset, split, m, seed, rounds),
+                      overrides(dataset, split, m, seed, rounds), runs) for m in {method, judge}}
+    if None in folders.values():
         return None
-    folders = {m: run_or_read(DATASETS[dataset], n, overrides(dataset, split, m, seed, rounds), runs)
-               for m, n in names.items()}
     s = json.loads((folders[method] / "summary.json").read_text())
     row = {"dataset": dataset, "split": split, "method": method, "seed": seed, "rounds": s["rounds"],
            "personal": s["personal"]["mean"], "global": s["global"]["mean"],
            "bytes_per_node_per_round": s["bytes_per_node_per_round"], "archs": sorted(s["per_arch"]),
            "run": folders[method].name}
     if method != "local":
-        nt = negative_transfer(finals(read_metrics(folders[method] / "metrics.jsonl")),
-                               finals(read_metrics(folders[judge] / "metrics.jsonl")))
+        ours, alone = (finals(read_metrics(folders[m] / "metrics.jsonl")) for m in (method, judge))
+        nt = negative_transfer(ours, alone)
         row |= {"negative_transfer": nt["rate"], "worst_loss": nt["worst_loss"], "judged_by": folders[judge].name}
+        again = None if method in ("fedavg", "local-again") else find_run(
+            DATASETS[dataset], run_name(dataset, split, "local-again", seed, rounds),
+            overrides(dataset, split, "local-again", seed, rounds), runs)
+        if again is not None:  # a node counts only when it is below alone by more than two local runs differ
+            tol = noise_tolerance(alone, finals(read_metrics(again / "metrics.jsonl")))
+            row |= {"beyond_noise": negative_transfer(ours, alone, tol)["rate"], "noise_tolerance": tol}
     return row
 
 
-def merged(out: Path, rows: list[dict]) -> list[dict]:
+def merged(out: Path, rows: list[dict], reread: bool = False) -> list[dict]:
     """`rows` and the rows already in the JSON at `out` that this invocation did not measure (other datasets,
     splits, methods or seeds), so a part of the grid rerun keeps the rest of it; run folders do not outlive
-    a machine, the JSON does."""
+    a machine, the JSON does. Each row names the command, date and machine that measured it: `reread` rows
+    (--done: read from run folders, not run) keep those of the row they replace."""
     key = lambda r: (r["dataset"], r["split"], r["method"], r["seed"], r["rounds"])  # noqa: E731
+    before = {key(r): r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
+    sitting = ("command", "date", "machine")
+    if reread:
+        rows = [r | {k: before[key(r)][k] for k in sitting if k in before.get(key(r), {})} for r in rows]
     new = {key(r) for r in rows}
-    before = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    # each row names the command, date and machine that measured it (rows of older files: the file's,
-    # where the row is the file's own command's)
-    sitting = {k: before.get(k) for k in ("command", "date", "machine")}
-    kept = [(sitting if r.get("command", sitting["command"]) == sitting["command"] else
-             {"date": None, "machine": None}) | r for r in before["rows"] if key(r) not in new]
-    return kept + rows
+    return [r for k, r in before.items() if k not in new] + rows
 
 
 def cells(rows: list[dict]) -> list[dict]:
@@ -124,6 +131,8 @@ def cells(rows: list[dict]) -> list[dict]:
         if method != "local":
             cell |= {"negative_transfer": statistics.fmean(r["negative_transfer"] for r in rs),
                      "worst_loss": max(r["worst_loss"] for r in rs)}
+        if all("beyond_noise" in r for r in rs):
+            cell["beyond_noise"] = statistics.fmean(r["beyond_noise"] for r in rs)
         out.append(cell)
     return out
 
@@ -153,7 +162,7 @@ def main() -> int:
     out = Path(args.out)
     measured = {(r["dataset"], r["split"], r["method"]) for r in rows}
     today = dt.date.today().isoformat()
-    rows = merged(out, [r | {"command": command, "date": today, "machine": machine()} for r in rows])
+    rows = merged(out, [r | {"command": command, "date": today, "machine": machine()} for r in rows], args.done)
     grid = cells(rows)
     # each invocation whose rows the JSON holds: what a reader needs to rerun and to compare machines
     sittings = list({r["command"]: {k: r[k] for k in ("command", "date", "machine")} for r in rows}.values())
@@ -173,7 +182,9 @@ def main() -> int:
              [f"| {date} | {c['dataset']} | {c['split']} | {c['method']} | {'/'.join(c['archs'])} | {c['rounds']} | "
               f"{len(c['seeds'])} | {c['personal'][0]:.3f} +- {c['personal'][1]:.3f} | "
               f"{c['global'][0]:.3f} +- {c['global'][1]:.3f} | "
-              + (f"{c['negative_transfer']:.0%}, {c['worst_loss']:.3f}" if "negative_transfer" in c else "(alone)")
+              + (f"{c['negative_transfer']:.0%}" + (f" (beyond noise {c['beyond_noise']:.0%})" if "beyond_noise" in c
+                                                     else "") + f", {c['worst_loss']:.3f}"
+                 if "negative_transfer" in c else "(alone)")
               + f" | {c['bytes_per_node_per_round'] / 1e3:.1f} | {out.name} |"
               # rows kept from the JSON were tabled by the run that measured them
               for c in grid if (c["dataset"], c["split"], c["method"]) in measured])

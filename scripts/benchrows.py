@@ -44,14 +44,13 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
-    """The folder of run `name` (a shipped scenario or path, with `overrides`): read when it holds a summary
-    of this very scenario already, else run now (so a grid of runs can be filled over several sessions)."""
+def find_run(scenario: str, name: str, overrides: dict, runs: Path) -> Path | None:
+    """The folder of run `name` (a shipped scenario or path, with `overrides`) if one holds a summary of this
+    very scenario, else None."""
     import dataclasses
 
     from p2pfl import shipped
     from p2pfl.config import load_scenario
-    from p2pfl.sim import Simulation
 
     s = load_scenario(shipped.scenario(scenario), overrides | {"name": name})
     # what the summary records, through the same JSON round trip (tuples become lists)
@@ -63,6 +62,18 @@ def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
             if json.loads((f / "summary.json").read_text()).get("scenario") == wanted:
                 return f
             print(f"{f.name} ran another scenario (a setting changed since): not reused", flush=True)
+    return None
+
+
+def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
+    """The folder of run `name`: read when it holds a summary of this very scenario already (`find_run`),
+    else run now (so a grid of runs can be filled over several sessions)."""
+    from p2pfl import shipped
+    from p2pfl.config import load_scenario
+    from p2pfl.sim import Simulation
+
+    if (found := find_run(scenario, name, overrides, runs)) is not None:
+        return found
     print(f"running {name} ...", flush=True)
-    return Simulation(s, run_dir=runs).run().run_dir
+    return Simulation(load_scenario(shipped.scenario(scenario), overrides | {"name": name}), run_dir=runs).run().run_dir
 

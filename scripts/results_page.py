@@ -118,11 +118,13 @@ def protocol() -> list[str]:
         return []
     lines = [f"The field's protocol ({d['nodes']} nodes, mean ± std over seeds; negative transfer against `local` "
              f"of the same seed and split, fedavg on one architecture against `local` on it; `local-again`, local "
-             f"once more with other training randomness, is the rate's noise floor), from {_source(d)}:", "",
+             f"once more with other training randomness, is the rate's noise floor; beyond noise: only nodes below "
+             f"alone by more than twice the std of the two local runs' per-node differences), from {_source(d)}:", "",
              "| dataset | split | method | architectures | rounds | seeds | personal | global | negative transfer, "
              "worst node | KB / node / round |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in d["cells"]:
-        nt = f"{c['negative_transfer']:.0%}, −{c['worst_loss']:.3f}" if "negative_transfer" in c else "–"
+        beyond = f" (beyond noise {c['beyond_noise']:.0%})" if "beyond_noise" in c else ""
+        nt = f"{c['negative_transfer']:.0%}{beyond}, −{c['worst_loss']:.3f}" if "negative_transfer" in c else "–"
         lines.append(f"| {c['dataset']} | {c['split']} | {c['method']} | {' / '.join(c['archs'])} | {c['rounds']} | "
                      f"{len(c['seeds'])} | {c['personal'][0]:.3f} ± {c['personal'][1]:.3f} | "
                      f"{c['global'][0]:.3f} ± {c['global'][1]:.3f} | {nt} | "

@@ -1,5 +1,6 @@
 """`p2pfl report`: a tiny run's figures and page exist, are images, and a folder with no run is one line."""
 
+import numpy as np
 import pytest
 
 from p2pfl import cli
@@ -70,6 +71,21 @@ def test_negative_transfer_counts_nodes_below_their_own_accuracy_alone():
     assert negative_transfer(alone, alone)["rate"] == 0.0 and negative_transfer(alone, alone)["worst_loss"] == 0.0
     with pytest.raises(ValueError, match="share no node id"):
         negative_transfer({"x": {"personal_acc": 1.0}}, alone)
+
+
+def test_negative_transfer_beyond_noise_takes_its_tolerance_from_two_local_runs():
+    from p2pfl.metrics import NEGATIVE_TRANSFER_TOLERANCE, negative_transfer, noise_tolerance
+
+    alone = {n: {"personal_acc": a} for n, a in (("a", 0.8), ("b", 0.6), ("c", 0.9), ("d", 0.5))}
+    again = {n: {"personal_acc": a} for n, a in (("a", 0.78), ("b", 0.62), ("c", 0.88), ("d", 0.52))}
+    tol = noise_tolerance(alone, again)
+    assert tol == pytest.approx(2 * np.std([-0.02, 0.02, -0.02, 0.02], ddof=1))  # ~0.046
+    ours = {n: {"personal_acc": a} for n, a in (("a", 0.77), ("b", 0.5), ("c", 0.9), ("d", 0.5))}
+    assert negative_transfer(ours, alone)["below"] == ["a", "b"]  # 0.03 and 0.1 below
+    assert negative_transfer(ours, alone, tolerance=tol)["below"] == ["b"]  # a's 0.03 is within the noise
+    assert noise_tolerance(alone, alone) == NEGATIVE_TRANSFER_TOLERANCE  # identical runs: the plain floor
+    with pytest.raises(ValueError, match="fewer than two node ids"):
+        noise_tolerance(alone, {"a": {"personal_acc": 0.8}})
 
 
 def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):
