@@ -52,17 +52,28 @@ def find_run(scenario: str, name: str, overrides: dict, runs: Path) -> Path | No
     from p2pfl import shipped
     from p2pfl.config import load_scenario
 
-    s = load_scenario(shipped.scenario(scenario), overrides | {"name": name})
     # what the summary records, through the same JSON round trip (tuples become lists)
-    wanted = json.loads(json.dumps(dataclasses.asdict(s), default=str))
+    as_saved = lambda s: json.loads(json.dumps(dataclasses.asdict(s), default=str))  # noqa: E731
+    wanted = as_saved(load_scenario(shipped.scenario(scenario), overrides | {"name": name}))
+    defaults = as_saved(load_scenario(None, {}))
     # a run stopped half-way left `name` without a summary; the rerun went to name-2 (runs are never
     # overwritten). A folder whose scenario differs (a shipped setting changed since) is not reused.
     for f in [runs / name, *sorted(runs.glob(f"{name}-[0-9]*"))]:
         if (f / "summary.json").is_file():
-            if json.loads((f / "summary.json").read_text()).get("scenario") == wanted:
+            if same_scenario(json.loads((f / "summary.json").read_text()).get("scenario"), wanted, defaults):
                 return f
             print(f"{f.name} ran another scenario (a setting changed since): not reused", flush=True)
     return None
+
+
+def same_scenario(saved, wanted, defaults) -> bool:
+    """Whether a run's recorded scenario is `wanted`; a key added since the run (absent from `saved`) counts
+    as the same where `wanted` has it at its default: the run did what that default does."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        return set(saved) <= set(wanted) and all(
+            same_scenario(saved[k], wanted[k], (defaults or {}).get(k)) if k in saved
+            else isinstance(defaults, dict) and k in defaults and wanted[k] == defaults[k] for k in wanted)
+    return saved == wanted
 
 
 def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
