@@ -2,7 +2,8 @@
 
 It holds what a restarted process needs to go on where it stopped: model and optimizer state,
 the learner's step (the learning-rate schedule) and random generator, the last completed round,
-the newest round heard from each neighbour, and the mode's own numbers (push-sum's mass). `meta` names what the node is (architecture,
+the newest round heard from each neighbour, and the mode's own numbers (push-sum's mass, the reputation
+defence's running mean per sender). `meta` names what the node is (architecture,
 mode, data shard, reference digest); a checkpoint written by another kind of node is refused
 rather than loaded into the wrong model. Loading uses `torch.load(weights_only=True)`: tensors
 and plain containers only, so a tampered file cannot run code.

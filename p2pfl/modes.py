@@ -57,6 +57,8 @@ PLAUSIBLE_RADIUS = 100.0
 # honest-looking round after many lies lifts a liar's weight by 30% of the way, not all of it.
 REPUTATION_MEMORY = 0.7
 MAX_REPUTATIONS = 1024  # senders remembered (16x node.MAX_PEERS)
+# checkpointed mode state: a sender's running self_support (logits) / standing (parameters) under these keys
+SUPPORT_KEY, STANDING_KEY = "support:", "standing:"
 
 
 class RunningMeans:
@@ -76,6 +78,17 @@ class RunningMeans:
         while len(self._mean) > MAX_REPUTATIONS:
             del self._mean[next(iter(self._mean))]
         return new
+
+    def state(self, prefix: str) -> dict[str, float]:
+        """The means as checkpoint numbers, keyed prefix + sender, least recently heard first."""
+        return {prefix + sender: mean for sender, mean in self._mean.items()}
+
+    def load(self, prefix: str, state: dict[str, float]) -> None:
+        """The means `state` saved under `prefix` (a restarted node keeps distrusting whom it distrusted:
+        a liar gets no clean slate from a crash); non-finite numbers are not means and are dropped."""
+        self._mean = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and np.isfinite(v)}
+        while len(self._mean) > MAX_REPUTATIONS:
+            del self._mean[next(iter(self._mean))]
 
 
 def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
@@ -157,6 +170,12 @@ class LogitsMode(Mode):
         self._taught: np.ndarray | None = None  # (reference size,) round each row was last taught, -1 never
         self._drift: float | None = None  # the last drift measured (Teaching.drift)
         self._support = RunningMeans()  # sender -> running mean of its self_support (the reputation defence)
+
+    def state(self):
+        return self._support.state(SUPPORT_KEY)
+
+    def load_state(self, state):
+        self._support.load(SUPPORT_KEY, state)
 
     @property
     def taught(self) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -341,13 +360,14 @@ class AdapterMode(Mode):
         return [out]
 
     def state(self):
-        return {"mass": self.mass} if self.push_sum else {}
+        return ({"mass": self.mass} if self.push_sum else {}) | self._standing.state(STANDING_KEY)
 
     def reclaim(self, mass):
         self.mass += mass
 
     def load_state(self, state):
         self.mass = state.get("mass", self.mass)
+        self._standing.load(STANDING_KEY, state)
 
     def absorb(self, ctx, inbox, round_idx):
         own = ctx.learner.get_flat()
@@ -401,12 +421,13 @@ class HybridMode(LogitsMode):
         return super().share(ctx, round_idx) + self._adapter.share(ctx, round_idx)
 
     def state(self):
-        return self._adapter.state()
+        return super().state() | self._adapter.state()
 
     def reclaim(self, mass):
         self._adapter.reclaim(mass)
 
     def load_state(self, state):
+        super().load_state(state)
         self._adapter.load_state(state)
 
     def absorb(self, ctx, inbox, round_idx):

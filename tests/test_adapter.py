@@ -338,3 +338,22 @@ def test_push_sum_mass_is_what_a_checkpoint_keeps():
     again.load_state(mode.state())
     assert again.state() == {"mass": 0.25}
     assert make_mode("adapter").state() == {}  # metropolis mixing keeps no numbers
+
+
+def test_reputations_are_what_a_checkpoint_keeps_too():
+    """A restarted node goes on distrusting whom it distrusted: a crash is no clean slate for a liar."""
+    from p2pfl.modes import RunningMeans
+
+    means = RunningMeans()
+    means.update("liar", 0.0), means.update("honest", 1.0), means.update("liar", 0.1)
+    again = RunningMeans()
+    again.load("support:", means.state("support:") | {"standing:other": 0.5, "support:bad": float("nan")})
+    assert again.state("s:") == {"s:honest": 1.0, "s:liar": pytest.approx(0.03)}  # least recently heard first
+    assert again.update("liar", float("nan")) == pytest.approx(0.03)  # nothing to judge: the saved mean
+    saved = {"mass": 0.5, "support:a": 0.2, "standing:b": 0.3}
+    hybrid = make_mode("hybrid", averaging="push-sum")  # both channels' reputations and the mass
+    hybrid.load_state(saved)
+    assert hybrid.state() == saved
+    logits, adapter = make_mode("logits"), make_mode("adapter")
+    logits.load_state(saved), adapter.load_state(saved)
+    assert logits.state() == {"support:a": 0.2} and adapter.state() == {"standing:b": 0.3}
