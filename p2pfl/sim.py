@@ -172,9 +172,10 @@ class Simulation:
         data, reference = assemble.data_and_reference(s)
         graph = assemble.topology(s)
         plans = assemble.plans(s, data, graph)
+        liars = attackers(s, graph.graph)  # before the learners: a bad attack plan fails in a second, not after them
         learners = (cluster.learners(s, data, plans, shared=(data.x_test, data.y_test)) if cluster
                     else [assemble.learner(s, p, data) for p in plans])
-        return Built(data, graph, reference, plans, learners, attackers(s, graph.graph))
+        return Built(data, graph, reference, plans, learners, liars)
 
     def run(self) -> SimulationResult:
         s = self.scenario

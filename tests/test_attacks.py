@@ -120,6 +120,12 @@ def test_attackers_are_chosen_by_count_share_or_index_and_checked():
         load_scenario(None, {"attack": [{"kind": "lies", "count": 1}]})
     with pytest.raises(ValueError, match="not node indices"):
         attackers(load_scenario(None, {"attack": [{"kind": "shift", "nodes": [40]}]}), g16)
+    with pytest.raises(ValueError, match="30 attackers asked for, but only 16 of the 16 nodes"):
+        attackers(load_scenario(None, {"attack": [{"kind": "shift", "count": 30}]}), g16)
+    with pytest.raises(ValueError, match="all 16 nodes attackers; leave at least one honest node"):
+        attackers(load_scenario(None, {"attack": [{"kind": "shift", "fraction": 0.99}]}), g16)
+    with pytest.raises(ValueError, match="only 1 of the 16 nodes are left"):  # an earlier table took the rest
+        attackers(load_scenario(None, {"attack": [{"kind": "shift", "count": 15}, {"kind": "uniform", "count": 2}]}), g16)
 
 
 def test_attackers_can_surround_every_honest_node():
