@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the run's name and folder (default: the scenario's, plus what the overrides change)")
     output = sim.add_argument_group("output")
     output.add_argument("--runs", default="runs", metavar="DIR", help="where runs/<name>/ goes (default: runs)")
-    output.add_argument("--json", metavar="PATH", help="write the summary as JSON ('-' for stdout)")
+    output.add_argument("--json", metavar="PATH", nargs="?", const="-",
+                        help="write the summary as JSON to PATH (alone, or '-': stdout; progress goes to stderr)")
     more = sim.add_argument_group("any other scenario key")
     more.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=0.001")
     more.add_argument("--help-keys", action=_HelpKeys, help="list every key with its default and accepted values")
@@ -239,6 +240,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from p2pfl.ray_learners import ShardLost
     from p2pfl.sim import Interrupted, Simulation  # torch import: only when simulating
 
+    if args.json and args.json.endswith(".toml"):  # `--json sim/x.toml` would write the summary over a scenario
+        raise UsageError(f"--json {args.json}: that is a scenario file, not where the summary goes; put the "
+                         f"scenario first (`p2pfl sim {args.json} --json`) or give --json a .json path")
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     overrides = scenario_overrides(args)
     from p2pfl.topology import load_topology

@@ -272,10 +272,16 @@ def test_cli_sim_writes_json(tiny, tmp_path, capsys):
     assert "cli-tiny" in capsys.readouterr().out  # the summary table
 
 
+def test_cli_sim_json_never_writes_over_a_scenario(tiny, capsys):
+    before = tiny.read_text()
+    assert cli.main(["sim", "--json", str(tiny)]) == 2
+    assert "put the scenario first" in capsys.readouterr().err and tiny.read_text() == before
+
+
 def test_console_script_runs_a_sim(tiny, tmp_path):
     exe = Path(sys.executable).parent / "p2pfl"
     env = os.environ | {"P2PFL_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
-    proc = subprocess.run([str(exe), "sim", str(tiny), "--json", "-", "--runs", str(tmp_path / "runs"),
+    proc = subprocess.run([str(exe), "sim", str(tiny), "--json", "--runs", str(tmp_path / "runs"),  # bare: stdout
                            "--rounds", "1"], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)  # stdout is only the JSON: progress and tables went to stderr
