@@ -54,17 +54,19 @@ def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
             free.sort(key=lambda i: -central[i])  # stable: ties in the seeded order
         if a.neighbours:
             chosen = neighbourhood_cover(graph, a.neighbours, free, set(out))
+        elif a.nodes:
+            chosen = list(a.nodes)
         else:
             want = a.count or max(1, round(a.fraction * n))
-            if not a.nodes and want > len(free):
+            if want > len(free):
                 raise ValueError(f"attack {a.kind!r}: {want} attackers asked for, but only {len(free)} of the {n} nodes "
                                  f"are left to take; give a smaller count or fraction")
-            chosen = list(a.nodes) if a.nodes else free[:want]
+            chosen = free[:want]
         bad = [i for i in chosen if not 0 <= i < n]
         if bad:
             raise ValueError(f"attack.nodes: {bad} are not node indices of a {n}-node topology (0..{n - 1})")
         out |= {i: a for i in chosen}
-    if out and len(out) == n:  # nobody left to learn, and nothing for the honest-only numbers to measure
+    if len(out) == n:  # nobody left to learn, and nothing for the honest-only numbers to measure
         raise ValueError(f"the [[attack]] tables make all {n} nodes attackers; leave at least one honest node "
                          f"(a smaller count or fraction, or fewer nodes listed)")
     return out

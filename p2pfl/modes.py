@@ -75,9 +75,13 @@ class RunningMeans:
         new = old if np.isnan(value) else value if old is None else REPUTATION_MEMORY * old + (1 - REPUTATION_MEMORY) * value
         if new is not None:
             self._mean[sender] = new
+        self._forget()
+        return new
+
+    def _forget(self) -> None:
+        """Down to MAX_REPUTATIONS senders, the least recently heard dropped first."""
         while len(self._mean) > MAX_REPUTATIONS:
             del self._mean[next(iter(self._mean))]
-        return new
 
     def state(self, prefix: str) -> dict[str, float]:
         """The means as checkpoint numbers, keyed prefix + sender, least recently heard first."""
@@ -87,8 +91,7 @@ class RunningMeans:
         """The means `state` saved under `prefix` (a restarted node keeps distrusting whom it distrusted:
         a liar gets no clean slate from a crash); non-finite numbers are not means and are dropped."""
         self._mean = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and np.isfinite(v)}
-        while len(self._mean) > MAX_REPUTATIONS:
-            del self._mean[next(iter(self._mean))]
+        self._forget()
 
 
 def plausible(own: np.ndarray, inbox: list[Received]) -> tuple[list[Received], list[tuple[str, str, str]]]:
