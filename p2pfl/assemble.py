@@ -18,7 +18,8 @@ import torch
 
 from p2pfl import shipped
 from p2pfl.attacks import Attacker
-from p2pfl.config import GENERATED_SOURCES, AttackConfig, ConfigError, NodeProfile, Scenario, TrainConfig, build, load_profile
+from p2pfl.config import (GENERATED_SOURCES, AttackConfig, ConfigError, NodeProfile, Scenario, TrainConfig, build,
+                          check_node_training, load_profile)
 from p2pfl.data import build_reference, load_source, partition
 from p2pfl.data.reference import Reference, ReferenceSpec, held_out, shaped_noise
 from p2pfl.data.sources import Dataset
@@ -63,6 +64,7 @@ def node_plan(scenario: Scenario, index: int, node_id: str, profile: NodeProfile
               neighbours: dict[str, float]) -> NodePlan:
     """One node's plan; real nodes build theirs the same way, so a shard trains as in the simulation."""
     train = build(TrainConfig, dataclasses.asdict(scenario.train) | profile.train, f"profile {profile.name} [train]")
+    check_node_training(scenario, train, f"profile {profile.name} [train] ")
     return NodePlan(index, node_id, profile, train, train_idx, neighbours)
 
 

@@ -41,14 +41,15 @@ from p2pfl.modes import Mode, NodeContext, Outgoing, Received, Teaching
 
 
 def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
-    """Node index -> the attack it mounts: each [[attack]] table's nodes, a count or share chosen with the
-    scenario seed among nodes no earlier table took, or a cover of every honest node's neighbourhood."""
+    """Node index -> the attack it mounts: each [[attack]] table's listed nodes (taken first, so no chosen
+    count is shortened by them; a node listed twice is an error), a count or share chosen with the scenario
+    seed among nodes no earlier table took, or a cover of every honest node's neighbourhood."""
     n = graph.number_of_nodes()
     rng = np.random.default_rng([s.seed, 7_001])
     shuffled = [int(i) for i in rng.permutation(n)]
     central = nx.betweenness_centrality(graph) if any(a.place == "bottleneck" for a in s.attack) else {}
     out: dict[int, AttackConfig] = {}
-    for a in s.attack:
+    for a in sorted(s.attack, key=lambda a: not a.nodes):  # stable: the other tables in their order
         free = [i for i in shuffled if i not in out]
         if a.place == "bottleneck":
             free.sort(key=lambda i: -central[i])  # stable: ties in the seeded order
@@ -56,6 +57,8 @@ def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
             chosen = neighbourhood_cover(graph, a.neighbours, free, set(out))
         elif a.nodes:
             chosen = list(a.nodes)
+            if twice := sorted(set(chosen) & set(out)):
+                raise ValueError(f"attack.nodes: {twice} are listed by two [[attack]] tables; a node mounts one attack")
         else:
             want = a.count or max(1, round(a.fraction * n))
             if want > len(free):

@@ -240,8 +240,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from p2pfl.ray_learners import ShardLost
     from p2pfl.sim import Interrupted, Simulation  # torch import: only when simulating
 
-    if args.json and args.json.endswith(".toml"):  # `--json sim/x.toml` would write the summary over a scenario
-        raise UsageError(f"--json {args.json}: that is a scenario file, not where the summary goes; put the "
+    # `--json X` takes X as where the summary goes: a scenario named there would run the default scenario and
+    # write the summary over (or beside) X
+    if args.json not in (None, "-") and (args.json.endswith(".toml") or args.json in shipped.names("sim")):
+        raise UsageError(f"--json {args.json}: that is a scenario, not where the summary goes; put the "
                          f"scenario first (`p2pfl sim {args.json} --json`) or give --json a .json path")
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     overrides = scenario_overrides(args)

@@ -145,7 +145,8 @@ class TrainConfig:
     make_up: float = 0.0
     # steps a node may train per round while it waits for a neighbour, with what its last round learned
     # from (0: it waits idle). They hold nobody but by a chunk (node.IDLE_CHUNK): it was waiting anyway,
-    # under 20% churn ~40% of the time
+    # under 20% churn ~40% of the time. Made-up and idle steps advance the learning-rate schedule like any
+    # (planned over warmup_steps + rounds x local_steps): with min_lr_ratio < 1 it reaches its floor sooner
     idle_steps: int = 0
     kd_weight: float = 2.0  # measured: +1.0 / +1.5 points global over 1.0 on two seeds and alphas (BENCHMARKS.md)
     temperature: float = 1.0
@@ -587,12 +588,27 @@ class Scenario:
         _check(self.ray in ("", "auto", "local") or ":" in self.ray,
                f"ray = {self.ray!r}: use 'auto' (a running cluster, else a new local one), 'local' (a new one on "
                f"this machine) or the head's HOST:PORT (as `ray start --head` prints it); '' trains in this process")
-        _check(not (self.privacy.on and self.train.device != "cpu"),
-               f"privacy.epsilon with train.device = {self.train.device!r}: DP-SGD runs on the CPU only so far; "
-               f"set train.device = 'cpu'")
+        check_node_training(self, self.train, "train.")
         _check(not (self.privacy.on and set(kinds) & set(PER_CLASS_KINDS)),
                f"privacy.epsilon with mode = {self.mode!r}: class means of private rows are not released under "
                f"differential privacy yet; use mode = 'logits' (or 'local') with privacy")
+
+
+def check_node_training(scenario: "Scenario", train: TrainConfig, where: str) -> None:
+    """What a node's training settings cannot be in this scenario: the scenario's train table is checked when it
+    is built, each node's (its profile's [train] over it) where its plan is made. `where` prefixes the keys."""
+    _check(not scenario.ray or train.device == "cpu",
+           f"ray = {scenario.ray!r} with {where}device = {train.device!r}: the Ray shards are CPU actors so far; "
+           f"set {where}device = 'cpu' or train in this process (ray = '')")
+    if not scenario.privacy.on:
+        return
+    _check(train.device == "cpu", f"privacy.epsilon with {where}device = {train.device!r}: DP-SGD runs on the "
+                                  f"CPU only so far; set {where}device = 'cpu'")
+    # the private steps are planned over warm-up + rounds x local_steps, and a restart adds back one round's
+    # worth: steps beyond a round's local_steps would be spent outside the plan (and twice after a crash)
+    for key in ("make_up", "idle_steps"):
+        _check(not getattr(train, key), f"privacy.epsilon with {where}{key} = {getattr(train, key)}: its extra steps "
+                                        f"are not in the privacy plan; set {where}{key} = 0")
 
 
 def _check_codec(key: str, name: str) -> None:

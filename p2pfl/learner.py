@@ -61,7 +61,7 @@ class Learner:
             self._per_sample = GradSampleModule(model, loss_reduction="sum")
         self.log_p = self._prior(self.label_counts)
         self._mix = own_counts / max(own_counts.sum(), 1)  # evaluation only: nothing of it is released
-        self.personal_log_p = log_prior(torch.as_tensor(own_counts)).to(self.device)
+        self.personal_log_p = log_prior(torch.as_tensor(own_counts))  # on the CPU, as evaluate's logits
         # frozen parameters (a LoRA backbone) are not the optimizer's
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         self.total_steps = max(1, total_steps)

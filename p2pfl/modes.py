@@ -285,7 +285,7 @@ class PrototypeMode(Mode):
     logits = False  # what is averaged per class: embeddings (here) or logits (FDMode)
 
     def __init__(self) -> None:
-        self._own: np.ndarray | None = None  # what share() computed; the model is unchanged until training
+        self._own: np.ndarray | None = None  # the means as share() sent them (absorb pools these, not later ones)
 
     def share(self, ctx, round_idx):
         self._own = ctx.learner.class_means(logits=self.logits)

@@ -169,10 +169,10 @@ class Simulation:
     def build(self, cluster: RayCluster | None = None) -> Built:
         """cluster: the learners are built on its shards (`ray`), the driver keeps `RemoteLearner`s."""
         s = self.scenario
-        data, reference = assemble.data_and_reference(s)
         graph = assemble.topology(s)
+        liars = attackers(s, graph.graph)  # before data and learners: a bad attack plan fails in a second
+        data, reference = assemble.data_and_reference(s)
         plans = assemble.plans(s, data, graph)
-        liars = attackers(s, graph.graph)  # before the learners: a bad attack plan fails in a second, not after them
         learners = (cluster.learners(s, data, plans, shared=(data.x_test, data.y_test)) if cluster
                     else [assemble.learner(s, p, data) for p in plans])
         return Built(data, graph, reference, plans, learners, liars)

@@ -73,15 +73,18 @@ def run_name(dataset: str, split: str, method: str, seed: int, rounds: int | Non
 
 
 def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None, runs: Path,
-            run: bool = True) -> dict | None:
+            run: bool = True) -> tuple[dict | None, bool]:
     """One run (read when its folder has a summary) judged against `local` of the same seed and split, and
-    beyond the noise where a `local-again` run of them is there; without `run`, None unless both are done."""
+    beyond the noise where a `local-again` run of them is there; without `run`, None unless both are done.
+    And whether this call ran it (False: read from its folder)."""
     judge = "local-one" if method == "fedavg" else "local"
     get = run_or_read if run else find_run
+    fresh = run and find_run(DATASETS[dataset], run_name(dataset, split, method, seed, rounds),
+                             overrides(dataset, split, method, seed, rounds), runs) is None
     folders = {m: get(DATASETS[dataset], run_name(dataset, split, m, seed, rounds),
                       overrides(dataset, split, m, seed, rounds), runs) for m in {method, judge}}
     if None in folders.values():
-        return None
+        return None, False
     s = json.loads((folders[method] / "summary.json").read_text())
     row = {"dataset": dataset, "split": split, "method": method, "seed": seed, "rounds": s["rounds"],
            "personal": s["personal"]["mean"], "global": s["global"]["mean"],
@@ -97,30 +100,37 @@ def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None
         if again is not None:  # a node counts only when it is below alone by more than two local runs differ
             tol = noise_tolerance(alone, finals(read_metrics(again / "metrics.jsonl")))
             row |= {"beyond_noise": negative_transfer(ours, alone, tol)["rate"], "noise_tolerance": tol}
-    return row
+    return row, fresh
 
 
-def merged(out: Path, rows: list[dict], reread: bool = False) -> list[dict]:
+SITTING = ("command", "date", "machine")
+
+
+def row_key(r: dict) -> tuple:
+    return r["dataset"], r["split"], r["method"], r["seed"], r["rounds"]
+
+
+def merged(out: Path, rows: list[dict], stamp: dict) -> list[dict]:
     """`rows` and the rows already in the JSON at `out` that this invocation did not measure (other datasets,
     splits, methods or seeds), so a part of the grid rerun keeps the rest of it; run folders do not outlive
-    a machine, the JSON does. Each row names the command, date and machine that measured it: `reread` rows
-    (--done: read from run folders, not run) keep those of the row they replace."""
-    key = lambda r: (r["dataset"], r["split"], r["method"], r["seed"], r["rounds"])  # noqa: E731
-    before = {key(r): r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
-    sitting = ("command", "date", "machine")
-    if reread:
-        rows = [r | {k: before[key(r)][k] for k in sitting if k in before.get(key(r), {})} for r in rows]
-    new = {key(r) for r in rows}
+    a machine, the JSON does. Each row names the command, date and machine that measured it: rows that ran
+    come stamped; a row read from its folder keeps the stamp of the row it replaces (`stamp`, this
+    invocation's, only where the JSON has none)."""
+    before = {row_key(r): r for r in (json.loads(out.read_text())["rows"] if out.is_file() else [])}
+    rows = [r if "command" in r else r | ({k: before[row_key(r)][k] for k in SITTING}
+                                          if all(k in before.get(row_key(r), {}) for k in SITTING) else stamp)
+            for r in rows]
+    new = {row_key(r) for r in rows}
     return [r for k, r in before.items() if k not in new] + rows
 
 
 def cells(rows: list[dict]) -> list[dict]:
-    """Rows grouped by (dataset, split, method): mean and std over the seeds."""
+    """Rows grouped by (dataset, split, method, rounds): mean and std over the seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["split"], r["method"]), []).append(r)
+        groups.setdefault((r["dataset"], r["split"], r["method"], r["rounds"]), []).append(r)
     out = []
-    for (dataset, split, method), rs in groups.items():
+    for (dataset, split, method, _), rs in groups.items():
         def stat(key: str) -> tuple[float, float]:
             v = [r[key] for r in rs]
             return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
@@ -149,30 +159,30 @@ def main() -> int:
     ap.add_argument("--done", action="store_true", help="run nothing: the JSON and PNG of the runs already in "
                     "--runs (rows in BENCHMARKS.md are added by the runs that ran)")
     args = ap.parse_args()
-    rows = []
+    command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
+    today = dt.date.today().isoformat()
+    stamp = {"command": command, "date": today, "machine": machine()}
+    rows, measured = [], set()  # measured: the cells with a row this invocation ran (not read)
     for dataset in args.datasets:
         for split in args.splits:
             for method in args.methods:
                 for seed in args.seeds:
-                    row = measure(dataset, split, method, seed, args.rounds or None, Path(args.runs), not args.done)
+                    row, fresh = measure(dataset, split, method, seed, args.rounds or None, Path(args.runs),
+                                         not args.done)
                     if row is not None:
-                        rows.append(row)
+                        rows.append(row | stamp if fresh else row)
+                        measured |= {(dataset, split, method, row["rounds"])} if fresh else set()
                         print(json.dumps(row), flush=True)
-    command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
     out = Path(args.out)
-    measured = {(r["dataset"], r["split"], r["method"]) for r in rows}
-    today = dt.date.today().isoformat()
-    rows = merged(out, [r | {"command": command, "date": today, "machine": machine()} for r in rows], args.done)
+    rows = merged(out, rows, stamp)
     grid = cells(rows)
-    # each invocation whose rows the JSON holds: what a reader needs to rerun and to compare machines
-    sittings = list({r["command"]: {k: r[k] for k in ("command", "date", "machine")} for r in rows}.values())
+    # each sitting whose rows the JSON holds: what a reader needs to rerun and to compare machines
+    sittings = list({tuple(r[k] for k in SITTING): {k: r[k] for k in SITTING} for r in rows}.values())
     result = {"command": command, "sittings": sittings,
               "date": today, "machine": machine(), "nodes": NODES, "rows": rows,
               "cells": grid}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(grid, out.with_suffix(".png"))
-    if args.done:
-        return 0
     date = result["date"]
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_protocol rows -->",
              f"### The field's protocol (`scripts/bench_protocol.py`): {NODES} nodes, mean +- std over seeds\n\n"
@@ -187,7 +197,7 @@ def main() -> int:
                  if "negative_transfer" in c else "(alone)")
               + f" | {c['bytes_per_node_per_round'] / 1e3:.1f} | {out.name} |"
               # rows kept from the JSON were tabled by the run that measured them
-              for c in grid if (c["dataset"], c["split"], c["method"]) in measured])
+              for c in grid if (c["dataset"], c["split"], c["method"], c["rounds"]) in measured])
     return 0
 
 

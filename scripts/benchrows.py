@@ -55,7 +55,7 @@ def find_run(scenario: str, name: str, overrides: dict, runs: Path) -> Path | No
     # what the summary records, through the same JSON round trip (tuples become lists)
     as_saved = lambda s: json.loads(json.dumps(dataclasses.asdict(s), default=str))  # noqa: E731
     wanted = as_saved(load_scenario(shipped.scenario(scenario), overrides | {"name": name}))
-    defaults = as_saved(load_scenario(None, {}))
+    defaults = as_saved(load_scenario(None, {})) | table_defaults()
     # a run stopped half-way left `name` without a summary; the rerun went to name-2 (runs are never
     # overwritten). A folder whose scenario differs (a shipped setting changed since) is not reused.
     for f in [runs / name, *sorted(runs.glob(f"{name}-[0-9]*"))]:
@@ -66,13 +66,31 @@ def find_run(scenario: str, name: str, overrides: dict, runs: Path) -> Path | No
     return None
 
 
+def table_defaults() -> dict:
+    """The defaults of one [[attack]] or [[events]] table, as `same_scenario` reads them for each table of
+    those lists (the scenario's own default for them is the empty list)."""
+    import dataclasses
+
+    from p2pfl.config import AttackConfig, EventConfig
+
+    def of(cls) -> dict:
+        return json.loads(json.dumps({f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                                      for f in dataclasses.fields(cls)}, default=str))
+    return {"attack": [of(AttackConfig)], "events": [of(EventConfig)]}
+
+
 def same_scenario(saved, wanted, defaults) -> bool:
     """Whether a run's recorded scenario is `wanted`; a key added since the run (absent from `saved`) counts
-    as the same where `wanted` has it at its default: the run did what that default does."""
+    as the same where `wanted` has it at its default: the run did what that default does. That holds only
+    while a new key's default does what the code did before it (the rule for adding one). Lists of tables
+    ([[attack]], [[events]]) are compared table by table, against one table's defaults (`table_defaults`)."""
     if isinstance(saved, dict) and isinstance(wanted, dict):
         return set(saved) <= set(wanted) and all(
             same_scenario(saved[k], wanted[k], (defaults or {}).get(k)) if k in saved
             else isinstance(defaults, dict) and k in defaults and wanted[k] == defaults[k] for k in wanted)
+    if isinstance(saved, list) and isinstance(wanted, list) and len(saved) == len(wanted):
+        table = defaults[0] if isinstance(defaults, list) and len(defaults) == 1 and isinstance(defaults[0], dict) else None
+        return all(same_scenario(a, b, table) for a, b in zip(saved, wanted))
     return saved == wanted
 
 

@@ -348,7 +348,8 @@ def test_reputations_are_what_a_checkpoint_keeps_too():
     means.update("liar", 0.0), means.update("honest", 1.0), means.update("liar", 0.1)
     again = RunningMeans()
     again.load("support:", means.state("support:") | {"standing:other": 0.5, "support:bad": float("nan")})
-    assert again.state("s:") == {"s:honest": 1.0, "s:liar": pytest.approx(0.03)}  # least recently heard first
+    assert again.state("s:") == {"s:honest": 1.0, "s:liar": pytest.approx(0.03)}
+    assert list(again.state("s:")) == ["s:honest", "s:liar"]  # least recently heard first, as saved
     assert again.update("liar", float("nan")) == pytest.approx(0.03)  # nothing to judge: the saved mean
     saved = {"mass": 0.5, "support:a": 0.2, "standing:b": 0.3}
     hybrid = make_mode("hybrid", averaging="push-sum")  # both channels' reputations and the mass

@@ -113,6 +113,14 @@ def test_attackers_are_chosen_by_count_share_or_index_and_checked():
     chosen = attackers(s, g16)
     assert len(chosen) == 4 and chosen[0].kind == "uniform"
     assert chosen == attackers(s, g16)  # seeded: the same run picks the same liars
+    # a listed node the count would have picked is taken first: the count still gets its 3, elsewhere
+    seeded = min(attackers(load_scenario(None, {"attack": [{"kind": "shift", "count": 3}]}), g16))
+    both = attackers(load_scenario(None, {"attack": [{"kind": "shift", "count": 3},
+                                                     {"kind": "uniform", "nodes": [seeded]}]}), g16)
+    assert both[seeded].kind == "uniform" and sum(a.kind == "shift" for a in both.values()) == 3
+    with pytest.raises(ValueError, match=r"\[2\] are listed by two \[\[attack\]\] tables"):
+        attackers(load_scenario(None, {"attack": [{"kind": "shift", "nodes": [1, 2]},
+                                                  {"kind": "uniform", "nodes": [2]}]}), g16)
     assert len(attackers(load_scenario(None, {"attack": [{"kind": "invert", "fraction": 0.2}]}), g16)) == 3
     with pytest.raises(ConfigError, match="exactly one of count, fraction, nodes or neighbours"):
         load_scenario(None, {"attack": [{"kind": "shift"}]})

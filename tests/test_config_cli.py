@@ -276,6 +276,9 @@ def test_cli_sim_json_never_writes_over_a_scenario(tiny, capsys):
     before = tiny.read_text()
     assert cli.main(["sim", "--json", str(tiny)]) == 2
     assert "put the scenario first" in capsys.readouterr().err and tiny.read_text() == before
+    # a shipped scenario's name there would run the default scenario and write its summary to ./spoken-digits
+    assert cli.main(["sim", "--json", "spoken-digits"]) == 2
+    assert "`p2pfl sim spoken-digits --json`" in capsys.readouterr().err and not Path("spoken-digits").exists()
 
 
 def test_console_script_runs_a_sim(tiny, tmp_path):

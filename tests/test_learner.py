@@ -304,6 +304,23 @@ def test_privacy_on_a_gpu_is_refused_with_the_fix():
 
     with pytest.raises(ConfigError, match=r"train.device = 'cpu'"):
         load_scenario(shipped.scenario("quickstart"), {"privacy.epsilon": 8, "train.device": "cuda"})
+    # the steps DP-SGD's plan has no room for, and Ray's CPU-only shards
+    for key, value in (("train.make_up", 1.0), ("train.idle_steps", 30)):
+        with pytest.raises(ConfigError, match=rf"privacy.epsilon with {key} = {value}: .* set {key} = 0"):
+            load_scenario(shipped.scenario("quickstart"), {"privacy.epsilon": 8, key: value})
+    with pytest.raises(ConfigError, match=r"ray = 'local' with train.device = 'auto'.*set train.device = 'cpu'"):
+        load_scenario(shipped.scenario("quickstart"), {"ray": "local", "train.device": "auto"})
+
+
+def test_a_profile_cannot_put_private_training_on_a_gpu(tmp_path):
+    """A profile's [train] is checked where the node's plan is made (the scenario's check sees only its own)."""
+    from p2pfl import assemble, shipped
+    from p2pfl.config import load_profile, load_scenario
+
+    (tmp_path / "gpu.toml").write_text('arch = "mlp"\n[train]\ndevice = "cuda"\n')
+    s = load_scenario(shipped.scenario("quickstart"), {"privacy.epsilon": 8})
+    with pytest.raises(ConfigError, match=r"profile gpu \[train\] device = 'cuda'.*set profile gpu \[train\] device"):
+        assemble.node_plan(s, 0, "n0", load_profile(tmp_path / "gpu.toml"), np.arange(4), {})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this torch sees a CUDA device")
@@ -315,3 +332,19 @@ def test_a_device_this_torch_cannot_use_is_a_config_error_and_auto_is_the_cpu():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="train.device = 'cuda'"):
         _learner("mlp", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here: the GPU path is untested)")
+def test_a_learner_on_cuda_trains_distills_and_evaluates_as_on_the_cpu():
+    """Every Learner entry point a mode calls, on the GPU; the same seeds on both devices land close (kernels
+    differ, so not bit-equal)."""
+    on = {dev: _learner("cnn1d", device=dev) for dev in ("cpu", "cuda")}
+    results = {}
+    for dev, (learner, d) in on.items():
+        teacher = torch.softmax(torch.randn(len(d.x_train), d.num_classes, generator=torch.Generator().manual_seed(0)), 1)
+        learner.train(5, torch.as_tensor(d.x_train), teacher)
+        learner.set_flat(learner.get_flat())
+        results[dev] = (learner.evaluate(d.x_test, d.y_test), learner.logits(d.x_test[:8]), learner.class_means())
+    (e_cpu, z_cpu, m_cpu), (e_gpu, z_gpu, m_gpu) = results["cpu"], results["cuda"]
+    assert e_gpu.global_acc == pytest.approx(e_cpu.global_acc, abs=0.05)
+    assert np.allclose(z_gpu, z_cpu, atol=1e-2) and np.allclose(m_gpu, m_cpu, atol=1e-2)

@@ -118,10 +118,13 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
     a.train(5)
     meta = {"arch": "mlp", "shard": "0/2"}
     path = tmp_path / checkpoint.FILENAME
-    checkpoint.save(path, a, round=7, meta=meta, peers={"p": 6}, mode_state={"mass": 0.75})
+    # a mode's state in its order (reputations forget the least recently heard first: order is state too)
+    mode_state = {"mass": 0.75, "support:z": 0.2, "support:a": 0.9, "standing:m": 0.5}
+    checkpoint.save(path, a, round=7, meta=meta, peers={"p": 6}, mode_state=mode_state)
     b = learner(2)
     resumed = checkpoint.load(path, b, meta=meta)
-    assert resumed == checkpoint.Resumed(7, {"p": 6}, {"mass": 0.75}) and b.step == a.step == 5
+    assert resumed == checkpoint.Resumed(7, {"p": 6}, mode_state) and b.step == a.step == 5
+    assert list(resumed.mode_state) == list(mode_state)
     assert np.array_equal(a.get_flat(), b.get_flat())
     a.train(3)
     b.train(3)  # same optimizer moments and random generator: the same next steps

@@ -1,0 +1,31 @@
+"""scripts/benchrows.same_scenario: when a benchmark may reuse a run folder instead of running it again."""
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchrows import same_scenario, table_defaults  # noqa: E402
+
+
+def test_a_key_added_since_the_run_is_the_same_only_at_its_default():
+    defaults = {"train": {"lr": 0.01, "idle_steps": 0}, "rounds": 50}
+    wanted = {"train": {"lr": 0.01, "idle_steps": 0}, "rounds": 20}
+    assert same_scenario({"train": {"lr": 0.01}, "rounds": 20}, wanted, defaults)  # idle_steps came later
+    assert not same_scenario({"train": {"lr": 0.01}, "rounds": 20},
+                             {"train": {"lr": 0.01, "idle_steps": 30}, "rounds": 20}, defaults)  # asked for more
+    assert not same_scenario({"train": {"lr": 0.02, "idle_steps": 0}, "rounds": 20}, wanted, defaults)
+    assert not same_scenario({"train": {"lr": 0.01, "gone": 1}, "rounds": 20}, wanted, defaults)  # a key removed
+
+
+def test_tables_of_a_list_are_compared_one_by_one_against_a_tables_defaults():
+    defaults = table_defaults()
+    attack = dict(defaults["attack"][0], kind="shift", count=3)
+    old = {k: v for k, v in attack.items() if k != "place"}  # a run from before attack.place existed
+    assert same_scenario({"attack": [old]}, {"attack": [attack]}, defaults)
+    assert not same_scenario({"attack": [old]}, {"attack": [attack | {"place": "bottleneck"}]}, defaults)
+    assert not same_scenario({"attack": [old]}, {"attack": [attack, attack]}, defaults)  # another number of tables
+    assert not same_scenario({"attack": [old | {"count": 2}]}, {"attack": [attack]}, defaults)
+    assert same_scenario({"profiles": ["mlp", "gru"]}, {"profiles": ["mlp", "gru"]}, {"profiles": ["mlp"]})
+    assert not same_scenario({"profiles": ["mlp"]}, {"profiles": ["gru"]}, {"profiles": ["mlp"]})
