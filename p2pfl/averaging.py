@@ -58,6 +58,9 @@ CLIP_FACTOR = 2.0  # the ball's radius in lower-median neighbour distances
 # cosine's yardstick is the upper-median neighbour's where that is below ALIGNED_FULL: full weight from
 # it, none from ALIGNED_FULL below it, and a run whose honest nodes are all unaligned still averages.
 ALIGNED_FULL = 0.3
+# the lowest the cosine yardstick goes: below any honest crowd's upper median (unlike initialisations sit at
+# ~0 +- 0.02), above a sign-flipper's (-0.5 and lower, diag_standing.py)
+YARDSTICK_FLOOR = -0.1
 STANDING_NEAR, STANDING_FAR = 2.5, 5.0
 
 
@@ -107,14 +110,17 @@ def standings(own: np.ndarray, received: Sequence[np.ndarray]) -> list[float]:
     """Each neighbour's weight factor from how far (`spread`) and which way (`alignment`) its vector lies:
     the smaller of 1 up to STANDING_NEAR, 0 from STANDING_FAR (linear between), and 1 from the yardstick
     y = min(ALIGNED_FULL, the upper-median cosine), 0 from y - ALIGNED_FULL (linear between; the upper
-    median, so that with half the neighbours pointing away the yardstick is still an aligned one).
+    median, so that with half the neighbours pointing away the yardstick is still an aligned one). The
+    yardstick is never below YARDSTICK_FLOOR: a neighbourhood that mostly points away from us (a lone
+    neighbour that sign-flips, liars in the majority) is no measure of what is aligned, while unlike
+    initialisations (cosines ~0 for everyone) still average whole.
     Clipping bounds a far neighbour's pull to the ball's edge, every round, in its direction, so a
     sign-flipper still pulls twice as hard as an honest neighbour; standing takes the pull away instead."""
     if not received:
         return []
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite vector gets NaN here, and 0 below
         aligned = alignment(own, received)
-        yardstick = min(ALIGNED_FULL, float(np.percentile(aligned, 50, method="higher")))
+        yardstick = float(np.clip(np.percentile(aligned, 50, method="higher"), YARDSTICK_FLOOR, ALIGNED_FULL))
         near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
         way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
     # a vector no finite arithmetic can judge (the wire and `modes.plausible` refuse those first) gets nothing

@@ -273,6 +273,9 @@ def test_standing_keeps_near_aligned_neighbours_whole_and_takes_far_or_opposed_o
     assert spread(own, [*honest, flip])[-1] < STANDING_NEAR
     assert standings(own, [*honest, flip]) == [1.0, 1.0, 1.0, 0.0]
     assert standings(own, [*honest[:2], flip, flip])[2:] == [0.0, 0.0]  # half of them away: the yardstick is aligned
+    # a lone neighbour, or a majority, pointing away is no yardstick: cut all the same
+    assert standings(own, [flip]) == [0.0]
+    assert standings(own, [honest[0], flip, flip * 1.01]) == [1.0, 0.0, 0.0]
     half = own + (STANDING_NEAR + STANDING_FAR) / 2 * (honest[0] - own)  # aligned, but reaching far
     far = own + 2 * STANDING_FAR * (honest[0] - own)
     assert standings(own, [*honest, half, far])[3:] == [pytest.approx(0.5), 0.0]
