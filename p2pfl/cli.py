@@ -34,7 +34,8 @@ SHORTCUTS = {
     "archs": ("profiles", lambda a: a.split(","), "comma-separated profiles/architectures, round-robin"),
     "attack": ("attack", lambda a: parse_key_value("attack", a, {}),
                "KIND:N: N nodes (or a share F < 1) lie, e.g. shift:3 (or [[attack]] tables, see --help-keys)"),
-    "defence": ("gossip.defence", str, "auto | none | claims | clip | claims+clip: what is done about lying peers"),
+    "defence": ("gossip.defence", str, "auto (claims+reputation) | none | claims, reputation, clip joined by +: "
+                                       "what is done about lying peers"),
     "churn": ("churn.rate", float, "each node is down this share of rounds, back after churn.downtime (3) on average"),
 }
 
@@ -47,7 +48,9 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_arguments(parser, unknown, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
         print_error(e)
         return 2
+    except OSError as e:  # a file or folder the command was pointed at (it names it): one line, not a traceback
+        print_error(e)
+        return 1
     except BaseExceptionGroup as group:  # raised inside a trio nursery (p2pfl node): same rule
         bad, rest = group.split((ConfigError, UsageError, ValueError))
         if bad is None or rest is not None:
@@ -65,6 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+def _unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str], argv: list[str]) -> None:
+    """argparse's exit for arguments no command takes, with the nearest option of the command given
+    (--train.lrr: did you mean --train.lr?)."""
+    import difflib
+
+    command = next((a for a in argv if not a.startswith("-")), "")
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    sub = subs.choices.get(command)
+    known = [o for a in (sub or parser)._actions for o in a.option_strings if o.startswith("--")]
+    hints = [f"{u}: did you mean {close[0]}?" for u in unknown if u.startswith("--")
+             and (close := difflib.get_close_matches(u.split("=", 1)[0], known, n=1, cutoff=0.7))]
+    more = f" ({'; '.join(hints)})" if hints else ""
+    keys = "; every scenario key: p2pfl sim --help-keys" if command in ("sim", "node") else ""
+    (sub or parser).error(f"unrecognized arguments: {' '.join(unknown)}{more}{keys}")
 
 
 def print_error(e: BaseException) -> None:
@@ -122,14 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--profile", help="node profile (node/NAME.toml, a path, or an architecture); "
                                         "default: the scenario's profiles, round-robin by shard")
     node.add_argument("--shard", default="0/1", metavar="I/N", help="this node's part of the data: 3/8 = the 4th of 8 (default 0/1)")
-    node.add_argument("--data", metavar="SOURCE", help="mnist1d | digits | synthetic | a .npz with x, y[, x_test, y_test] [data.source]")
+    node.add_argument("--data", metavar="SOURCE", help="mnist1d | digits | fsdd | mnist5k | synthetic | a .npz with x, "
+                                                       "y[, x_test, y_test] [data.source]")
     node.add_argument("--partition", metavar="SPEC", help="iid | dirichlet:A | dirichlet-node:A | shards:K | quantity:S [data.partition]")
     node.add_argument("--rounds", type=int, help="rounds to train [rounds]")
     node.add_argument("--listen", default="/ip4/0.0.0.0/tcp/0", metavar="MULTIADDR", help="default /ip4/0.0.0.0/tcp/0 (any free port)")
     node.add_argument("--peers", nargs="*", default=[], metavar="MULTIADDR", help="neighbours, each /ip4/.../tcp/PORT/p2p/ID")
     node.add_argument("--discover", choices=["mdns"], help="also find neighbours on this LAN segment by mDNS "
                       "(multicast on every interface of this machine; --allow and --psk-file apply)")
-    node.add_argument("--degree", type=int, default=0, metavar="N", help="with --discover: discovered neighbours "
+    node.add_argument("--degree", type=int, default=None, metavar="N", help="with --discover: discovered neighbours "
                       "to keep (default 4: a ring lattice over peer ids, connected with any one node down)")
     node.add_argument("--min-peers", type=int, metavar="N", help="wait before the first round until N neighbours "
                       "answered (default: all of --peers, at least 1)")
@@ -217,20 +240,30 @@ def _hint_name(hint: Any) -> str:
 
 
 def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Collect --set, shortcut and --section.key overrides into {dotted key: value}."""
+    """Collect --set, shortcut and --section.key overrides into {dotted key: value}; one key given two ways
+    (--rounds 1 --set rounds=3) is refused rather than one of them silently winning."""
     hints = dict(flat_keys())
     out = parse_sets(args.set)
+    given = {key: f"--set {key}=..." for key in out}
+
+    def put(key: str, value: Any, flag: str) -> None:
+        if key in given:
+            raise UsageError(f"{key} is given twice ({given[key]} and {flag}); keep one")
+        out[key], given[key] = value, flag
+
     for name, (key, convert, _) in SHORTCUTS.items():
         value = getattr(args, f"short_{name}", None)
         if value is not None:
             try:
-                out[key] = convert(value)
+                put(key, convert(value), f"--{name}")
+            except ConfigError:  # it names the flag and the fix itself
+                raise
             except ValueError:
                 raise UsageError(f"--{name} {value!r}: not a valid value ({SHORTCUTS[name][2]})") from None
     for key in hints:
         value = getattr(args, f"key_{key}", None)
         if value is not None:
-            out[key] = parse_key_value(key, value, hints)
+            put(key, parse_key_value(key, value, hints), f"--{key}")
     return out
 
 
@@ -247,6 +280,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
                          f"scenario first (`p2pfl sim {args.json} --json`) or give --json a .json path")
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     overrides = scenario_overrides(args)
+    if overrides.get("privacy.epsilon") == 0:  # 0 means off in a file's defaults; asked for, it reads as "the most"
+        raise UsageError("privacy.epsilon = 0 is no privacy at all (0 and inf mean off); for strong privacy give a "
+                         "small positive epsilon, e.g. --privacy.epsilon 1, or leave the key out")
+    # where the results go, checked before anything trains: a bad path must not cost the run
+    _writable_folder(Path(args.runs), "--runs")
+    if args.json not in (None, "-"):
+        if Path(args.json).is_dir():
+            raise UsageError(f"--json {args.json} is a folder; give the summary a file name, e.g. {Path(args.json) / 'summary.json'}")
+        _writable_folder(Path(args.json).parent, f"--json {args.json}: its folder")
     from p2pfl.topology import load_topology
 
     named = {} if "name" in overrides or not overrides else {"name": run_name(load_scenario(path).name, overrides)}
@@ -301,6 +343,20 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_folder(path: Path, what: str) -> None:
+    """`path` is a folder (made if missing) that takes a file, or a UsageError that says which is not."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise UsageError(f"{what} {path} is a file, not a folder; give a folder") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path} cannot be written ({e.strerror}); give a folder you can write to") from None
+
+
 DECILES_FROM = 32  # nodes: from here the summary prints the deciles too
 
 
@@ -353,6 +409,8 @@ def print_churn(console: Console, s: dict) -> None:
              f"waiting {c['waiting_share']:.1%} of the time, {c['skipped_rounds']} rounds skipped to catch up"
              + (f" ({c['made_up_steps']} steps made up)" if c.get("made_up_steps") else "")
              + (f", {c['alone_rounds']} rounds with no neighbour up" if c["alone_rounds"] else "")]
+    if c.get("never_up"):
+        lines.append(f"never up, so not in the accuracies above: {' '.join(c['never_up'])}")
     for h in c.get("recovery", []):
         back = h["rounds_to_recover"]
         lines.append(f"split at round {h['split_round']}, healed at {h['heal_round']}: "
@@ -396,9 +454,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     except Exception as e:  # multiaddr raises its own error types for every malformed part
         raise UsageError(f"--listen {args.listen!r} is not a multiaddr ({e}); expected e.g. /ip4/0.0.0.0/tcp/4001 "
                          f"(any interface, port 4001) or /ip4/127.0.0.1/tcp/0 (this machine, any free port)") from None
+    _writable_folder(Path(args.state_dir).expanduser(), "--state-dir")  # before the data loads
     overrides = scenario_overrides(args)
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:
+            if key in overrides:
+                raise UsageError(f"{key} is given twice (--set {key}=... and --{flag}); keep one")
             overrides[key] = getattr(args, flag)
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     scenario = load_scenario(path, overrides)
@@ -419,7 +480,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         attack=AttackConfig(kind=args.attack, count=1) if args.attack else None,
         discover=args.discover or "", degree=args.degree or DEFAULT_DEGREE,
     )
-    if args.degree < 0 or args.degree and not args.discover:
+    if args.degree is not None and (args.degree < 1 or not args.discover):
         raise UsageError(f"--degree {args.degree}: discovered neighbours to keep, >= 1, with --discover mdns")
     if args.min_peers is not None and args.min_peers < 0 or args.start_timeout <= 0:
         raise UsageError(f"--min-peers {args.min_peers} / --start-timeout {args.start_timeout}: need N >= 0 and S > 0, "

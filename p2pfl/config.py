@@ -510,7 +510,7 @@ def parse_attack_option(text: str) -> dict[str, Any]:
         amount = float(n or "1")
     except ValueError:
         amount = -1.0
-    if amount <= 0 or amount >= 1 and amount != int(amount):
+    if not math.isfinite(amount) or amount <= 0 or amount >= 1 and amount != int(amount):
         raise ConfigError(f"--attack {text!r}: expected KIND:N (N attacking nodes) or KIND:F (a share, 0 < F < 1), "
                           f"e.g. --attack shift:3")
     return {"kind": kind, "count": int(amount)} if amount >= 1 else {"kind": kind, "fraction": amount}
@@ -568,6 +568,10 @@ class Scenario:
     churn: ChurnConfig = field(default_factory=ChurnConfig)
 
     def __post_init__(self):
+        # the run's folder under --runs: a plain name, never a path that leaves it
+        _check(re.fullmatch(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*", self.name) is not None,
+               f"name = {self.name!r}: a run's name is its folder under --runs; use letters, digits and . _ + - "
+               f"(no / and not starting with . or -), e.g. name = \"quickstart-ring\"")
         if self.mode not in MODES:
             raise ConfigError(f"mode = {self.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
         if self.rounds < 1:
@@ -625,12 +629,20 @@ def load_scenario(path: str | Path | None = None, overrides: dict[str, Any] | No
     if path is not None:
         where = str(path)
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"scenario file {where} not found; pass a path such as sim/quickstart.toml") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{where} is a folder; pass a scenario TOML file such as sim/quickstart.toml") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{where} is not valid TOML: {e}") from None
+        # a file without a name runs under its own (my-test.toml: runs/my-test), not the default's
+        raw.setdefault("name", re.sub(r"[^A-Za-z0-9._+-]", "_", Path(path).stem).lstrip(".-") or "scenario")
     overrides = overrides or {}
+    if overrides:  # a bad key or value may be the command line's, not the file's
+        where += " with the command line's overrides"
     if "topology.name" in overrides and not any(k.startswith("topology.params") for k in overrides):
         # parameters belong to the generator they were written for: another name starts from its defaults
         raw.get("topology", {}).pop("params", None)
@@ -709,7 +721,19 @@ def _coerce(value: Any, hint: Any, where: str, key: str) -> Any:
             return dict(value)
     else:
         return value
-    raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {getattr(hint, '__name__', hint)}")
+    raise ConfigError(f"{where}: {key} = {value!r} has the wrong type; expected {_type_words(hint)}")
+
+
+def _type_words(hint: Any) -> str:
+    """A type hint as a TOML user reads it: tuple[int, ...] is "a list, e.g. [1, 2]"."""
+    if typing.get_origin(hint) is tuple:
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        inner = "[0, 1]" if item is int else "[[0, 1], [2, 3]]" if typing.get_origin(item) is tuple else '["a", "b"]'
+        return f"a list, e.g. {inner}" if not dataclasses.is_dataclass(item) else "an array of tables"
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "a table"
+    return {float: "a number", int: "an integer", str: "a string in quotes", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, cls: type) -> None:
@@ -766,6 +790,11 @@ MAX_RUN_NAME = 80
 _SAME_RESULTS = ("workers", "ray")  # where the compute runs: the records are the same, so is the name
 
 
+def _is_file_name(value: str) -> bool:
+    """A path or a file's name (node/wide.toml, graph.edges), not a value with a decimal point (0.5)."""
+    return "/" in value or re.search(r"\.[A-Za-z]\w*$", value) is not None
+
+
 def run_name(base: str, overrides: dict[str, Any]) -> str:
     """A run's default name: the scenario's, then what the overrides change, e.g. quickstart-local-seed3
     (mode first, then seed, then the rest by key); longer than MAX_RUN_NAME: cut, with a hash of the rest."""
@@ -777,10 +806,10 @@ def run_name(base: str, overrides: dict[str, Any]) -> str:
         if isinstance(value, dict):
             text = "+".join(f"{k}{v}" for k, v in value.items())
         elif isinstance(value, (list, tuple)):  # a list of tables ([[attack]]): their values, e.g. shift3
-            text = "+".join("".join(str(x) for x in v.values() if x) if isinstance(v, dict) else Path(str(v)).stem
-                            for v in value)
-        else:
-            text = Path(value).stem if isinstance(value, str) and ("/" in value or "." in value) else str(value)
+            text = "+".join("".join(str(x) for x in v.values() if x) if isinstance(v, dict)
+                            else Path(str(v)).stem if _is_file_name(str(v)) else str(v) for v in value)
+        else:  # a file's stem (sim/x.toml: x), any other value whole (dirichlet:0.5 keeps its decimals)
+            text = Path(value).stem if isinstance(value, str) and _is_file_name(value) else str(value)
         tokens.append(text if last in _VALUE_ONLY else f"{last}{text}")
     name = "-".join([base, *tokens])
     name = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)

@@ -11,11 +11,14 @@ from pathlib import Path
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int = 0o666) -> None:
     """mode: permissions before the umask (0o600 for secrets such as a node's identity key)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # os.open rather than mkstemp: mkstemp's 0600 would leave shared files private; 0666 lets the
     # umask decide, like a plain open(path, "w")
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:  # named by the file meant, not by the temp file beside it
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -154,9 +154,10 @@ def rounds_curve(records: list[dict[str, Any]]) -> list[dict[str, float]]:
 RECOVERED = 0.01  # back within this of the pre-partition level (global accuracy, the network's mean)
 
 
-def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]]) -> dict[str, Any]:
+def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: dict[int, list[str]],
+                  nodes: list[str]) -> dict[str, Any]:
     """How the nodes came through a run's events (`log`: sim.EventRunner's): the share of rounds each
-    node was up, the share of time spent waiting, the staleness of what was used, rounds trained alone
+    node was up (every one of `nodes`, those never up at 0 and named in `never_up`), the share of time spent waiting, the staleness of what was used, rounds trained alone
     and skipped to catch up, steps trained to make up for those (train.make_up) and while waiting
     (train.idle_steps); per heal, the rounds until the network's mean global accuracy was back
     within RECOVERED of its level before the split; per late joiner, `_joiners`."""
@@ -168,7 +169,7 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
     stale = [r["staleness"] for r in records if r.get("staleness") is not None]
     up = Counter(name for names in up_by_round.values() for name in names)
     out: dict[str, Any] = {
-        "up_share": {n: up[n] / max(len(up_by_round), 1) for n in sorted(last_time)},
+        "up_share": {n: up[n] / max(len(up_by_round), 1) for n in sorted(nodes)},
         "waiting_share": float(np.mean([waited[n] / last_time[n] for n in last_time if last_time[n] > 0]))
         if last_time else 0.0,
         "staleness_mean": float(np.mean(stale)) if stale else None,
@@ -178,6 +179,8 @@ def churn_summary(records: list[dict[str, Any]], log: list[dict], up_by_round: d
         "idle_steps": sum(r.get("idle_steps", 0) for r in records),
         "restarts": sum(len(e["nodes"]) for e in log if e["event"] == "rejoin"),
     }
+    if never := sorted(set(nodes) - set(last_time)):  # down (or not yet joined) for the whole run: no record
+        out["never_up"] = never
     curve = {c["round"]: c["global"] for c in rounds_curve(records)}
     splits = [e for e in log if e["event"] in ("partition", "cut")]
     heals = []

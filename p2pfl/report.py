@@ -60,12 +60,17 @@ def load_run(path: str | Path) -> Run:
         if not files:
             raise ReportError(f"{path}: no metrics.jsonl here or in its sub-folders; pass a run folder such as "
                               f"runs/quickstart (p2pfl sim) or runs/launch-ring-8 (scripts/launch_local.py)")
+        # a launch's sub-folders are its nodes; simulation runs beside each other (runs/) are runs, not nodes
+        if runs := [f.parent.name for f in files if (f.parent / "summary.json").is_file()]:
+            raise ReportError(f"{path} holds {len(runs)} run(s) ({', '.join(runs[:5])}{', ...' if len(runs) > 5 else ''}), "
+                              f"not one run's nodes: pass one run folder, e.g. {path / runs[0]}, or several with "
+                              f"--compare")
         records = [r | {"node": r.get("name", f.parent.name)} for f in files for r in read_metrics(f)]
     if not records:
         raise ReportError(f"{path}: its metrics hold no round yet")
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return Run(summary.get("name", path.name), path, records, summary)
+    return Run(path.name, path, records, summary)  # the folder's name: a rerun's (name-2) is told apart
 
 
 # -- figures ----------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def scenario(spec: str | Path | None) -> Path:
     from p2pfl.config import ConfigError  # config pulls in the codecs; topology imports this module too
 
     found = find("sim", spec if spec is not None else DEFAULT_SCENARIO)
+    if found is None and spec is not None and Path(spec).is_dir():
+        raise ConfigError(f"{spec} is a folder; pass a scenario TOML file in it, or a name ({listing('sim')})")
     if found is None:
         what = f"scenario {spec}" if spec is not None else f"default scenario {DEFAULT_SCENARIO}.toml"
         raise ConfigError(f"{what} not found; pass a path to a scenario TOML, or a name ({listing('sim')})")

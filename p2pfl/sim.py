@@ -232,6 +232,10 @@ class Simulation:
         hosts = [NodeHost(plan, learner, network, make, on_record, checkpoints=plan.index in restartable,
                           compute=compute(plan)) for plan, learner in zip(plans, learners)]
         runner = EventRunner(scheduled, hosts, network, built.topology.graph)
+        for i, e in enumerate(s.events):  # a shortened run (--rounds) of an events scenario: say what it drops
+            if e.at > s.rounds:
+                log.warning("events[%d] (%s at round %d) comes after the last round (%d): it will not happen",
+                            i, e.action, e.at, s.rounds)
 
         async def main() -> None:
             async with network:
@@ -266,7 +270,7 @@ class Simulation:
                             wire_bytes=sum(network.bytes_sent.values()))
         if runner.log:  # what happened to the network, and how the nodes came through it
             summary |= {"events": runner.log, "up_by_round": runner.up_by_round,
-                        "churn": churn_summary(records, runner.log, runner.up_by_round)}
+                        "churn": churn_summary(records, runner.log, runner.up_by_round, [p.node_id for p in plans])}
         summary |= {
             "name": s.name, "run_id": rid, "mode": s.mode, "seed": s.seed,
             "wall_time_s": time.perf_counter() - wall,

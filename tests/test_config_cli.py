@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from p2pfl import cli
-from p2pfl.config import ConfigError, Scenario, _set_dotted, flat_keys, load_scenario, parse_value
+from p2pfl.config import ConfigError, Scenario, _set_dotted, flat_keys, load_scenario, parse_value, run_name
 from p2pfl.topology import load_topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,12 +101,13 @@ def test_unknown_key_in_a_file_names_the_file_and_the_dotted_key(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("train.lr", "fast", "float"),
-    ("rounds", 2.5, "int"),
-    ("rounds", True, "int"),  # a bool is never an int
-    ("train.balanced", 1, "bool"),
-    ("gossip.codec", 8, "str"),
-    ("topology.params", 3, "dict"),
+    ("train.lr", "fast", "a number"),
+    ("rounds", 2.5, "an integer"),
+    ("rounds", True, "an integer"),  # a bool is never an int
+    ("train.balanced", 1, "true or false"),
+    ("gossip.codec", 8, "a string"),
+    ("topology.params", 3, "a table"),
+    ("profiles", "mlp", 'a list, e.g. ["a", "b"]'),
 ])
 def test_wrong_type_names_the_key_and_the_expected_type(key, value, expected):
     with pytest.raises(ConfigError) as e:
@@ -165,11 +166,14 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_cli_overrides_collect_every_form():
     args = cli.build_parser().parse_args([
-        "sim", "--set", "train.lr=0.001", "--nodes", "8", "--alpha", "0.3", "--archs", "mlp,gru",
+        "sim", "--set", "train.lr=0.001", "--nodes", "8", "--alpha", "0.3",
         "--gossip.consensus", "mean", "--profiles", "cnn1d,mlp", "--topology.params", "{k = 2}"])
     out = cli.scenario_overrides(args)
     assert out == {"train.lr": 0.001, "topology.nodes": 8, "data.partition": "dirichlet:0.3",
                    "profiles": ["cnn1d", "mlp"], "gossip.consensus": "mean", "topology.params": {"k": 2}}
+    both = cli.build_parser().parse_args(["sim", "--archs", "mlp,gru", "--profiles", "cnn1d"])
+    with pytest.raises(cli.UsageError, match=r"profiles is given twice \(--archs and --profiles\)"):
+        cli.scenario_overrides(both)
 
 
 def _error_line(capsys) -> str:
@@ -391,3 +395,33 @@ def test_a_large_run_s_summary_shows_the_deciles_not_a_line_per_node():
     console = Console(record=True, width=200)
     cli.print_summary(console, summary(8), None)
     assert "deciles" not in console.export_text()  # a small run's table says it all
+
+
+def test_a_misspelled_option_gets_the_nearest_one(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["sim", "--train.lrr", "0.1"])
+    assert stop.value.code == 2 and "--train.lrr: did you mean --train.lr?" in capsys.readouterr().err
+
+
+def test_bad_paths_and_doubly_given_keys_are_one_line_before_anything_runs(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    for argv, says in ((["sim", "--runs", str(a_file)], "is a file, not a folder"),
+                       (["sim", "--json", str(tmp_path)], "is a folder; give the summary a file name"),
+                       (["sim", "--rounds", "1", "--set", "rounds=3"], "rounds is given twice"),
+                       (["sim", "--name", "../escaped"], "a run's name is its folder under --runs"),
+                       (["sim", "--attack", "shift:inf"], "expected KIND:N"),
+                       (["sim", "--privacy.epsilon", "0"], "no privacy at all"),
+                       (["node", "--state-dir", str(a_file)], "--state-dir"),
+                       (["sim", str(tmp_path)], "is a folder; pass a scenario TOML")):
+        assert cli.main(argv) == 2, argv
+        assert says in capsys.readouterr().err, argv
+    assert cli.main(["psk", "--out", str(a_file / "k.key")]) == 1  # the OS's refusal, as one line naming the file
+    assert f"cannot write {a_file / 'k.key'}" in capsys.readouterr().err
+
+
+def test_run_names_keep_decimals_and_a_nameless_file_runs_under_its_own(tmp_path):
+    assert run_name("q", {"data.partition": "dirichlet:0.5"}) != run_name("q", {"data.partition": "dirichlet:0.1"})
+    assert run_name("q", {"topology.name": "topologies/ring8.toml"}) == "q-ring8"
+    (tmp_path / "my-test.toml").write_text("rounds = 2\n")
+    assert load_scenario(tmp_path / "my-test.toml").name == "my-test"

@@ -205,3 +205,12 @@ def test_churn_takes_nodes_down_and_every_node_still_finishes():
     for name in (f"n{i}" for i in range(6)):
         assert rounds_of(result, name)[-1] == 10  # every down ended before the last round
     assert result.summary["up_by_round"]
+
+
+def test_a_node_down_for_the_whole_run_is_in_the_churn_summary_at_zero():
+    from p2pfl.metrics import churn_summary
+
+    records = [{"node": n, "round": r, "time": float(r), "waited": 0.0, "bytes_out": 0} for n in ("n0", "n1") for r in (1, 2)]
+    churn = churn_summary(records, [], {1: ["n0", "n1"], 2: ["n0", "n1"]}, ["n0", "n1", "n2"])
+    assert churn["up_share"] == {"n0": 1.0, "n1": 1.0, "n2": 0.0} and churn["never_up"] == ["n2"]
+    assert "never_up" not in churn_summary(records, [], {1: ["n0", "n1"]}, ["n0", "n1"])

@@ -91,3 +91,11 @@ def test_negative_transfer_beyond_noise_takes_its_tolerance_from_two_local_runs(
 def test_a_folder_without_a_run_is_one_line(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no metrics.jsonl here or in its sub-folders" in capsys.readouterr().err
+
+
+def test_a_folder_of_runs_is_refused_not_read_as_one_launch(two_runs, capsys):
+    """runs/ beside a launch folder: its sub-folders are simulation runs (each with a summary), not nodes."""
+    root = two_runs[0].parent
+    assert cli.main(["report", str(root)]) == 2
+    message = capsys.readouterr().err
+    assert "holds 2 run(s) (clean, lied)" in message and "--compare" in message
