@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,10 +111,23 @@ def reference_source(s: Scenario) -> str:
     return s.data.source if s.data.source in GENERATED_SOURCES else "held-out"
 
 
+@contextmanager
+def _keyed(what: str):
+    """A ValueError raised below (a generator's or partitioner's own words) as a ConfigError naming the
+    scenario keys it came from, so the user knows what to change."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
 def _load(s: Scenario) -> Dataset:
     d = s.data
-    data = load_source(d.source, num_samples=d.samples, seed=d.data_seed) if d.source in GENERATED_SOURCES \
-        else load_source(d.source)
+    with _keyed(f"data.source = {d.source!r}, data.samples = {d.samples}"):
+        data = load_source(d.source, num_samples=d.samples, seed=d.data_seed) if d.source in GENERATED_SOURCES \
+            else load_source(d.source)
     return fewer_tests(data, d.test_size, d.data_seed) if d.test_size else data
 
 
@@ -134,12 +148,15 @@ def fewer_tests(data: Dataset, size: int, seed: int) -> Dataset:
 
 def topology(s: Scenario) -> Topology:
     t = s.topology
-    return resolve_topology(t.name, t.nodes, s.seed, **t.params)
+    with _keyed(f"topology.name = {t.name!r}, topology.nodes = {t.nodes}, topology.params = {dict(t.params)} "
+                f"(set them with --topology, --nodes, --set 'topology.params={{k = 2}}')"):
+        return resolve_topology(t.name, t.nodes, s.seed, **t.params)
 
 
 def plans(s: Scenario, data: Dataset, graph: Topology) -> list[NodePlan]:
     """Every node of the graph: its shard of the data, its profile (round-robin), its mixing weights."""
-    parts = partition(data.y_train, graph.n, s.data.partition, s.data.split(s.seed))
+    with _keyed(f"data.partition = {s.data.partition!r} over {graph.n} nodes"):
+        parts = partition(data.y_train, graph.n, s.data.partition, s.data.split(s.seed))
     weights = metropolis_hastings_weights(graph.graph)
     profiles = [resolve_profile(name) for name in s.profiles]
     out = []
@@ -153,7 +170,8 @@ def plans(s: Scenario, data: Dataset, graph: Topology) -> list[NodePlan]:
 def shard_plan(s: Scenario, data: Dataset, shard: int, shards: int, node_id: str, profile: str | None) -> NodePlan:
     """Node `shard` of `shards` as a real process sees it: the data and profile simulated node `shard`
     would have, and no neighbours yet (the transport finds them)."""
-    parts = partition(data.y_train, shards, s.data.partition, s.data.split(s.seed))
+    with _keyed(f"data.partition = {s.data.partition!r} over {shards} shards"):
+        parts = partition(data.y_train, shards, s.data.partition, s.data.split(s.seed))
     chosen = resolve_profile(profile or s.profiles[shard % len(s.profiles)])
     return node_plan(s, shard, node_id, chosen, parts[shard], {})
 

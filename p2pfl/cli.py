@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="ask a running node for its live state")
     status.add_argument("addr", help="the node's multiaddr, ending in /p2p/<peer id>")
     status.add_argument("--psk-file", metavar="PATH", help="the network's pre-shared key, if it has one")
-    status.add_argument("--timeout", type=float, default=10.0)
+    status.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the answer (default 10)")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.set_defaults(func=cmd_status)
 
@@ -312,7 +312,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             acc = sum(latest.values()) / len(latest) if latest else float("nan")
             progress.update(task, advance=1, status=(
                 f"round {record['round']}/{scenario.rounds}  global acc {acc:.3f}  "
-                f"{_bytes(sent[0] / max(len(latest), 1))}/node"))
+                f"{_bytes(sent[0] / max(len(latest), 1))}/node sent so far"))
 
         try:
             result = Simulation(scenario, run_dir=args.runs, on_record=on_record).run()
@@ -523,6 +523,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from p2pfl.transport.libp2p import query_status, read_psk
 
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout}: seconds to wait for the node's answer, > 0, e.g. --timeout 10")
     psk = read_psk(Path(args.psk_file)) if args.psk_file else None
     hint = "is the node running, and (for a private network) is --psk-file the network's key?"
     try:

@@ -579,6 +579,7 @@ class Scenario:
         if not self.profiles:
             raise ConfigError("profiles = []: name at least one profile or architecture, e.g. profiles = [\"cnn1d\"]")
         _at_least(self, "", 1, "embed_dim", "eval_every")
+        _at_least(self, "", 0, "seed")
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
             lies = parse_attack(a.kind)
