@@ -131,13 +131,15 @@ def fig_nodes(runs: list[Run]) -> plt.Figure:
                 if not np.isnan(d):
                     ax.annotate(f"{d:+.2f}", (n_i, 0.02), ha="center", fontsize=7, rotation=90,
                                 color="#b00000" if d < 0 else "black")
-    axes[0].set_title("final accuracy per node" + (f" (written on the bars: {runs[0].name} minus {runs[1].name}, "
-                                                   f"below 0 in red)" if len(runs) == 2 else ""))
+    # long run names go in the legend and a wrapped caption, not in a title that the figure would cut off
+    fig.suptitle("final accuracy per node" + ("\n(on the bars: the first run minus the second, below 0 in red)"
+                                              if len(runs) == 2 else ""), fontsize=10)
     axes[1].set_xticks(x, [f"{n} {finals[0][n].get('arch', '')}" for n in nodes], fontsize=7, rotation=45,
                        ha="right")
     axes[1].set_xlabel("node (architecture)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(runs), 2), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.04 * ((len(runs) + 1) // 2) + 0.02, 1, 1))
     return fig
 
 
@@ -161,8 +163,9 @@ def fig_bytes(runs: list[Run]) -> plt.Figure:
     return fig
 
 
-def fig_health(run: Run) -> plt.Figure | None:
-    """Staleness of what was used and refusals per round, when the run has either."""
+def fig_health(run: Run, named: bool = False) -> plt.Figure | None:
+    """Staleness of what was used and refusals per round, when the run has either (`named`: the run's name
+    in the titles, for a page of several)."""
     stale: dict[int, list[float]] = defaultdict(list)
     refused: dict[int, dict[str, int]] = {}
     for r in run.records:
@@ -190,11 +193,13 @@ def fig_health(run: Run) -> plt.Figure | None:
     axes[1].grid(alpha=0.3)
     if reasons:
         axes[1].legend(fontsize=8)
+    if named:
+        fig.suptitle(f"run {run.name}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def fig_graph(run: Run) -> plt.Figure | None:
+def fig_graph(run: Run, named: bool = False) -> plt.Figure | None:
     graph = run.summary.get("graph")
     if not graph:
         return None
@@ -215,6 +220,8 @@ def fig_graph(run: Run) -> plt.Figure | None:
     fig.colorbar(drawn, ax=ax, label="final global accuracy")
     ax.set_title("the graph, nodes coloured by final global accuracy" + (" (! = attacker)" if attackers else ""))
     ax.axis("off")
+    if named:
+        fig.suptitle(f"run {run.name}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -266,8 +273,10 @@ def report(paths: list[str | Path], *, out: str | Path | None = None, compare: b
 
 def _write(out: Path | None, runs: list[Run]) -> Path:
     folder = Path(out) if out else runs[0].path / ("report" if len(runs) == 1 else "compare")
-    figures = [("accuracy", fig_accuracy(runs)), ("nodes", fig_nodes(runs)), ("bytes", fig_bytes(runs)),
-               ("health", fig_health(runs[0])), ("graph", fig_graph(runs[0]))]
+    figures = [("accuracy", fig_accuracy(runs)), ("nodes", fig_nodes(runs)), ("bytes", fig_bytes(runs))]
+    many = len(runs) > 1  # each run's own health and graph, named (graph-<run>.png)
+    for kind, draw in (("health", fig_health), ("graph", fig_graph)):
+        figures += [(f"{kind}-{run.name}" if many else kind, draw(run, many)) for run in runs]
     parts = []
     for name, fig in figures:
         if fig is None:

@@ -44,6 +44,8 @@ def test_two_runs_side_by_side(two_runs, tmp_path):
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert "clean vs lied" in page and "honest nodes" in page
     assert (tmp_path / "cmp" / "nodes.png").read_bytes().startswith(PNG)
+    graphs = [(tmp_path / "cmp" / f"graph-{name}.png").read_bytes() for name in ("clean", "lied")]
+    assert all(g.startswith(PNG) for g in graphs) and graphs[0] != graphs[1]  # each run's own graph
 
 
 def test_against_a_local_run_the_page_says_who_is_worse_off_than_alone(two_runs, alone, tmp_path):
