@@ -340,6 +340,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             sys.stdout.write(text + "\n")
         else:
             atomic_write_text(args.json, text + "\n")
+            out.print(f"summary as JSON: {args.json}", highlight=False)
     return 0
 
 
@@ -561,8 +562,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from p2pfl.report import report  # matplotlib: only when drawing
 
-    page = report(args.runs, out=args.out, compare=args.compare)
-    Console(highlight=False, soft_wrap=True).print(f"wrote {page} and its figures in {page.parent}")
+    out = Console(highlight=False, soft_wrap=True)
+    for page in report(args.runs, out=args.out, compare=args.compare):
+        out.print(f"wrote {page} and its figures in {page.parent}")
     return 0
 
 

@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed or used
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -103,6 +104,7 @@ def fig_accuracy(runs: list[Run]) -> plt.Figure:
                     ax.fill_between(rounds, lo, hi, color=colour, alpha=0.15)
         ax.set_title(f"{title} per round (mean; band: worst to best node)")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (fraction of test samples)")
     axes[1].legend(fontsize=8, loc="lower right")
@@ -156,6 +158,7 @@ def fig_bytes(runs: list[Run]) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_title("bytes sent per node, cumulative (encoded, all message kinds)")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("bytes per node (log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -182,6 +185,7 @@ def fig_health(run: Run, named: bool = False) -> plt.Figure | None:
     axes[0].plot(rounds, [np.mean(stale[r]) for r in rounds], color=COLOURS[0])
     axes[0].set_title("staleness of the knowledge used (mean over nodes)")
     axes[0].set_xlabel("round")
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("rounds behind the node's own")
     axes[0].grid(alpha=0.3)
     rounds = sorted(refused)
@@ -189,6 +193,7 @@ def fig_health(run: Run, named: bool = False) -> plt.Figure | None:
         axes[1].plot(rounds, [refused[r].get(reason, 0) for r in rounds], label=reason, color=COLOURS[i % 10])
     axes[1].set_title("messages refused so far, by reason (all nodes)")
     axes[1].set_xlabel("round")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_ylabel("messages")
     axes[1].grid(alpha=0.3)
     if reasons:
@@ -259,16 +264,15 @@ def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
     return rows
 
 
-def report(paths: list[str | Path], *, out: str | Path | None = None, compare: bool = False) -> Path:
-    """Write the figures and index.html; returns the page's path. Several runs without `compare`:
-    one report each (the last page is returned)."""
+def report(paths: list[str | Path], *, out: str | Path | None = None, compare: bool = False) -> list[Path]:
+    """Write the figures and index.html; returns the pages' paths: one page, or without `compare` one
+    per run."""
+    if compare and len(paths) < 2:
+        raise ReportError(f"--compare needs two or more runs side by side; got {len(paths)} ({', '.join(map(str, paths))})")
     runs = [load_run(p) for p in paths]
     if not compare:
-        page = None
-        for run in runs:
-            page = _write(out and Path(out) / run.path.name if len(runs) > 1 else out, [run])
-        return page
-    return _write(out, runs)
+        return [_write(out and Path(out) / run.path.name if len(runs) > 1 else out, [run]) for run in runs]
+    return [_write(out, runs)]
 
 
 def _write(out: Path | None, runs: list[Run]) -> Path:
