@@ -120,7 +120,8 @@ def standings(own: np.ndarray, received: Sequence[np.ndarray]) -> list[float]:
         return []
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite vector gets NaN here, and 0 below
         aligned = alignment(own, received)
-        yardstick = float(np.clip(np.percentile(aligned, 50, method="higher"), YARDSTICK_FLOOR, ALIGNED_FULL))
+        # nanpercentile: one unjudgeable vector (NaN cosine) must not unmake the yardstick of the others
+        yardstick = float(np.clip(np.nanpercentile(aligned, 50, method="higher"), YARDSTICK_FLOOR, ALIGNED_FULL))
         near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
         way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
     # a vector no finite arithmetic can judge (the wire and `modes.plausible` refuse those first) gets nothing

@@ -283,12 +283,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if overrides.get("privacy.epsilon") == 0:  # 0 means off in a file's defaults; asked for, it reads as "the most"
         raise UsageError("privacy.epsilon = 0 is no privacy at all (0 and inf mean off); for strong privacy give a "
                          "small positive epsilon, e.g. --privacy.epsilon 1, or leave the key out")
-    # where the results go, checked before anything trains: a bad path must not cost the run
-    _writable_folder(Path(args.runs), "--runs")
-    if args.json not in (None, "-"):
-        if Path(args.json).is_dir():
-            raise UsageError(f"--json {args.json} is a folder; give the summary a file name, e.g. {Path(args.json) / 'summary.json'}")
-        _writable_folder(Path(args.json).parent, f"--json {args.json}: its folder")
     from p2pfl.topology import load_topology
 
     named = {} if "name" in overrides or not overrides else {"name": run_name(load_scenario(path).name, overrides)}
@@ -296,6 +290,13 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if topology_file is not None and "topology.nodes" not in overrides:  # the file says how many nodes it has
         overrides["topology.nodes"] = load_topology(topology_file).n
     scenario = load_scenario(path, overrides | named)  # the name says what this run changes
+    # where the results go, checked once the settings are (a bad setting leaves no folder behind) and before
+    # anything trains (a bad path must not cost the run)
+    _writable_folder(Path(args.runs), "--runs")
+    if args.json not in (None, "-"):
+        if Path(args.json).is_dir():
+            raise UsageError(f"--json {args.json} is a folder; give the summary a file name, e.g. {Path(args.json) / 'summary.json'}")
+        _writable_folder(Path(args.json).parent, f"--json {args.json}: its folder")
     out = Console(stderr=args.json == "-")
     n = scenario.topology.nodes
     total = n * scenario.rounds
@@ -455,7 +456,6 @@ def cmd_node(args: argparse.Namespace) -> int:
     except Exception as e:  # multiaddr raises its own error types for every malformed part
         raise UsageError(f"--listen {args.listen!r} is not a multiaddr ({e}); expected e.g. /ip4/0.0.0.0/tcp/4001 "
                          f"(any interface, port 4001) or /ip4/127.0.0.1/tcp/0 (this machine, any free port)") from None
-    _writable_folder(Path(args.state_dir).expanduser(), "--state-dir")  # before the data loads
     overrides = scenario_overrides(args)
     for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
         if getattr(args, flag) is not None:
@@ -464,6 +464,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, flag)
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     scenario = load_scenario(path, overrides)
+    _writable_folder(Path(args.state_dir).expanduser(), "--state-dir")  # after the settings, before the data loads
     shard, shards = parse_shard(args.shard)
     if args.profile:
         resolve_profile(args.profile)  # a bad profile is an error now, not inside the running node

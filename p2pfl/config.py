@@ -640,7 +640,7 @@ def load_scenario(path: str | Path | None = None, overrides: dict[str, Any] | No
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{where} is not valid TOML: {e}") from None
         # a file without a name runs under its own (my-test.toml: runs/my-test), not the default's
-        raw.setdefault("name", re.sub(r"[^A-Za-z0-9._+-]", "_", Path(path).stem).lstrip(".-") or "scenario")
+        raw.setdefault("name", plain_name(Path(path).stem))
     overrides = overrides or {}
     if overrides:  # a bad key or value may be the command line's, not the file's
         where += " with the command line's overrides"
@@ -791,6 +791,11 @@ MAX_RUN_NAME = 80
 _SAME_RESULTS = ("workers", "ray")  # where the compute runs: the records are the same, so is the name
 
 
+def plain_name(text: str) -> str:
+    """`text` as a run name `Scenario` accepts: ASCII letters, digits and . _ + -, others as _, no leading . or -."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip(".-") or "run"
+
+
 def _is_file_name(value: str) -> bool:
     """A path or a file's name (node/wide.toml, graph.edges), not a value with a decimal point (0.5)."""
     return "/" in value or re.search(r"\.[A-Za-z]\w*$", value) is not None
@@ -812,8 +817,7 @@ def run_name(base: str, overrides: dict[str, Any]) -> str:
         else:  # a file's stem (sim/x.toml: x), any other value whole (dirichlet:0.5 keeps its decimals)
             text = Path(value).stem if isinstance(value, str) and _is_file_name(value) else str(value)
         tokens.append(text if last in _VALUE_ONLY else f"{last}{text}")
-    name = "-".join([base, *tokens])
-    name = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)
+    name = plain_name("-".join([base, *tokens]))
     if len(name) > MAX_RUN_NAME:
         import hashlib
 

@@ -71,7 +71,7 @@ def load_run(path: str | Path) -> Run:
         raise ReportError(f"{path}: its metrics hold no round yet")
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return Run(path.name, path, records, summary)  # the folder's name: a rerun's (name-2) is told apart
+    return Run(path.resolve().name, path, records, summary)  # the folder's name: a rerun's (name-2) is told apart
 
 
 # -- figures ----------------------------------------------------------------------------------------
@@ -278,9 +278,10 @@ def report(paths: list[str | Path], *, out: str | Path | None = None, compare: b
 def _write(out: Path | None, runs: list[Run]) -> Path:
     folder = Path(out) if out else runs[0].path / ("report" if len(runs) == 1 else "compare")
     figures = [("accuracy", fig_accuracy(runs)), ("nodes", fig_nodes(runs)), ("bytes", fig_bytes(runs))]
-    many = len(runs) > 1  # each run's own health and graph, named (graph-<run>.png)
+    many = len(runs) > 1  # each run's own health and graph, named (graph-<run>.png; two runs of one name: -1, -2)
+    names = [run.name if [r.name for r in runs].count(run.name) == 1 else f"{run.name}-{i + 1}" for i, run in enumerate(runs)]
     for kind, draw in (("health", fig_health), ("graph", fig_graph)):
-        figures += [(f"{kind}-{run.name}" if many else kind, draw(run, many)) for run in runs]
+        figures += [(f"{kind}-{name}" if many else kind, draw(run, many)) for name, run in zip(names, runs)]
     parts = []
     for name, fig in figures:
         if fig is None:

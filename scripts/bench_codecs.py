@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench_accuracy import FEDAVG_SCHEDULE, run_mode  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from benchrows import add_rows, machine, save_figure  # noqa: E402
 from p2pfl import codecs  # noqa: E402
+from p2pfl.config import plain_name  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
 
 DEFAULT_VARIANTS = ["fp32@2000/augref:0", "int8@2000/augref:0", "topk:3+int3+z@2000/augref:0",
@@ -94,7 +95,7 @@ def main() -> int:
     for variant in args.variants:
         name, rows, flags = split_variant(variant)
         over = {"rounds": args.rounds, "gossip.codec": name, **flags,
-                "name": f"codec-{variant}".replace(":", "-").replace("/", "-")}
+                "name": plain_name(f"codec-{variant}".replace(":", "-").replace("/", "-"))}
         if rows:
             over["reference.slice_size"] = rows
         runs.append({"mode": "logits", "variant": variant, "codec": name, "mb_per_s": throughput(name),
@@ -103,7 +104,7 @@ def main() -> int:
     for variant in args.fedavg:
         name, _, flags = split_variant(variant)
         over = FEDAVG_SCHEDULE | {"rounds": args.rounds, "mode": "fedavg", "profiles": ["cnn1d"], "gossip.codec": name,
-                                  **flags, "name": f"codec-fedavg-{variant}".replace("/", "-")}
+                                  **flags, "name": plain_name(f"codec-fedavg-{variant}".replace(":", "-").replace("/", "-"))}
         runs.append({"mode": "fedavg", "variant": f"fedavg {variant}", "codec": name,
                      "mb_per_s": throughput(name, shape=(7500,)), **run_mode(args.scenario, over, args.runs)})
     for r in runs:

@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--partial", action="store_true", help="without netem in the kernel, apply only the rate")
     ap.add_argument("--cut", action="append", default=[], metavar="NODE@ROUND+ROUNDS")
     ap.add_argument("--discover", choices=["mdns"], help="no --peers: the nodes find each other on the bridge")
-    ap.add_argument("--degree", type=int, default=0, help="with --discover: neighbours each node keeps (0: default)")
+    ap.add_argument("--degree", type=int, help="with --discover: neighbours each node keeps (default: p2pfl node's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds before the run is stopped as failed")
     ap.add_argument("--no-sim", action="store_true", help="skip the simulation to compare with")
@@ -85,7 +85,8 @@ def main() -> int:
             lan.EmulatedLan(args.nodes, netem=netem, partial=args.partial) as net:
         result["applied"] = net.applied
         hosts = {name: f"{net.address(i)}:{PORT}" for i, name in enumerate(topology.names)}
-        extra = ("--discover", "mdns", "--degree", str(args.degree)) if args.discover else ()
+        extra = (("--discover", "mdns") + (("--degree", str(args.degree)) if args.degree is not None else ())
+                 if args.discover else ())
         plans = plan_nodes(dataclasses.replace(topology, hosts=hosts), Path(tmp), scenario=str(path),
                            rounds=args.rounds, overrides=tuple(args.set), prefix=net.prefix, extra=extra,
                            dial=not args.discover)

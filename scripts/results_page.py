@@ -120,45 +120,45 @@ PROTOCOL_SPLITS = {"dir0.1": "Dirichlet 0.1", "shards2": "shards:2"}
 PROTOCOL_METHODS = ("local", "local-again", "logits", "fd", "prototypes", "adapter", "hybrid", "fedavg")
 
 
-def _protocol_cell(c: dict | None, local: dict | None) -> str:
+def _protocol_cell(c: dict | None, local: dict | None, seeds: int) -> str:
     """personal / global (its gain over `local` of the same split) / negative transfer, for one split. fedavg
     has no gain shown: it runs one architecture, the mixed `local` is not its baseline."""
     if c is None:
         return "not run | | "
     gain = (f" ({round(c['global'][0] - local['global'][0], 2) + 0.0:+.2f})"
             if local and c["method"] not in ("local", "fedavg") else "")
+    fewer = f" ({len(c['seeds'])} seed{'s' * (len(c['seeds']) > 1)})" if len(c["seeds"]) != seeds else ""
     beyond = f" (beyond noise {c['beyond_noise']:.0%})" if "beyond_noise" in c else ""
     nt = f"{c['negative_transfer']:.0%}{beyond}, −{c['worst_loss']:.3f}" if "negative_transfer" in c else "–"
-    return (f"{c['personal'][0]:.3f} ± {c['personal'][1]:.3f} | {c['global'][0]:.3f} ± {c['global'][1]:.3f}{gain} | "
+    return (f"{c['personal'][0]:.3f} ± {c['personal'][1]:.3f} | {c['global'][0]:.3f} ± {c['global'][1]:.3f}{gain}{fewer} | "
             f"{nt}")
 
 
 def protocol() -> list[str]:
     if (d := _load_if_run("bench_protocol.json")) is None:
         return []
-    cells = {(c["dataset"], c["split"], c["method"]): c for c in d["cells"]}
-    lines = [f"The field's protocol ({d['nodes']} nodes, 3 seeds, mean ± std over them; global in brackets: the gain "
-             f"over `local` of the same split; negative transfer: the share of nodes below the same node in `local` "
-             f"(same seed and split; fedavg runs one architecture and is judged against `local` on it), with the worst "
-             f"node's loss; `local-again`, local once more with other training randomness, is that rate's noise floor; "
-             f"beyond noise: only nodes below alone by more than twice the std of the two local runs' per-node "
-             f"differences):"]
+    cells = {(c["dataset"], c["split"], c["method"], c["rounds"]): c for c in d["cells"]}
+    seeds = max(len(c["seeds"]) for c in d["cells"])
+    lines = [f"The field's protocol ({d['nodes']} nodes, {seeds} seeds, mean ± std over them; global in brackets: the "
+             f"gain over `local` of the same split and rounds; negative transfer: the share of nodes below the same node "
+             f"in `local` (same seed and split; fedavg runs one architecture and is judged against `local` on it), with "
+             f"the worst node's loss; `local-again`, local once more with other training randomness, is that rate's "
+             f"noise floor; beyond noise: only nodes below alone by more than twice the std of the two local runs' "
+             f"per-node differences; KB: the larger of the two splits'):"]
     for dataset, title in PROTOCOL_DATASETS.items():
-        methods = [m for m in PROTOCOL_METHODS if any((dataset, s, m) in cells for s in PROTOCOL_SPLITS)]
-        if not methods:
-            continue
-        rounds = sorted({c["rounds"] for k, c in cells.items() if k[0] == dataset})
-        lines += ["", f"**{title}**, {'/'.join(map(str, rounds))} rounds:", "",
-                  "| method | architectures | " + " | ".join(f"{n}: personal | {n}: global | {n}: negative transfer"
-                                                         for n in PROTOCOL_SPLITS.values()) + " | KB / node / round |",
-                  "|---|---|" + "---|---|---|" * len(PROTOCOL_SPLITS) + "---|"]
-        for m in methods:
-            here = [cells.get((dataset, s, m)) for s in PROTOCOL_SPLITS]
-            ran = [c for c in here if c is not None]
-            local = [cells.get((dataset, s, "local")) for s in PROTOCOL_SPLITS]
-            kb = max(c["bytes_per_node_per_round"] for c in ran) / 1000
-            lines.append(f"| {m} | {' / '.join(ran[0]['archs'])} | "
-                         + " | ".join(_protocol_cell(c, lo) for c, lo in zip(here, local)) + f" | {kb:.1f} |")
+        for rounds in sorted({k[3] for k in cells if k[0] == dataset}):
+            methods = [m for m in PROTOCOL_METHODS if any((dataset, s, m, rounds) in cells for s in PROTOCOL_SPLITS)]
+            lines += ["", f"**{title}**, {rounds} rounds:", "",
+                      "| method | architectures | " + " | ".join(f"{n}: personal | {n}: global | {n}: negative transfer"
+                                                             for n in PROTOCOL_SPLITS.values()) + " | KB / node / round |",
+                      "|---|---|" + "---|---|---|" * len(PROTOCOL_SPLITS) + "---|"]
+            for m in methods:
+                here = [cells.get((dataset, s, m, rounds)) for s in PROTOCOL_SPLITS]
+                ran = [c for c in here if c is not None]
+                local = [cells.get((dataset, s, "local", rounds)) for s in PROTOCOL_SPLITS]
+                kb = max(c["bytes_per_node_per_round"] for c in ran) / 1000
+                lines.append(f"| {m} | {' / '.join(ran[0]['archs'])} | "
+                             + " | ".join(_protocol_cell(c, lo, seeds) for c, lo in zip(here, local)) + f" | {kb:.1f} |")
     lines += ["", f"From {_source(d)}."]
     return lines
 

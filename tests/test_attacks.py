@@ -285,7 +285,7 @@ def test_standing_keeps_near_aligned_neighbours_whole_and_takes_far_or_opposed_o
     np.testing.assert_allclose(toward(np.zeros(3, np.float32), received[2], 0.25), [0, 0, -10])
     assert toward(own, received[0], 1.0) is received[0]
     assert standings(own, []) == []
-    assert standings(own, [*honest, np.full(3, np.inf, np.float32)])[-1] == 0.0  # unjudgeable: nothing
+    assert standings(own, [*honest, np.full(3, np.inf, np.float32)]) == [1.0, 1.0, 1.0, 0.0]  # unjudgeable: nothing
 
 
 def _param_mode_absorbs(inbox_rounds, defence="auto"):

@@ -371,8 +371,8 @@ def test_a_liar_joins_a_ring_of_real_processes_and_nobody_crashes(cache, tmp_pat
         assert max(r["contributors"] for r in records) >= 2
 
 
-def test_a_node_lies_only_in_a_drill(capsys):
-    assert cli.main(["node", "--attack", "shift", "--state-dir", "unused"]) == 2
+def test_a_node_lies_only_in_a_drill(capsys, tmp_path):
+    assert cli.main(["node", "--attack", "shift", "--state-dir", str(tmp_path / "unused")]) == 2
     assert "add --attack-drill to confirm" in capsys.readouterr().err
 
 
