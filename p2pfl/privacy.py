@@ -84,7 +84,12 @@ class PrivateSteps:
         self.n = n
         self.planned = planned_steps
         self.sample_rate = min(1.0, config.batch / max(n, 1))
-        self.count_noise = config.count_noise or plan_noise(COUNT_SHARE * config.epsilon, config.delta, 1.0, 1, [])
+        try:
+            self.count_noise = config.count_noise or plan_noise(COUNT_SHARE * config.epsilon, config.delta, 1.0, 1, [])
+        except ValueError:  # its message would name the counts' share of the target, not the user's epsilon
+            raise ValueError(f"privacy.epsilon = {config.epsilon}: too small for even the label counts' share of it "
+                             f"({COUNT_SHARE:.0%}) with any noise up to 1e6; raise privacy.epsilon, or set "
+                             f"privacy.count_noise") from None
         self.prefix = [(self.count_noise, 1.0, 1)]  # the label counts, released once
         self.noise = plan_noise(config.epsilon, config.delta, self.sample_rate, planned_steps, self.prefix)
         self.spent = 0
