@@ -165,7 +165,7 @@ def test_a_worker_lost_mid_run_ends_it_with_one_line_that_names_the_node(cluster
 
     extra = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # ours to lose: 3 shards, one on it
     runs = tmp_path / "runs"
-    proc = subprocess.Popen(_sim(runs, "--ray", cluster.address, "--rounds", "200"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_sim(runs, "--ray", cluster.address, "--set=rounds=200"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
