@@ -239,9 +239,10 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Collect --set, shortcut and --section.key overrides into {dotted key: value}; one key given two ways
-    (--rounds 1 --set rounds=3) is refused rather than one of them silently winning."""
+def scenario_overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+    """Collect --set, shortcut and --section.key overrides, and a command's own `flags` ((attribute, scenario
+    key): `p2pfl node --rounds`), into {dotted key: value}; one key given two ways (--rounds 1 --set
+    rounds=3) is refused rather than one of them silently winning."""
     hints = dict(flat_keys())
     out = parse_sets(args.set)
     given = {key: f"--set {key}=..." for key in out}
@@ -264,6 +265,9 @@ def scenario_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, f"key_{key}", None)
         if value is not None:
             put(key, parse_key_value(key, value, hints), f"--{key}")
+    for flag, key in flags:
+        if (value := getattr(args, flag)) is not None:
+            put(key, value, f"--{flag}")
     return out
 
 
@@ -456,12 +460,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     except Exception as e:  # multiaddr raises its own error types for every malformed part
         raise UsageError(f"--listen {args.listen!r} is not a multiaddr ({e}); expected e.g. /ip4/0.0.0.0/tcp/4001 "
                          f"(any interface, port 4001) or /ip4/127.0.0.1/tcp/0 (this machine, any free port)") from None
-    overrides = scenario_overrides(args)
-    for flag, key in (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")):
-        if getattr(args, flag) is not None:
-            if key in overrides:
-                raise UsageError(f"{key} is given twice (--set {key}=... and --{flag}); keep one")
-            overrides[key] = getattr(args, flag)
+    overrides = scenario_overrides(args, (("data", "data.source"), ("partition", "data.partition"), ("rounds", "rounds")))
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     scenario = load_scenario(path, overrides)
     _writable_folder(Path(args.state_dir).expanduser(), "--state-dir")  # after the settings, before the data loads

@@ -544,6 +544,9 @@ class PrivacyConfig:
         return 0 < self.epsilon < math.inf
 
 
+RUN_NAME_CHARS = "A-Za-z0-9._+-"  # a run's name is its folder: ASCII letters, digits and . _ + - (a regex class)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str = "quickstart"
@@ -569,7 +572,7 @@ class Scenario:
 
     def __post_init__(self):
         # the run's folder under --runs: a plain name, never a path that leaves it
-        _check(re.fullmatch(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*", self.name) is not None,
+        _check(re.fullmatch(f"[{RUN_NAME_CHARS}]+", self.name) is not None and not self.name.startswith((".", "-")),
                f"name = {self.name!r}: a run's name is its folder under --runs; use letters, digits and . _ + - "
                f"(no / and not starting with . or -), e.g. name = \"quickstart-ring\"")
         if self.mode not in MODES:
@@ -792,8 +795,8 @@ _SAME_RESULTS = ("workers", "ray")  # where the compute runs: the records are th
 
 
 def plain_name(text: str) -> str:
-    """`text` as a run name `Scenario` accepts: ASCII letters, digits and . _ + -, others as _, no leading . or -."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip(".-") or "run"
+    """`text` as a run name `Scenario` accepts: RUN_NAME_CHARS, others as _, no leading . or -."""
+    return re.sub(f"[^{RUN_NAME_CHARS}]", "_", text).lstrip(".-") or "run"
 
 
 def _is_file_name(value: str) -> bool:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, find_run, machine, run_or_read, save_figure  # noqa: E402  (scripts/ is on sys.path)
+from benchrows import add_rows, find_run, machine, run_now, save_figure  # noqa: E402  (scripts/ is on sys.path)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -78,11 +78,13 @@ def measure(dataset: str, split: str, method: str, seed: int, rounds: int | None
     beyond the noise where a `local-again` run of them is there; without `run`, None unless both are done.
     And whether this call ran it (False: read from its folder)."""
     judge = "local-one" if method == "fedavg" else "local"
-    get = run_or_read if run else find_run
-    fresh = run and find_run(DATASETS[dataset], run_name(dataset, split, method, seed, rounds),
-                             overrides(dataset, split, method, seed, rounds), runs) is None
-    folders = {m: get(DATASETS[dataset], run_name(dataset, split, m, seed, rounds),
-                      overrides(dataset, split, m, seed, rounds), runs) for m in {method, judge}}
+    folders, fresh = {}, False
+    for m in {method, judge}:
+        where = (DATASETS[dataset], run_name(dataset, split, m, seed, rounds), overrides(dataset, split, m, seed, rounds), runs)
+        folders[m] = find_run(*where)
+        if folders[m] is None and run:
+            folders[m] = run_now(*where)
+            fresh |= m == method
     if None in folders.values():
         return None, False
     s = json.loads((folders[method] / "summary.json").read_text())

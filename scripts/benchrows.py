@@ -97,12 +97,15 @@ def same_scenario(saved, wanted, defaults) -> bool:
 def run_or_read(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
     """The folder of run `name`: read when it holds a summary of this very scenario already (`find_run`),
     else run now (so a grid of runs can be filled over several sessions)."""
+    return find_run(scenario, name, overrides, runs) or run_now(scenario, name, overrides, runs)
+
+
+def run_now(scenario: str, name: str, overrides: dict, runs: Path) -> Path:
+    """Run `name` (a shipped scenario or path, with `overrides`) into a fresh folder under `runs`."""
     from p2pfl import shipped
     from p2pfl.config import load_scenario
     from p2pfl.sim import Simulation
 
-    if (found := find_run(scenario, name, overrides, runs)) is not None:
-        return found
     print(f"running {name} ...", flush=True)
     return Simulation(load_scenario(shipped.scenario(scenario), overrides | {"name": name}), run_dir=runs).run().run_dir
 
