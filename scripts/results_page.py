@@ -159,8 +159,27 @@ def protocol() -> list[str]:
                 kb = max(c["bytes_per_node_per_round"] for c in ran) / 1000
                 lines.append(f"| {m} | {' / '.join(ran[0]['archs'])} | "
                              + " | ".join(_protocol_cell(c, lo, seeds) for c, lo in zip(here, local)) + f" | {kb:.1f} |")
-    lines += ["", f"From {_source(d)}."]
+            lines += ["", _protocol_source([r for r in d["rows"] if r["dataset"] == dataset and r["rounds"] == rounds],
+                                           dataset, rounds)]
     return lines
+
+
+def _protocol_source(rows: list[dict], dataset: str, rounds: int) -> str:
+    """How to rerun one dataset's table and which sittings measured which of its rows: the grid was filled by
+    many invocations (one per method and split); each row's exact command is in the JSON and BENCHMARKS.md."""
+    sittings: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for r in rows:
+        sittings.setdefault((r["date"], r["machine"]), set()).add((r["method"], r["split"]))
+    parts = []
+    for (date, machine), done in sorted(sittings.items()):
+        methods = [m for m in PROTOCOL_METHODS if any(dm == m for dm, _ in done)]
+        named = ", ".join(m + ("" if {s for dm, s in done if dm == m} == set(PROTOCOL_SPLITS)
+                               else " (" + ", ".join(PROTOCOL_SPLITS[s] for dm, s in sorted(done) if dm == m) + ")")
+                          for m in methods)
+        parts.append(f"{named} on {date} ({machine})")
+    return (f"Each row from `python scripts/bench_protocol.py --datasets {dataset} --splits SPLIT --methods METHOD "
+            f"--rounds {rounds}` (seeds 0 1 2; each row's own command is in bench_protocol.json and BENCHMARKS.md): "
+            + "; ".join(parts) + ".")
 
 
 # The robustness grids at 30 rounds, in the order they were run: a later JSON's row of the same attack, share
