@@ -268,6 +268,10 @@ def scenario_overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], .
     for flag, key in flags:
         if (value := getattr(args, flag)) is not None:
             put(key, value, f"--{flag}")
+    if out.get("privacy.epsilon") == 0:  # 0 means off in a file's defaults; asked for, it reads as "the most"
+        raise UsageError(f"privacy.epsilon = 0 ({given['privacy.epsilon']}) is no privacy at all (0 and inf mean "
+                         "off); for strong privacy give a small positive epsilon, e.g. --privacy.epsilon 1, or "
+                         "leave the key out")
     return out
 
 
@@ -284,9 +288,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
                          f"scenario first (`p2pfl sim {args.json} --json`) or give --json a .json path")
     path = shipped.scenario(args.scenario)  # a path, or a shipped scenario's name from any folder
     overrides = scenario_overrides(args)
-    if overrides.get("privacy.epsilon") == 0:  # 0 means off in a file's defaults; asked for, it reads as "the most"
-        raise UsageError("privacy.epsilon = 0 is no privacy at all (0 and inf mean off); for strong privacy give a "
-                         "small positive epsilon, e.g. --privacy.epsilon 1, or leave the key out")
     from p2pfl.topology import load_topology
 
     named = {} if "name" in overrides or not overrides else {"name": run_name(load_scenario(path).name, overrides)}

@@ -412,6 +412,8 @@ def test_bad_paths_and_doubly_given_keys_are_one_line_before_anything_runs(tmp_p
                        (["sim", "--name", "../escaped"], "a run's name is its folder under --runs"),
                        (["sim", "--attack", "shift:inf"], "expected KIND:N"),
                        (["sim", "--privacy.epsilon", "0"], "no privacy at all"),
+                       (["node", "--state-dir", str(tmp_path / "st"), "--set", "privacy.epsilon=0"],
+                        "privacy.epsilon = 0 (--set privacy.epsilon=...)"),
                        (["node", "--state-dir", str(a_file)], "--state-dir"),
                        (["sim", str(tmp_path)], "is a folder; pass a scenario TOML")):
         assert cli.main(argv) == 2, argv
