@@ -35,7 +35,7 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 
-from p2pfl.config import ANY_ATTACKS, LOGIT_ATTACKS, AttackConfig, Scenario, parse_attack
+from p2pfl.config import ANY_ATTACKS, LIES_BY_KIND, AttackConfig, Scenario, parse_attack
 from p2pfl.consensus import normalize_logits
 from p2pfl.modes import Mode, NodeContext, Outgoing, Received, Teaching
 
@@ -135,7 +135,7 @@ class Attacker(Mode):
     # -- the lies ------------------------------------------------------------------------------------
     def _lie(self, ctx: NodeContext, out: Outgoing) -> Outgoing:
         for kind in self.kinds_of_lie:
-            if kind in ANY_ATTACKS or (kind in LOGIT_ATTACKS) == (out.kind == "logits"):  # each to its payload
+            if kind in ANY_ATTACKS or kind in LIES_BY_KIND[out.kind]:  # each to the payloads it can lie in
                 out = getattr(self, "_" + kind.replace("-", "_"))(ctx, out)
         return out
 

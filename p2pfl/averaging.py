@@ -68,7 +68,11 @@ def spread(own: np.ndarray, received: Sequence[np.ndarray]) -> np.ndarray:
     """Each vector's distance from `own` in lower-median distances of them all (1: the median one; the
     lower median, so that with half the neighbours far the yardstick is still a near one)."""
     own64 = own.astype(np.float64)
-    dist = np.array([float(np.linalg.norm(x.astype(np.float64) - own64)) for x in received])
+    return relative(np.array([float(np.linalg.norm(x.astype(np.float64) - own64)) for x in received]))
+
+
+def relative(dist: np.ndarray) -> np.ndarray:
+    """Distances in lower-median distances of them all (see `spread`)."""
     median = float(np.percentile(dist, 50, method="lower")) if len(dist) else 0.0
     if median == 0.0:  # the nearest half says exactly what we hold: anything else is infinitely far
         return np.where(dist > 0, np.inf, 0.0)
@@ -119,10 +123,49 @@ def standings(own: np.ndarray, received: Sequence[np.ndarray]) -> list[float]:
     if not received:
         return []
     with np.errstate(invalid="ignore", over="ignore"):  # a non-finite vector gets NaN here, and 0 below
-        aligned = alignment(own, received)
+        return verdicts(alignment(own, received), spread(own, received))
+
+
+def verdicts(aligned: np.ndarray, spreads: np.ndarray) -> list[float]:
+    """`standings` from each neighbour's cosine with us and its `spread`."""
+    with np.errstate(invalid="ignore", over="ignore"):
         # nanpercentile: one unjudgeable vector (NaN cosine) must not unmake the yardstick of the others
         yardstick = float(np.clip(np.nanpercentile(aligned, 50, method="higher"), YARDSTICK_FLOOR, ALIGNED_FULL))
-        near = (STANDING_FAR - spread(own, received)) / (STANDING_FAR - STANDING_NEAR)
+        near = (STANDING_FAR - spreads) / (STANDING_FAR - STANDING_NEAR)
         way = (aligned - (yardstick - ALIGNED_FULL)) / ALIGNED_FULL
     # a vector no finite arithmetic can judge (the wire and `modes.plausible` refuse those first) gets nothing
     return [float(f) for f in np.nan_to_num(np.clip(np.minimum(near, way), 0.0, 1.0), nan=0.0)]
+
+
+def row_standings(own: np.ndarray, own_has: np.ndarray, received: Sequence[np.ndarray],
+                  has: Sequence[np.ndarray]) -> np.ndarray:
+    """`standings` of per-class vectors ((C, d) prototypes), judged only on the rows of the classes both we
+    (`own_has`) and the neighbour (its `has`) hold labels of: its cosine with ours over those rows and its
+    root-mean-square row distance from ours, relative to the other judged neighbours'. Other rows say
+    nothing about a liar: ours are not evidence there. NaN for a neighbour with no such row."""
+    out = np.full(len(received), np.nan)
+    judged = [k for k, h in enumerate(has) if (own_has & h).any()]
+    if not judged:
+        return out
+    aligned, dist = [], []
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k in judged:
+            rows = own_has & has[k]
+            x, o = received[k][rows].astype(np.float64), own[rows].astype(np.float64)
+            aligned.append(alignment(o.ravel(), [x.ravel()])[0])
+            dist.append(float(np.linalg.norm(x - o)) / np.sqrt(rows.sum()))
+    out[judged] = verdicts(np.array(aligned), relative(np.array(dist)))
+    return out
+
+
+def clip_rows(own: np.ndarray, own_has: np.ndarray, received: Sequence[np.ndarray], has: Sequence[np.ndarray],
+              factor: float = CLIP_FACTOR) -> list[np.ndarray]:
+    """`clip_around` per class row of (C, d) vectors, on the classes we hold labels of, among the neighbours
+    that claim the class too: each class's prototype pulls ours a bounded distance. Rows of classes we do not
+    hold have no centre of ours and are left as sent."""
+    out = [x.astype(np.float32, copy=True) for x in received]
+    for c in np.flatnonzero(own_has):
+        some = [k for k, h in enumerate(has) if h[c]]
+        for k, row in zip(some, clip_around(own[c], [received[k][c] for k in some], factor)):
+            out[k][c] = row
+    return out

@@ -385,6 +385,13 @@ LOGIT_ATTACKS = ("shift", "uniform", "invert", "reorder", "scale", "replay", "ec
 PARAM_ATTACKS = ("sign-flip", "gaussian", "huge", "alie", "ipm")
 ANY_ATTACKS = ("silent", "dissensus")  # silent: sends no knowledge; dissensus: away from the consensus (any mode)
 ATTACKS = LOGIT_ATTACKS + PARAM_ATTACKS + ANY_ATTACKS
+# which lies each knowledge kind can carry (ANY_ATTACKS: every kind). FD's per-class logits are class scores
+# like the reference set's (every logits attack but echo, which repeats a reference-set teacher) and numbers
+# like weights; prototypes are numbers that can also be scaled, replayed and claimed with inflated counts.
+LIES_BY_KIND = {"logits": LOGIT_ATTACKS,
+                "class-logits": tuple(k for k in LOGIT_ATTACKS if k != "echo") + PARAM_ATTACKS,
+                "prototypes": ("scale", "replay", "inflate") + PARAM_ATTACKS,
+                "params": PARAM_ATTACKS}
 PLACEMENTS = ("random", "bottleneck")  # attack.place: a seeded choice, or the most central nodes first
 
 
@@ -586,12 +593,10 @@ class Scenario:
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
             lies = parse_attack(a.kind)
-            # parameter attacks lie in any payload but logits (weights, prototypes)
-            useless = [k for k in lies if k not in ANY_ATTACKS
-                       and not ("logits" in kinds if k in LOGIT_ATTACKS else set(kinds) - {"logits"})]
+            useless = [k for k in lies if k not in ANY_ATTACKS and not any(k in LIES_BY_KIND[n] for n in kinds)]
+            can = sorted({k for n in kinds for k in LIES_BY_KIND[n]} | set(ANY_ATTACKS))
             _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
-                                f"(it sends {', '.join(kinds) or 'nothing'}); logits attacks: "
-                                f"{', '.join(LOGIT_ATTACKS)}; parameter attacks: {', '.join(PARAM_ATTACKS)}")
+                                f"(it sends {', '.join(kinds) or 'nothing'}); its attacks: {', '.join(can)}")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
         _check(self.ray in ("", "auto", "local") or ":" in self.ray,
                f"ray = {self.ray!r}: use 'auto' (a running cluster, else a new local one), 'local' (a new one on "

@@ -385,11 +385,12 @@ class Inbox:
         return out
 
     def _label_counts(self, k: wire.Knowledge) -> np.ndarray:
-        """A peer that keeps its label mix private (label_counts = []) counts as uniform over classes."""
+        """A peer that keeps its label mix private (label_counts = []) counts as uniform over classes, each
+        class at most what a stated count may be (its samples may be up to the classes' sum)."""
         if k.label_counts:
             return np.asarray(k.label_counts, dtype=np.int64)
         c = self.num_classes
-        return np.full(c, max(k.samples, c) // c, dtype=np.int64)
+        return np.full(c, min(max(k.samples, c) // c, wire.MAX_COUNT), dtype=np.int64)
 
     def _resolve(self, r: Received, keeps: int) -> Received:
         """A logits frame as consensus reads it: the rows it sent, plus the rows it says are unchanged

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from p2pfl.averaging import clip_around, mix, push_sum, standings, toward
+from p2pfl.averaging import clip_around, clip_rows, mix, push_sum, row_standings, standings, toward
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
-from p2pfl.consensus import (Contribution, agreement, bound_claims, class_means, clip_to_own, normalize_logits,
-                             reputation_factor, self_support, teacher, total_variation)
+from p2pfl.consensus import (CLAIM_FACTOR, Contribution, agreement, bound_claims, class_means, clip_to_own,
+                             normalize_logits, reputation_factor, self_support, softmax, teacher, total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -279,13 +279,24 @@ class PrototypeMode(Mode):
     means weighted by mixing weight x count is the prototype its labelled embeddings are pulled toward
     (and, with train.proto_head_weight > 0, its classifier learns to name every pooled prototype's
     class, also of classes it has no label of). Needs one embed_dim on every node (a frame of another
-    shape is refused); no reference set."""
+    shape is refused); no reference set.
+
+    Defences (gossip.defence): claims bounds each neighbour's label counts; reputation weighs a neighbour
+    by `averaging.row_standings` on the classes both hold (the smaller of this round's verdict and its
+    running mean, as in parameter modes); clip bounds each class row's pull around ours."""
 
     name, kinds = "prototypes", ("prototypes",)
     logits = False  # what is averaged per class: embeddings (here) or logits (FDMode)
 
     def __init__(self) -> None:
         self._own: np.ndarray | None = None  # the means as share() sent them (absorb pools these, not later ones)
+        self._reputation = RunningMeans()  # sender -> running mean of its verdicts (the reputation defence)
+
+    def state(self):
+        return self._reputation.state(STANDING_KEY)
+
+    def load_state(self, state):
+        self._reputation.load(STANDING_KEY, state)
 
     def share(self, ctx, round_idx):
         self._own = ctx.learner.class_means(logits=self.logits)
@@ -305,17 +316,47 @@ class PrototypeMode(Mode):
         if not fits:
             return Teaching(refused=refused + far)
         contribs = [Contribution(own, ctx.learner.label_counts, ctx.self_weight)] + [
-            Contribution(r.array, r.label_counts if len(r.label_counts) else np.zeros(len(own), np.int64), r.weight)
-            for r in fits]
-        if "claims" in parse_defence(ctx.gossip.defence):
+            Contribution(r.array, r.label_counts, r.weight) for r in fits]
+        defence, weighed = parse_defence(ctx.gossip.defence), {}
+        if "claims" in defence:
             contribs = bound_claims(contribs)
-        pooled, have = class_means(contribs)
+        if "reputation" in defence:
+            factors = [self._factor(r.sender, v) for r, v in zip(fits, self._verdicts(contribs))]
+            weighed = {r.sender: f for r, f in zip(fits, factors)}
+            contribs = [contribs[0]] + [replace(c, weight=c.weight * f) for c, f in zip(contribs[1:], factors)]
+        if "clip" in defence:
+            contribs = self._clipped(contribs)
+        pooled, have = class_means(self._pooled_space(contribs))
         taught = Teaching(contributors=len(fits), staleness=[round_idx - 1 - r.round for r in fits],
-                          refused=refused + far)
+                          refused=refused + far, weighed=weighed)
         return self.teach(ctx, taught, pooled, have)
+
+    def _verdicts(self, contribs: list[Contribution]) -> np.ndarray:
+        """(K-1,) each neighbour's verdict this round (NaN: nothing to judge it by)."""
+        held = [_holds(c) for c in contribs]
+        return row_standings(contribs[0].logits, held[0], [c.logits for c in contribs[1:]], held[1:])
+
+    def _factor(self, sender: str, verdict: float) -> float:
+        mean = self._reputation.update(sender, verdict)
+        return 1.0 if mean is None else min(mean, verdict) if not np.isnan(verdict) else mean
+
+    def _clipped(self, contribs: list[Contribution]) -> list[Contribution]:
+        held = [_holds(c) for c in contribs]
+        rows = clip_rows(contribs[0].logits, held[0], [c.logits for c in contribs[1:]], held[1:])
+        return [contribs[0]] + [replace(c, logits=x) for c, x in zip(contribs[1:], rows)]
+
+    def _pooled_space(self, contribs: list[Contribution]) -> list[Contribution]:
+        return contribs
 
     def teach(self, ctx: NodeContext, taught: Teaching, pooled: np.ndarray, have: np.ndarray) -> Teaching:
         return replace(taught, anchors=torch.from_numpy(pooled), anchored=torch.from_numpy(have))
+
+
+def _holds(c: Contribution, min_share: float = 0.05) -> np.ndarray:
+    """(C,) the classes a contribution claims a real share of its labels of (as consensus.self_support reads
+    claims): a class of one stray sample is no ground to judge a neighbour on."""
+    counts = c.label_counts.astype(np.float64)
+    return counts >= max(min_share * counts.sum(), 1.0)
 
 
 class FDMode(PrototypeMode):
@@ -323,14 +364,39 @@ class FDMode(PrototypeMode):
     over its own training rows per class (C x C floats) with its label counts; the per-class pool of its
     own and its neighbours' is the teacher of its own rows (each labelled row is also distilled toward
     its class's pooled prediction). No reference set, so it teaches a node nothing about inputs of
-    classes it has no rows of: the decentralized baseline the reference set is measured against."""
+    classes it has no rows of: the decentralized baseline the reference set is measured against.
+
+    Unlike the paper, which averages logits, the pool is of probabilities (each node's softmax of its
+    mean logits): a logit has no bound, so whoever sends the largest numbers would decide every class's
+    teacher; a probability pulls by its weight's share at most. Reputation is the logits mode's
+    (`consensus.self_support` on the C rows, whose own confident rows are our labelled classes), clip its
+    probability-space clipping."""
 
     name, kinds = "fd", ("class-logits",)
     logits = True
 
+    def state(self):
+        return self._reputation.state(SUPPORT_KEY)
+
+    def load_state(self, state):
+        self._reputation.load(SUPPORT_KEY, state)
+
+    def _verdicts(self, contribs):
+        return self_support(contribs)[1:]
+
+    def _factor(self, sender, verdict):
+        mean = self._reputation.update(sender, float(verdict))
+        return reputation_factor(1.0 if mean is None else mean)
+
+    def _clipped(self, contribs):
+        return clip_to_own(contribs)
+
+    def _pooled_space(self, contribs):
+        return [replace(c, logits=softmax(c.logits.astype(np.float64)).astype(np.float32)) for c in contribs]
+
     def teach(self, ctx, taught, pooled, have):
-        probs = torch.softmax(torch.from_numpy(pooled), dim=1)
-        return replace(taught, x=ctx.learner.x, probs=probs[ctx.learner.y])
+        probs = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1e-12)  # our classes: our own share is in
+        return replace(taught, x=ctx.learner.x, probs=torch.from_numpy(probs)[ctx.learner.y])
 
 
 class AdapterMode(Mode):
@@ -385,6 +451,10 @@ class AdapterMode(Mode):
             inbox = [replace(r, array=v) for r, v in zip(inbox, clip_around(own, [r.array for r in inbox]))]
         if self.push_sum:  # a neighbour's mass counts once, however many rounds its frame stays newest
             inbox = [r for r in inbox if self._consumed.get(r.sender, -1) < r.round]
+            if inbox:  # a share is what a peer says of its mass: bounded as label counts are (bound_claims), or
+                # one share of the wire's largest mass would replace our vector with its own and spread on
+                cap = CLAIM_FACTOR * max(self.mass, float(np.percentile([r.mass for r in inbox], 50, method="lower")))
+                inbox = [replace(r, mass=min(r.mass, cap)) for r in inbox]
             self._consumed |= {r.sender: r.round for r in inbox}
             if inbox:
                 flat, self.mass = push_sum(ctx.learner.get_flat(), self.mass, [(r.mass, r.array) for r in inbox])

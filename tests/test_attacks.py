@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import networkx as nx
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -413,3 +414,100 @@ def test_in_a_simulation_reputation_cuts_a_liar_with_honest_counts_and_counts_it
     assert any(n.counters.rejected["distrusted"] > 0 for n in neighbours)
     assert all(n.counters.rejected["distrusted"] == 0 for n in result.nodes if n not in neighbours)
     assert all(n.status()["neighbours"][liar]["reputation"] == n.peers[liar].reputation for n in neighbours)
+
+
+# -- per-class knowledge (fd, prototypes) and push-sum masses: a well-formed lie within every wire limit --------
+
+def _per_class_absorb(mode_name, own, received, defence, counts=None):
+    """What a node of `mode_name` (fd, prototypes) makes of (sender, (C, x) array) frames at weight 0.25 each,
+    holding labels of every class (or `counts`) and one labelled row per class."""
+    from p2pfl.modes import NodeContext, Received, make_mode
+
+    c = len(own)
+    learner = SimpleNamespace(num_classes=c, label_counts=np.full(c, 50, np.int64) if counts is None else counts,
+                              x=torch.zeros(c, 2), y=torch.arange(c), class_means=lambda logits: own.copy())
+    mode = make_mode(mode_name)
+    ctx = NodeContext(learner, None, 0.25, GossipConfig(defence=defence))
+    return mode.absorb(ctx, [Received(s, 0, mode.kinds[0], np.asarray(v, np.float32), 0, 0,
+                                      np.full(c, 50, np.int64) if k is None else k, 0.25)
+                             for s, v, k in received], 1)
+
+
+def _liar_moves_each_class(own, size):
+    """own, with each class row's weight moved to the next class by `size` (the fd lie: every class taught as
+    another), well inside modes.plausible's radius."""
+    c = len(own)
+    lie = own.astype(np.float64).copy()
+    lie[np.arange(c), (np.arange(c) + 1) % c] += size
+    return lie.astype(np.float32)
+
+
+def test_an_fd_liar_with_huge_but_plausible_logits_cannot_take_the_teacher():
+    own = 4.0 * np.eye(C, dtype=np.float32)
+    honest = [(s, own + np.float32(0.1) * i, None) for i, s in enumerate("abc")]
+    liar = ("liar", _liar_moves_each_class(own, 300.0), None)  # p(true class) = e^-296 in its softmax
+    for defence in ("none", "claims", "auto"):
+        t = _per_class_absorb("fd", own, honest + [liar], defence)
+        p = t.probs.numpy()
+        # probabilities are pooled, not logits: the liar pulls by its weight's share (1/5), never decides
+        assert (p.argmax(axis=1) == np.arange(C)).all(), defence
+        assert p[np.arange(C), np.arange(C)].min() > 0.5, defence
+    clean = _per_class_absorb("fd", own, honest, "auto").probs.numpy()
+    t = _per_class_absorb("fd", own, honest + [liar], "auto")
+    assert t.weighed["liar"] == 0.0 and all(t.weighed[s] == 1.0 for s in "abc")  # its classes moved: cut
+    np.testing.assert_allclose(t.probs.numpy(), clean, atol=1e-6)  # as if it had not spoken
+
+
+def test_a_prototype_liar_is_cut_on_the_classes_both_hold_and_a_stranger_to_them_is_not():
+    rng = np.random.default_rng(0)
+    own = rng.normal(size=(C, 8)).astype(np.float32)
+    honest = [(s, own + rng.normal(scale=0.1, size=own.shape).astype(np.float32), None) for s in "abc"]
+    liar = ("liar", own + np.float32(40.0), None)  # every coordinate shifted: far, but within 100x our norm
+    only_other = np.array([0, 0, 50, 50], np.int64)
+    mine = np.array([50, 50, 0, 0], np.int64)
+    stranger = ("stranger", own + rng.normal(scale=0.1, size=own.shape).astype(np.float32), only_other)
+    t = _per_class_absorb("prototypes", own, honest + [liar, stranger], "auto", counts=mine)
+    assert t.weighed["liar"] == 0.0 and all(t.weighed[s] == 1.0 for s in "abc")
+    assert t.weighed["stranger"] == 1.0  # no class in common: nothing to judge it by, a stranger keeps its weight
+    clean = _per_class_absorb("prototypes", own, honest + [stranger], "auto", counts=mine).anchors.numpy()
+    np.testing.assert_allclose(t.anchors.numpy(), clean, atol=1e-5)
+    undefended = _per_class_absorb("prototypes", own, honest + [liar, stranger], "none", counts=mine)
+    assert np.abs(undefended.anchors.numpy() - clean).max() > 5.0  # what the defence took away
+    clipped = _per_class_absorb("prototypes", own, honest + [liar, stranger], "claims+clip", counts=mine)
+    spread = np.abs(clean[:2] - own[:2]).max()
+    assert np.abs(clipped.anchors.numpy()[:2] - own[:2]).max() < 10 * spread + 1.0  # our classes: bounded pull
+
+
+def test_a_push_sum_share_of_the_wires_largest_mass_is_bounded_like_a_claim():
+    from p2pfl.consensus import CLAIM_FACTOR
+    from p2pfl.modes import NodeContext, Received, make_mode
+    from p2pfl.wire import MAX_MASS
+
+    learner = SimpleNamespace(v=np.full(3, 4.0, np.float32))
+    learner.get_flat = lambda: learner.v.copy()
+    learner.set_flat = lambda v: setattr(learner, "v", np.asarray(v, np.float32))
+    honest = [("a", [5.0, 4.0, 4.0]), ("b", [4.0, 5.0, 4.0]), ("c", [4.0, 4.0, 5.0])]
+    mode = make_mode("adapter", averaging="push-sum")
+    mode.mass = 0.25  # what it kept after sending its shares
+    frames = [Received(s, 0, "params", np.asarray(v, np.float32), 0, 0, np.zeros(3), 0.25, mass=0.25)
+              for s, v in honest] + [Received("liar", 0, "params", np.full(3, 5.4, np.float32), 0, 0, np.zeros(3),
+                                              0.25, mass=MAX_MASS)]
+    mode.absorb(NodeContext(learner, None, 0.25, GossipConfig(defence="none")), frames, 1)
+    cap = CLAIM_FACTOR * 0.25
+    assert mode.mass == pytest.approx(1.0 + cap)  # ours, three honest shares, the liar's at the cap
+    np.testing.assert_allclose(learner.v, (0.25 * 4 + 0.25 * 13 / 3 * 3 + cap * 5.4) / (1.0 + cap)
+                               + np.zeros(3), rtol=1e-5)
+    assert not np.allclose(learner.v, 5.4)  # it did not replace ours (and would not spread on from us)
+
+
+def test_per_class_knowledge_can_be_lied_in_as_its_kind_allows():
+    for mode, ok, refused in (("fd", ["shift", "scale", "inflate", "reorder", "sign-flip"], "echo"),
+                              ("prototypes", ["scale", "inflate", "replay", "alie"], "shift")):
+        for kind in ok:
+            load_scenario(None, {"mode": mode, "attack": [{"kind": kind, "count": 1}]})
+        with pytest.raises(ConfigError, match=f"{refused} cannot lie in mode '{mode}'"):
+            load_scenario(None, {"mode": mode, "attack": [{"kind": refused, "count": 1}]})
+    own = 4.0 * np.eye(C, dtype=np.float32)
+    shifted = lie("shift", Outgoing("class-logits", own))
+    assert (shifted.array.argmax(axis=1) != np.arange(C)).all()  # every class taught as another
+    assert (lie("scale", Outgoing("prototypes", own), strength=3.0).array == 3 * own).all()

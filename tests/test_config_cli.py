@@ -209,7 +209,7 @@ def _error_line(capsys) -> str:
     (["node", "--state-dir", "unused", "--listen", "tcp:4001"], ["--listen 'tcp:4001' is not a multiaddr",
                                                                   "/ip4/0.0.0.0/tcp/4001"]),
     (["sim", "--mode", "fedavg", "--archs", "mlp", "--attack", "shift:2"],
-     ["attack.kind = 'shift'", "cannot lie in mode 'fedavg'", "parameter attacks"]),
+     ["attack.kind = 'shift'", "cannot lie in mode 'fedavg'", "its attacks: alie, dissensus"]),
     # in range for the type, not for the meaning: the config refuses it, naming the key
     (["sim", "--train.lr", "-1"], ["train.lr = -1.0", "greater than 0"]),
     (["sim", "--nodes", "0"], ["topology.nodes = 0", "at least 1"]),
