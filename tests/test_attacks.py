@@ -392,7 +392,8 @@ def test_a_neighbour_that_says_what_we_say_is_never_down_weighted(seed, n, noise
         assert np.isnan(s) or reputation_factor(s) == 1.0
 
 
-@pytest.mark.parametrize("mode, attack", [("logits", "shift"), ("adapter", "sign-flip")])
+@pytest.mark.parametrize("mode, attack", [("logits", "shift"), ("adapter", "sign-flip"), ("fd", "shift"),
+                                          ("prototypes", "sign-flip")])
 def test_in_a_simulation_reputation_cuts_a_liar_with_honest_counts_and_counts_it(cache, mode, attack):
     from p2pfl.node import DISTRUSTED
     from p2pfl.sim import Simulation
