@@ -18,8 +18,8 @@ from rich.table import Table
 
 from p2pfl import shipped
 from p2pfl.config import (
-    TOPOLOGY_GENERATORS, AttackConfig, ConfigError, Scenario, accepted, flat_keys, load_scenario, parse_key_value,
-    parse_sets, parse_value, run_name,
+    TOPOLOGY_GENERATORS, AttackConfig, ConfigError, Scenario, accepted, check_attack, flat_keys, load_scenario,
+    parse_key_value, parse_sets, parse_value, run_name,
 )
 from p2pfl.files import atomic_write_text
 from p2pfl.mode_facts import MODES
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        _repeated_options(parser, sys.argv[1:] if argv is None else argv)
         return args.func(args)
     except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
         print_error(e)
@@ -79,14 +80,35 @@ def _unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str], argv
     import difflib
 
     command = next((a for a in argv if not a.startswith("-")), "")
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    sub = subs.choices.get(command)
+    sub = _subcommand(parser, argv)
     known = [o for a in (sub or parser)._actions for o in a.option_strings if o.startswith("--")]
     hints = [f"{u}: did you mean {close[0]}?" for u in unknown if u.startswith("--")
              and (close := difflib.get_close_matches(u.split("=", 1)[0], known, n=1, cutoff=0.7))]
     more = f" ({'; '.join(hints)})" if hints else ""
     keys = "; every scenario key: p2pfl sim --help-keys" if command in ("sim", "node") else ""
     (sub or parser).error(f"unrecognized arguments: {' '.join(unknown)}{more}{keys}")
+
+
+def _subcommand(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser | None:
+    command = next((a for a in argv if not a.startswith("-")), "")
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return subs.choices.get(command)
+
+
+def _repeated_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """UsageError for an option of one value given twice (--attack shift:1 --attack sign-flip:1): argparse
+    keeps the last one silently, as it would a key given two ways (refused in scenario_overrides)."""
+    sub = _subcommand(parser, argv)
+    single = {o for a in (sub or parser)._actions if type(a) is argparse._StoreAction  # noqa: SLF001
+              for o in a.option_strings}
+    given: dict[str, int] = {}
+    for token in argv[:argv.index("--")] if "--" in argv else argv:
+        if (option := token.split("=", 1)[0]) in single:
+            given[option] = given.get(option, 0) + 1
+    if twice := [o for o, n in given.items() if n > 1]:
+        raise UsageError(f"{', '.join(twice)} given more than once (only the last would count); give each once"
+                         + ("; several attacks: --set 'attack=[{kind=\"shift\", count=1}, {kind=\"sign-flip\", "
+                            "count=1}]'" if "--attack" in twice else ""))
 
 
 def print_error(e: BaseException) -> None:
@@ -473,6 +495,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.attack and not args.attack_drill:
         raise UsageError(f"--attack {args.attack}: this node would lie to its neighbours; it is for testing "
                          f"defences: add --attack-drill to confirm")
+    if args.attack:  # a lie its mode cannot tell would leave a drill that silently sends honest frames
+        check_attack(scenario.mode, args.attack, "--attack")
     cfg = RealNodeConfig(
         scenario=scenario, shard=shard, shards=shards, state_dir=Path(args.state_dir).expanduser(),
         listen=args.listen, peers=tuple(args.peers), profile=args.profile,

@@ -53,6 +53,10 @@ class CodecError(ValueError):
     """An array cannot be encoded, or an `Encoded` is not a valid instance of its codec."""
 
 
+class RangeError(CodecError):
+    """Finite values the codec cannot carry (fp16 beyond 65504): fp32 can, so a sender falls back to it."""
+
+
 class NonFiniteError(CodecError):
     """NaN or Inf in an input array or in decoded values (a separate class so p2pfl.wire can say so)."""
 
@@ -145,7 +149,7 @@ def _fp16_encode(x: np.ndarray) -> tuple[bytes, bytes]:
         h = x.astype(_F16)
     if not np.isfinite(h).all():
         big = float(np.abs(x).max())
-        raise CodecError(f"fp16 cannot hold {big:.4g} (largest finite fp16 is 65504); use fp32 or int8")
+        raise RangeError(f"fp16 cannot hold {big:.4g} (largest finite fp16 is 65504); use fp32 or int8")
     return h.tobytes(), b""
 
 

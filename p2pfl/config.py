@@ -395,6 +395,15 @@ LIES_BY_KIND = {"logits": LOGIT_ATTACKS,
 PLACEMENTS = ("random", "bottleneck")  # attack.place: a seeded choice, or the most central nodes first
 
 
+def check_attack(mode: str, kind: str, key: str) -> None:
+    """ConfigError (naming `key`) unless every lie of `kind` can be told in what `mode` sends."""
+    kinds = MODE_FACTS[mode].kinds
+    useless = [k for k in parse_attack(kind) if k not in ANY_ATTACKS and not any(k in LIES_BY_KIND[n] for n in kinds)]
+    can = sorted({k for n in kinds for k in LIES_BY_KIND[n]} | set(ANY_ATTACKS))
+    _check(not useless, f"{key} = {kind!r}: {', '.join(useless)} cannot lie in mode {mode!r} "
+                        f"(it sends {', '.join(kinds) or 'nothing'}); its attacks: {', '.join(can)}")
+
+
 def parse_attack(text: str) -> tuple[str, ...]:
     """'shift+inflate' -> ("shift", "inflate"); ValueError names the kinds."""
     kinds = tuple(text.split("+"))
@@ -592,11 +601,7 @@ class Scenario:
         _at_least(self, "", 0, "seed")
         kinds = MODE_FACTS[self.mode].kinds
         for a in self.attack:
-            lies = parse_attack(a.kind)
-            useless = [k for k in lies if k not in ANY_ATTACKS and not any(k in LIES_BY_KIND[n] for n in kinds)]
-            can = sorted({k for n in kinds for k in LIES_BY_KIND[n]} | set(ANY_ATTACKS))
-            _check(not useless, f"attack.kind = {a.kind!r}: {', '.join(useless)} cannot lie in mode {self.mode!r} "
-                                f"(it sends {', '.join(kinds) or 'nothing'}); its attacks: {', '.join(can)}")
+            check_attack(self.mode, a.kind, "attack.kind")
         _check(self.workers >= 0, f"workers = {self.workers}: threads side by side, >= 0 (0 = one per core)")
         _check(self.ray in ("", "auto", "local") or ":" in self.ray,
                f"ray = {self.ray!r}: use 'auto' (a running cluster, else a new local one), 'local' (a new one on "

@@ -330,6 +330,23 @@ CLAIMED_SUPPORT = 0.25
 SUPPORT_FULL, SUPPORT_NONE = 0.6, 0.3
 
 
+def class_row_support(contribs: list[Contribution], min_share: float = 0.05) -> np.ndarray:
+    """(K,) self_support for per-class logits (fd): row c of a contribution is its sender's mean prediction
+    over its own rows of class c, so wherever it claims labels of c (at least `min_share` of its own), row
+    c should give class c at least CLAIMED_SUPPORT: a model fits its own training rows, a liar that moves,
+    inverts or reorders classes gives them next to nothing. The mean of min(1, p / CLAIMED_SUPPORT) over
+    those rows; NaN where it claims no class. The truth of a row is its index, not our model's opinion,
+    so a node whose own model is still unsure of its classes judges as well as a confident one."""
+    out = np.full(len(contribs), np.nan)
+    for k, c in enumerate(contribs):
+        claims = c.label_counts.astype(np.float64)
+        rows = np.flatnonzero(claims >= max(min_share * claims.sum(), 1.0))
+        if len(rows):
+            p = softmax(c.logits.astype(np.float64)[rows])[np.arange(len(rows)), rows]
+            out[k] = float(np.minimum(1.0, p / CLAIMED_SUPPORT).mean())
+    return out
+
+
 def reputation_factor(support: float) -> float:
     """A neighbour's weight factor from its (running) self_support: 1 from SUPPORT_FULL up, 0 at
     SUPPORT_NONE and below, linear between."""

@@ -17,16 +17,19 @@ node passes the time and the round in. Tested like `wire.PeerSession`, without a
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from p2pfl import wire
-from p2pfl.codecs import BIT_LADDER, CODECS, Encoded, codec_bits, decode, encode, with_bits
+from p2pfl.codecs import BIT_LADDER, CODECS, Encoded, RangeError, codec_bits, decode, encode, with_bits
 from p2pfl.config import GossipConfig, parse_select
 from p2pfl.consensus import softmax, total_variation
 from p2pfl.knowledge import Outgoing, Received
+
+log = logging.getLogger(__name__)
 
 # What gossip.codec = "auto" means, per knowledge kind. Logits: the measured frontier (BENCHMARKS.md,
 # bench_codecs): normalized logits (gossip.logit_range), each row's two largest in int3, rANS-coded
@@ -167,13 +170,22 @@ class Share:
         out = []
         for i, f in enumerate(self.frames):
             codec = self.outbox.codec_for(common, f.kind, self.drift) if common else None
-            out.append((self._knowledge(i, codec) if codec else None,
+            out.append((self._knowledge(i, codec, common) if codec else None,
                         None if f.mass is None else f.mass * weight))
         return out
 
-    def _knowledge(self, i: int, codec: str) -> wire.Knowledge:
+    def _knowledge(self, i: int, codec: str, common: tuple[str, ...]) -> wire.Knowledge:
         if (i, codec) not in self._encoded:
-            self._encoded[i, codec] = self.outbox.encode(self.frames[i], codec, self.round, self.time)
+            try:
+                self._encoded[i, codec] = self.outbox.encode(self.frames[i], codec, self.round, self.time)
+            except RangeError as e:  # finite values beyond the codec's range: fp32 carries them, every peer decodes it
+                if codec == "fp32" or "fp32" not in common:
+                    raise
+                self.outbox.widened += 1
+                if (n := self.outbox.widened) == 10 ** round(math.log10(n)):  # the 1st, 10th, 100th, ...
+                    log.warning("%s: a %s frame of round %d sent in fp32 (%d so far): %s", self.outbox.node_id,
+                                self.frames[i].kind, self.round, n, e)
+                self._encoded[i, codec] = self._knowledge(i, "fp32", common)
         return self._encoded[i, codec]
 
 
@@ -189,6 +201,7 @@ class Outbox:
         self._encoders: dict[tuple, DeltaEncoder] = {}  # gossip.delta: one per kind, slice, rows, codec
         self._sent: dict[tuple[int, int], _Sent] = {}  # select = changed:T: per slice, what we sent
         self._reclaimed = 0.0  # push-sum mass that could not be sent, to hand back to the mode
+        self.widened = 0  # frames our codec could not carry, sent in fp32 instead
 
     # -- what we offer -----------------------------------------------------------------------------
     def offered_codecs(self) -> tuple[str, ...]:

@@ -16,8 +16,9 @@ import torch
 
 from p2pfl.averaging import clip_around, clip_rows, mix, push_sum, row_standings, standings, toward
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
-from p2pfl.consensus import (CLAIM_FACTOR, Contribution, agreement, bound_claims, class_means, clip_to_own,
-                             normalize_logits, reputation_factor, self_support, softmax, teacher, total_variation)
+from p2pfl.consensus import (CLAIM_FACTOR, Contribution, agreement, bound_claims, class_means, class_row_support,
+                             clip_to_own, normalize_logits, reputation_factor, self_support, softmax, teacher,
+                             total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -368,9 +369,9 @@ class FDMode(PrototypeMode):
 
     Unlike the paper, which averages logits, the pool is of probabilities (each node's softmax of its
     mean logits): a logit has no bound, so whoever sends the largest numbers would decide every class's
-    teacher; a probability pulls by its weight's share at most. Reputation is the logits mode's
-    (`consensus.self_support` on the C rows, whose own confident rows are our labelled classes), clip its
-    probability-space clipping."""
+    teacher; a probability pulls by its weight's share at most. Reputation: `consensus.class_row_support`
+    (a neighbour's row of a class it claims must give that class a real share), through the logits mode's
+    ramp; clip: the logits mode's probability-space clipping."""
 
     name, kinds = "fd", ("class-logits",)
     logits = True
@@ -382,7 +383,7 @@ class FDMode(PrototypeMode):
         self._reputation.load(SUPPORT_KEY, state)
 
     def _verdicts(self, contribs):
-        return self_support(contribs)[1:]
+        return class_row_support(contribs)[1:]
 
     def _factor(self, sender, verdict):
         mean = self._reputation.update(sender, float(verdict))

@@ -236,6 +236,10 @@ class Simulation:
             if e.at > s.rounds:
                 log.warning("events[%d] (%s at round %d) comes after the last round (%d): it will not happen",
                             i, e.action, e.at, s.rounds)
+        for i, a in enumerate(s.attack):
+            if a.start > s.rounds:
+                log.warning("attack[%d] (%s from round %d) starts after the last round (%d): its nodes never lie, "
+                            "and are still reported apart as attackers", i, a.kind, a.start, s.rounds)
 
         async def main() -> None:
             async with network:

@@ -457,6 +457,10 @@ def test_an_fd_liar_with_huge_but_plausible_logits_cannot_take_the_teacher():
     t = _per_class_absorb("fd", own, honest + [liar], "auto")
     assert t.weighed["liar"] == 0.0 and all(t.weighed[s] == 1.0 for s in "abc")  # its classes moved: cut
     np.testing.assert_allclose(t.probs.numpy(), clean, atol=1e-6)  # as if it had not spoken
+    unsure = 0.5 * np.eye(C, dtype=np.float32)  # our own model gives our classes ~0.4: no confident row of ours
+    t = _per_class_absorb("fd", unsure, [("a", unsure, None), ("liar", _liar_moves_each_class(unsure, 30.0), None)],
+                          "auto")
+    assert t.weighed == {"a": 1.0, "liar": 0.0}  # judged by what its rows claim, not by our confidence
 
 
 def test_a_prototype_liar_is_cut_on_the_classes_both_hold_and_a_stranger_to_them_is_not():
@@ -512,3 +516,12 @@ def test_per_class_knowledge_can_be_lied_in_as_its_kind_allows():
     shifted = lie("shift", Outgoing("class-logits", own))
     assert (shifted.array.argmax(axis=1) != np.arange(C)).all()  # every class taught as another
     assert (lie("scale", Outgoing("prototypes", own), strength=3.0).array == 3 * own).all()
+
+
+def test_an_attack_that_starts_after_the_last_round_is_warned_of(cache, caplog):
+    from p2pfl.sim import Simulation
+    from tests.test_sim import TINY
+
+    s = load_scenario(None, TINY | {"rounds": 1, "attack": [{"kind": "shift", "count": 1, "start": 5}]})
+    Simulation(s, run_dir=None).run()
+    assert "attack[0] (shift from round 5) starts after the last round (1)" in caplog.text

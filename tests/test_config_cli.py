@@ -415,6 +415,10 @@ def test_bad_paths_and_doubly_given_keys_are_one_line_before_anything_runs(tmp_p
                        (["node", "--state-dir", str(tmp_path / "st"), "--set", "privacy.epsilon=0"],
                         "privacy.epsilon = 0 (--set privacy.epsilon=...)"),
                        (["node", "--state-dir", str(a_file)], "--state-dir"),
+                       (["sim", "--attack", "shift:1", "--attack", "sign-flip:1"], "--attack given more than once"),
+                       (["sim", "--nodes", "4", "--nodes=5"], "--nodes given more than once"),
+                       (["node", "--state-dir", str(tmp_path / "st"), "--set", "mode=prototypes", "--attack", "shift",
+                         "--attack-drill"], "shift cannot lie in mode 'prototypes'"),  # a drill that never lies
                        (["sim", str(tmp_path)], "is a folder; pass a scenario TOML")):
         assert cli.main(argv) == 2, argv
         assert says in capsys.readouterr().err, argv

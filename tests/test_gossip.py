@@ -122,6 +122,18 @@ def test_each_frame_is_encoded_once_per_codec_whoever_needs_it():
     assert a.label_counts == (5,) * C and a.samples == 5 * C and a.sender == "a" and a.round == 1
 
 
+def test_a_frame_beyond_fp16_goes_in_fp32_and_only_a_range_error_falls_back():
+    from p2pfl.codecs import CodecError
+
+    out = _outbox(codec="fp16")
+    share = out.share([Outgoing("params", np.full(6, 1e6, np.float32))], 1, time=0.0, drift=None)
+    (msg, _), = share.for_peer(("fp16", "fp32"), 0.5)  # a liar's huge prototypes once ended the simulation here
+    assert msg.payload.codec == "fp32" and out.widened == 1
+    assert share.for_peer(("fp16", "fp32"), 0.5)[0][0] is msg and out.widened == 1  # encoded once per round
+    with pytest.raises(CodecError, match="fp16 cannot hold"):  # a peer that cannot decode fp32: no way to send
+        out.share([Outgoing("params", np.full(6, 1e6, np.float32))], 2, time=0.0, drift=None).for_peer(("fp16",), 0.5)
+
+
 def test_push_sum_shares_follow_the_weights_and_unsent_mass_comes_back():
     out = _outbox()
     share = out.share([Outgoing("params", np.ones(6, np.float32), mass=0.8)], 3, time=0.0, drift=None)
