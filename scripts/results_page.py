@@ -161,7 +161,19 @@ def protocol() -> list[str]:
                              + " | ".join(_protocol_cell(c, lo, seeds) for c, lo in zip(here, local)) + f" | {kb:.1f} |")
             lines += ["", _protocol_source([r for r in d["rows"] if r["dataset"] == dataset and r["rounds"] == rounds],
                                            dataset, rounds)]
+    date, methods, what = PROTOCOL_CHANGED
+    before = sorted({(r["dataset"], r["split"]) for r in d["rows"] if r["method"] in methods and r["date"] < date})
+    if before:
+        lines += ["", f"The {' / '.join(methods)} rows of " + ", ".join(
+            f"{PROTOCOL_DATASETS[ds].split(' (')[0]} {PROTOCOL_SPLITS[sp]}" for ds, sp in before)
+            + f" were measured before {date}, when {what}; the others ran with it."]
     return lines
+
+
+# a change to some methods since rows of the grid were measured: (date, methods, what changed)
+PROTOCOL_CHANGED = ("2026-12-04", ("fd", "prototypes"),
+                    "fd began pooling probabilities instead of logits and both began weighing neighbours by "
+                    "reputation (the default defence)")
 
 
 def _protocol_source(rows: list[dict], dataset: str, rounds: int) -> str:
