@@ -340,7 +340,8 @@ class Node(Lifetime):
                     p.reputation = factor
                 if factor < DISTRUSTED:
                     self._reject(sender, "distrusted", f"round {r}: its knowledge contradicts ours (predictions "
-                                                       f"against the classes our own labels know, or parameters far "
+                                                       f"against the classes they claim or our labels know, or "
+                                                       f"parameters / prototypes pointing away from ours or far "
                                                        f"beyond our other neighbours'); its weight x {factor:.2f}")
             for sender, reason, why in teaching.refused:
                 self._reject(sender, reason, f"round {r}: {why}")
