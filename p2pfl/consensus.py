@@ -330,6 +330,13 @@ CLAIMED_SUPPORT = 0.25
 SUPPORT_FULL, SUPPORT_NONE = 0.6, 0.3
 
 
+def held_classes(label_counts: np.ndarray, min_share: float = 0.05) -> np.ndarray:
+    """(C,) the classes a contribution claims a real share of its labels of (at least `min_share` of them,
+    and at least one): a class of one stray sample is no ground to judge a neighbour on."""
+    counts = label_counts.astype(np.float64)
+    return counts >= max(min_share * counts.sum(), 1.0)
+
+
 def class_row_support(contribs: list[Contribution], min_share: float = 0.05) -> np.ndarray:
     """(K,) self_support for per-class logits (fd): row c of a contribution is its sender's mean prediction
     over its own rows of class c, so wherever it claims labels of c (at least `min_share` of its own), row
@@ -339,8 +346,7 @@ def class_row_support(contribs: list[Contribution], min_share: float = 0.05) -> 
     so a node whose own model is still unsure of its classes judges as well as a confident one."""
     out = np.full(len(contribs), np.nan)
     for k, c in enumerate(contribs):
-        claims = c.label_counts.astype(np.float64)
-        rows = np.flatnonzero(claims >= max(min_share * claims.sum(), 1.0))
+        rows = np.flatnonzero(held_classes(c.label_counts, min_share))
         if len(rows):
             p = softmax(c.logits.astype(np.float64)[rows])[np.arange(len(rows)), rows]
             out[k] = float(np.minimum(1.0, p / CLAIMED_SUPPORT).mean())

@@ -17,8 +17,8 @@ import torch
 from p2pfl.averaging import clip_around, clip_rows, mix, push_sum, row_standings, standings, toward
 from p2pfl.config import AVERAGING, ROW_RULES, AdapterConfig, GossipConfig, parse_defence
 from p2pfl.consensus import (CLAIM_FACTOR, Contribution, agreement, bound_claims, class_means, class_row_support,
-                             clip_to_own, normalize_logits, reputation_factor, self_support, softmax, teacher,
-                             total_variation)
+                             clip_to_own, held_classes, normalize_logits, reputation_factor, self_support, softmax,
+                             teacher, total_variation)
 from p2pfl.data.reference import Reference
 from p2pfl.learner import Learner
 from p2pfl.knowledge import Outgoing, Received
@@ -334,15 +334,17 @@ class PrototypeMode(Mode):
 
     def _verdicts(self, contribs: list[Contribution]) -> np.ndarray:
         """(K-1,) each neighbour's verdict this round (NaN: nothing to judge it by)."""
-        held = [_holds(c) for c in contribs]
+        held = [held_classes(c.label_counts) for c in contribs]
         return row_standings(contribs[0].logits, held[0], [c.logits for c in contribs[1:]], held[1:])
 
     def _factor(self, sender: str, verdict: float) -> float:
-        mean = self._reputation.update(sender, verdict)
-        return 1.0 if mean is None else min(mean, verdict) if not np.isnan(verdict) else mean
+        mean = self._reputation.update(sender, verdict)  # NaN (nothing to judge): the mean as it was
+        if mean is None:  # a stranger with nothing to judge it by keeps its whole weight
+            return 1.0
+        return mean if np.isnan(verdict) else min(mean, verdict)
 
     def _clipped(self, contribs: list[Contribution]) -> list[Contribution]:
-        held = [_holds(c) for c in contribs]
+        held = [held_classes(c.label_counts) for c in contribs]
         rows = clip_rows(contribs[0].logits, held[0], [c.logits for c in contribs[1:]], held[1:])
         return [contribs[0]] + [replace(c, logits=x) for c, x in zip(contribs[1:], rows)]
 
@@ -351,13 +353,6 @@ class PrototypeMode(Mode):
 
     def teach(self, ctx: NodeContext, taught: Teaching, pooled: np.ndarray, have: np.ndarray) -> Teaching:
         return replace(taught, anchors=torch.from_numpy(pooled), anchored=torch.from_numpy(have))
-
-
-def _holds(c: Contribution, min_share: float = 0.05) -> np.ndarray:
-    """(C,) the classes a contribution claims a real share of its labels of (as consensus.self_support reads
-    claims): a class of one stray sample is no ground to judge a neighbour on."""
-    counts = c.label_counts.astype(np.float64)
-    return counts >= max(min_share * counts.sum(), 1.0)
 
 
 class FDMode(PrototypeMode):
@@ -396,7 +391,9 @@ class FDMode(PrototypeMode):
         return [replace(c, logits=softmax(c.logits.astype(np.float64)).astype(np.float32)) for c in contribs]
 
     def teach(self, ctx, taught, pooled, have):
-        probs = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1e-12)  # our classes: our own share is in
+        # each row a mixture of distributions; a class nobody holds has a zero row, and our own labelled rows are
+        # all of classes we hold (our counts are in the pool)
+        probs = pooled / np.maximum(pooled.sum(axis=1, keepdims=True), 1e-12)
         return replace(taught, x=ctx.learner.x, probs=torch.from_numpy(probs)[ctx.learner.y])
 
 
