@@ -179,15 +179,14 @@ PROTOCOL_CHANGED = ("2026-12-04", ("fd", "prototypes"),
 def _protocol_source(rows: list[dict], dataset: str, rounds: int) -> str:
     """How to rerun one dataset's table and which sittings measured which of its rows: the grid was filled by
     many invocations (one per method and split); each row's exact command is in the JSON and BENCHMARKS.md."""
-    sittings: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    sittings: dict[tuple[str, str], dict[str, set[str]]] = {}  # (date, machine) -> method -> its splits measured
     for r in rows:
-        sittings.setdefault((r["date"], r["machine"]), set()).add((r["method"], r["split"]))
+        sittings.setdefault((r["date"], r["machine"]), {}).setdefault(r["method"], set()).add(r["split"])
     parts = []
-    for (date, machine), done in sorted(sittings.items()):
-        methods = [m for m in PROTOCOL_METHODS if any(dm == m for dm, _ in done)]
-        named = ", ".join(m + ("" if {s for dm, s in done if dm == m} == set(PROTOCOL_SPLITS)
-                               else " (" + ", ".join(PROTOCOL_SPLITS[s] for dm, s in sorted(done) if dm == m) + ")")
-                          for m in methods)
+    for (date, machine), splits in sorted(sittings.items()):
+        named = ", ".join(m + ("" if splits[m] == set(PROTOCOL_SPLITS)
+                               else " (" + ", ".join(PROTOCOL_SPLITS[s] for s in sorted(splits[m])) + ")")
+                          for m in PROTOCOL_METHODS if m in splits)
         parts.append(f"{named} on {date} ({machine})")
     return (f"Each row from `python scripts/bench_protocol.py --datasets {dataset} --splits SPLIT --methods METHOD "
             f"--rounds {rounds}` (seeds 0 1 2; each row's own command is in bench_protocol.json and BENCHMARKS.md): "
