@@ -134,10 +134,12 @@ def fig_nodes(runs: list[Run]) -> plt.Figure:
                     ax.annotate(f"{d:+.2f}", (n_i, 0.02), ha="center", fontsize=7, rotation=90,
                                 color="#b00000" if d < 0 else "black")
     # long run names go in the legend and a wrapped caption, not in a title that the figure would cut off
-    fig.suptitle("final accuracy per node" + ("\n(on the bars: the first run minus the second, below 0 in red)"
-                                              if len(runs) == 2 else ""), fontsize=10)
-    axes[1].set_xticks(x, [f"{n} {finals[0][n].get('arch', '')}" for n in nodes], fontsize=7, rotation=45,
-                       ha="right")
+    attackers = set(runs[0].summary.get("attackers", {}))  # the first run's: its liars are not honest nodes
+    fig.suptitle("final accuracy per node" + (" (! = attacker)" if attackers else "")
+                 + ("\n(on the bars: the first run minus the second, below 0 in red)" if len(runs) == 2 else ""),
+                 fontsize=10)
+    axes[1].set_xticks(x, [f"{n}{'!' if n in attackers else ''} {finals[0][n].get('arch', '')}" for n in nodes],
+                       fontsize=7, rotation=45, ha="right")
     axes[1].set_xlabel("node (architecture)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=min(len(runs), 2), fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
@@ -249,6 +251,10 @@ def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
     if "honest" in s:
         rows.append(("honest nodes", f"global {s['honest']['global']['mean']:.3f}, "
                                      f"personal {s['honest']['personal']['mean']:.3f}"))
+    if s.get("attackers"):
+        rows.append(("attackers", ", ".join(f"{n} ({kind})" for n, kind in s["attackers"].items())))
+    if s.get("rejected"):  # what the nodes refused, by reason (their final counts, summed)
+        rows.append(("rejected", ", ".join(f"{reason} {n:,}" for reason, n in sorted(s["rejected"].items()))))
     if "bytes_per_node_per_round" in s:
         rows.append(("bytes per node per round", f"{s['bytes_per_node_per_round']:,.0f}"))
     if s.get("partial"):

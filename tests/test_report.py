@@ -48,6 +48,18 @@ def test_two_runs_side_by_side(two_runs, tmp_path):
     assert all(g.startswith(PNG) for g in graphs) and graphs[0] != graphs[1]  # each run's own graph
 
 
+def test_a_run_with_attackers_marks_them_on_the_page_and_the_per_node_figure(two_runs, tmp_path):
+    from p2pfl import report
+
+    _, lied = two_runs
+    assert cli.main(["report", str(lied), "--out", str(tmp_path / "lied")]) == 0
+    assert "n1 (invert)" in (tmp_path / "lied" / "index.html").read_text()
+    fig = report.fig_nodes([report.load_run(lied)])
+    ticks = [t.get_text().split()[0] for t in fig.axes[1].get_xticklabels()]
+    assert "n1!" in ticks and sum(t.endswith("!") for t in ticks) == 1
+    assert "(! = attacker)" in fig._suptitle.get_text()
+
+
 def test_against_a_local_run_the_page_says_who_is_worse_off_than_alone(two_runs, alone, tmp_path):
     clean, _ = two_runs
     assert cli.main(["report", str(clean), str(alone), "--compare", "--out", str(tmp_path / "cmp")]) == 0
