@@ -23,7 +23,7 @@ import torch
 
 from p2pfl.config import load_scenario, parse_sets
 from p2pfl.learner import Learner
-from benchrows import add_rows, machine
+from benchrows import add_rows, commit, machine
 from p2pfl.files import atomic_write_text
 from p2pfl.models import build_model
 from p2pfl import assemble
@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--no-markdown", action="store_true", help="do not append to BENCHMARKS.md")
     args = ap.parse_args()
     base = parse_sets(args.set)
-    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(),
+    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(), "commit": commit(),
               "date": dt.date.today().isoformat(), "runs": []}
     for seed in args.seeds:
         over = base | {"seed": seed}

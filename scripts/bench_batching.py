@@ -35,7 +35,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.models import build_model  # noqa: E402
 from p2pfl.models.zoo import _tokens  # noqa: E402
@@ -194,7 +194,7 @@ def main() -> None:
             rows.append(measure(arch, n, args.device, args.repeats, args.calls))
             print(json.dumps(rows[-1]), flush=True)
     out = {"command": "python scripts/bench_batching.py " + shlex.join(sys.argv[1:]),
-           "date": dt.date.today().isoformat(), "machine": machine(), "threads": args.threads, "rows": rows}
+           "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "threads": args.threads, "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_batching rows -->",
              "Same-architecture nodes batched (`scripts/bench_batching.py`): forward + backward of N nodes' "

@@ -35,7 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -148,7 +148,7 @@ def main() -> None:
     overrides = parse_sets(args.set) | {"rounds": args.rounds}
     grid = [(path, overrides, case, seed) for seed in args.seeds for case in args.cases]
     out = {"command": "python scripts/bench_churn.py " + shlex.join(sys.argv[1:]), "date": dt.date.today().isoformat(),
-           "machine": machine(), "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]),
+           "machine": machine(), "commit": commit(), "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]),
            "rounds": args.rounds, "runs": []}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for row in pool.map(run, *zip(*grid)):

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 from bench_accuracy import FEDAVG_SCHEDULE, run_mode  # noqa: E402  (scripts/ is on sys.path when a script runs)
-from benchrows import add_rows, machine, save_figure  # noqa: E402
+from benchrows import add_rows, commit, machine, save_figure  # noqa: E402
 from p2pfl import codecs  # noqa: E402
 from p2pfl.config import plain_name  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> int:
         if ref and ref["bytes_to_target"] and r["bytes_to_target"]:
             r["fewer_bytes_than_fedavg_fp32"] = ref["bytes_to_target"] / r["bytes_to_target"]
 
-    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(),
+    report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "machine": machine(), "commit": commit(),
               "date": dt.date.today().isoformat(), "rounds": args.rounds, "target": args.target, "runs": runs}
     atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
     plot(runs, args.target, Path(args.out).with_suffix(".png"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine, run_or_read  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine, run_or_read  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.assemble import reference_source  # noqa: E402
 from p2pfl.config import load_scenario  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> int:
                          f"| bench_datasets.json |")
             print(table[-1], flush=True)
     result = {"command": "python scripts/bench_datasets.py " + shlex.join(sys.argv[1:]),
-              "date": dt.date.today().isoformat(), "machine": machine(), "rows": rows}
+              "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     add_rows(ROOT / "BENCHMARKS.md", "<!-- bench_datasets rows -->",
              "### Real data: logits mode against each node alone (`scripts/bench_datasets.py`, seed 0)\n\n"

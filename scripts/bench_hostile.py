@@ -46,7 +46,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import assemble, codecs, wire  # noqa: E402
 from p2pfl.codecs import Encoded  # noqa: E402
 from p2pfl.config import load_scenario, parse_sets  # noqa: E402
@@ -244,7 +244,7 @@ def main() -> None:
         r["round_rate_kept"] = r["honest_rounds_per_s"] / base["honest_rounds_per_s"] if base["honest_rounds_per_s"] else math.nan
         r["rss_over_undisturbed_mib"] = r["target_peak_rss_mib"] - base["target_peak_rss_mib"]
     command = "python scripts/bench_hostile.py " + shlex.join(sys.argv[1:])
-    out |= {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "seconds": args.seconds}
+    out |= {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "seconds": args.seconds}
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     table = [f"| {out['date']} | {r['behaviour']} | {'yes' if r['alive'] else '**no**'} | {r['honest_rounds_per_s']:.2f} "
              f"| {r['round_rate_kept']:.0%} | {r['target_peak_rss_mib']:.0f} MiB | {r['rss_over_undisturbed_mib']:+.0f} MiB "

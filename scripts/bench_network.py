@@ -30,7 +30,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchrows import add_rows, machine  # noqa: E402
+from benchrows import add_rows, commit, machine  # noqa: E402
 from p2pfl import wire  # noqa: E402
 from p2pfl.codecs import encode  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -170,7 +170,7 @@ def main() -> int:
     res["transport_vs_raw_libp2p"] = res["transport_MBps"] / res["raw_libp2p_MBps"]
     if args.launch_run:
         res["launch"] = {"run": str(args.launch_run)} | launch_round_times(args.launch_run)
-    res |= {"machine": machine(),
+    res |= {"machine": machine(), "commit": commit(),
             "date": date.today().isoformat(), "command": "python scripts/bench_network.py " + " ".join(sys.argv[1:])}
     atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

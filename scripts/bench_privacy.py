@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     rounds = load_scenario(path, overrides).rounds
     command = "python scripts/bench_privacy.py " + shlex.join(sys.argv[1:])
-    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "scenario": str(path),
+    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "scenario": str(path),
            "rounds": rounds, "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(out, indent=1, default=str) + "\n")
     label = "; ".join([Path(str(path)).stem, *args.set])

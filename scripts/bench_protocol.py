@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, find_run, machine, run_now, save_figure  # noqa: E402  (scripts/ is on sys.path)
+from benchrows import add_rows, commit, find_run, machine, run_now, save_figure  # noqa: E402  (scripts/ is on sys.path)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import load_scenario  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -163,7 +163,7 @@ def main() -> int:
     args = ap.parse_args()
     command = "python scripts/bench_protocol.py " + shlex.join(sys.argv[1:])
     today = dt.date.today().isoformat()
-    stamp = {"command": command, "date": today, "machine": machine()}
+    stamp = {"command": command, "date": today, "machine": machine(), "commit": commit()}
     rows, measured = [], set()  # measured: the cells with a row this invocation ran (not read)
     for dataset in args.datasets:
         for split in args.splits:
@@ -181,7 +181,7 @@ def main() -> int:
     # each sitting whose rows the JSON holds: what a reader needs to rerun and to compare machines
     sittings = list({tuple(r[k] for k in SITTING): {k: r[k] for k in SITTING} for r in rows}.values())
     result = {"command": command, "sittings": sittings,
-              "date": today, "machine": machine(), "nodes": NODES, "rows": rows,
+              "date": today, "machine": machine(), "commit": commit(), "nodes": NODES, "rows": rows,
               "cells": grid}
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(grid, out.with_suffix(".png"))

@@ -26,7 +26,7 @@ import networkx as nx
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import lan  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
 from p2pfl.launch import CableCut, Launch, plan_nodes  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> int:
             runs.append(one_cut(cut_s, args.give_up))
             print(json.dumps(runs[-1]), flush=True)
     result = {"command": "python scripts/bench_reconnect.py " + shlex.join(sys.argv[1:]),
-              "date": dt.date.today().isoformat(), "machine": machine(), "label": args.label, "runs": runs}
+              "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "label": args.label, "runs": runs}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
 
     def cell(cut_s: float) -> str:

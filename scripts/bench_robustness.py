@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import shipped  # noqa: E402
 from p2pfl.config import PLACEMENTS, load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
             for attack, share in [(None, 0.0)] + [(a, f) for a in args.attacks for f in shares]
             for defence in args.defences for seed in args.seeds]
     command = "python scripts/bench_robustness.py " + shlex.join(sys.argv[1:])
-    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(),
+    out = {"command": command, "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(),
            "scenario": str(path), "label": "; ".join([Path(str(path)).stem, *args.set]
                                                      + ([f"attackers at {args.place}"] if args.place != "random" else [])),
            "rounds": args.rounds,

@@ -43,7 +43,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine, save_figure  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl.files import atomic_write_text  # noqa: E402
 
 TRAIN_PER_NODE = 250
@@ -251,7 +251,7 @@ def main() -> int:
     args = ap.parse_args()
 
     result = {"command": "python scripts/bench_scale.py " + shlex.join(sys.argv[1:]),
-              "date": dt.date.today().isoformat(), "machine": machine(), "label": args.label,
+              "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "label": args.label,
               "gemm_gflops": {"1_thread": gemm_peak(1), "2_threads": gemm_peak(2)}, "points": [], "steps": []}
     print(json.dumps(result["gemm_gflops"]), flush=True)
     if not args.no_steps:

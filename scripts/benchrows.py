@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -30,6 +31,21 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{os.cpu_count()} cores, {cpu}, torch {torch.__version__}"
+
+
+def commit() -> str:
+    """The code a result came from: git's short head, with "+changes" when the package, the scripts or the
+    shipped scenarios differ from it ("" outside a git checkout, e.g. after a plain `pip install .`)."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--", "p2pfl", "scripts/*.py", "sim", "node",
+                                  "topologies"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+changes" if changed else "")
 
 
 def save_figure(fig, path: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from benchrows import add_rows, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from benchrows import add_rows, commit, machine  # noqa: E402  (scripts/ is on sys.path when a script runs)
 from p2pfl import assemble, lan, shipped  # noqa: E402
 from p2pfl.config import load_scenario, parse_sets  # noqa: E402
 from p2pfl.files import atomic_write_text  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> int:
     s = load_scenario(path, parse_sets(sets) | {"rounds": args.rounds})
     topology = assemble.topology(s)
     result = {"command": "python scripts/lan_emulation.py " + shlex.join(sys.argv[1:]),
-              "date": dt.date.today().isoformat(), "machine": machine(), "scenario": str(path),
+              "date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(), "scenario": str(path),
               "nodes": args.nodes, "rounds": args.rounds, "netem": dataclasses.asdict(netem), "cuts": [],
               "discover": args.discover}
     with tempfile.TemporaryDirectory(prefix="p2pfl-lan-") as tmp, \

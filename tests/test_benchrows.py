@@ -1,4 +1,5 @@
-"""scripts/benchrows.same_scenario: when a benchmark may reuse a run folder instead of running it again."""
+"""scripts/benchrows: when a benchmark may reuse a run folder instead of running it again (same_scenario), and
+which code a result came from (commit)."""
 
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchrows import same_scenario, table_defaults  # noqa: E402
+from benchrows import commit, same_scenario, table_defaults  # noqa: E402
 
 
 def test_a_key_added_since_the_run_is_the_same_only_at_its_default():
@@ -29,3 +30,12 @@ def test_tables_of_a_list_are_compared_one_by_one_against_a_tables_defaults():
     assert not same_scenario({"attack": [old | {"count": 2}]}, {"attack": [attack]}, defaults)
     assert same_scenario({"profiles": ["mlp", "gru"]}, {"profiles": ["mlp", "gru"]}, {"profiles": ["mlp"]})
     assert not same_scenario({"profiles": ["mlp"]}, {"profiles": ["gru"]}, {"profiles": ["mlp"]})
+
+
+def test_a_result_names_the_commit_it_came_from():
+    import re
+
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", commit())
+    else:  # an unpacked copy: nothing to name, and no error
+        assert commit() == ""
