@@ -48,13 +48,14 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _glue_dashed_values(sys.argv[1:] if argv is None else list(argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        _unknown_arguments(parser, unknown, sys.argv[1:] if argv is None else argv)
+        _unknown_arguments(parser, unknown, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        _repeated_options(parser, sys.argv[1:] if argv is None else argv)
+        _repeated_options(parser, argv)
         return args.func(args)
     except (ConfigError, UsageError, ValueError) as e:  # every bad-input error derives from ValueError
         print_error(e)
@@ -72,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+
+
+# options whose value may start with "-" (--shard -1/8): argparse reads such a value as an option and says only
+# "expected one argument"; glued (--shard=-1/8) it reaches the option's own check, which says what is wrong
+DASHED_VALUES = ("--shard",)
+
+
+def _glue_dashed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in DASHED_VALUES and token.startswith("-") and not token.startswith("--"):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _unknown_arguments(parser: argparse.ArgumentParser, unknown: list[str], argv: list[str]) -> None:

@@ -194,6 +194,7 @@ def _error_line(capsys) -> str:
     (["topo", "ring"], ["--nodes"]),
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
     (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
+    (["node", "--shard", "-1/8", "--state-dir", "unused"], ["--shard", "'-1/8'", "I/N"]),  # not "expected one argument"
     (["sim", "--gossip.codec", "int5"], ["gossip.codec", "'int5'", "topk:K"]),
     (["sim", "--gossip.adaptive_bits", "2"], ["gossip.adaptive_bits", "between 0 (off) and 1"]),
     (["sim", "--gossip.logit_range", "-1"], ["gossip.logit_range", ">= 0"]),
