@@ -13,7 +13,10 @@ Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a f
     reorder    the confidences reassigned in reverse rank order (FDLA)
     scale      logits times `strength` (default 10)
     replay     its first frame, resent every round (stale knowledge, an old slice)
-    echo       a free-rider: the consensus it was taught, sent back as its own
+    echo       a free-rider: the consensus it was taught, sent back as its own. Slices rotate, so no node
+               is ever taught the slice it must speak about before it speaks: a free-rider answers late,
+               about the slice its neighbours last spoke of, under their round (`Outgoing.round`), and
+               sends nothing in a round when it has heard nothing newer
     inflate    honest logits, but label counts of `strength` (default 10,000) per class
     sign-flip  -x;  gaussian: noise of std `strength` (default 1);  huge: x * `strength` (default 1e36)
     alie       the neighbours' mean + z std (z = `strength`, default 1; "a little is enough")
@@ -21,8 +24,8 @@ Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a f
     silent     no knowledge at all, in any mode (a free-rider that only listens; with it the benchmark
                measures what honest nodes lose when the liars' data is simply absent: a defence's ceiling)
     dissensus  any mode: its own view pushed away from the consensus by `strength` (default 1) times their
-               gap (logits: own + s (own - the teacher it was taught); parameters: own + s (own - the
-               neighbours' mean)), so its neighbours are pulled apart instead of together. Broadcast (every
+               gap (logits: own + s (own - the teacher it was taught), late as echo is; parameters: own +
+               s (own - the neighbours' mean)), so its neighbours are pulled apart instead of together. Broadcast (every
                neighbour hears the same frame), so it is the paper's attack (He et al. 2022, which tailors
                each neighbour's message) without the tailoring; with `place = "bottleneck"` it sits where
                the graph's paths cross.
@@ -102,6 +105,7 @@ class Attacker(Mode):
         self._rng = np.random.default_rng(seed)
         self._heard: list[Received] = []  # what the neighbours said last round (alie, ipm)
         self._first: dict[str, Outgoing] = {}  # replay: the first frame of each kind
+        self._sent_round = -1  # the newest round a frame of ours was about (a late answer must be newer)
 
     def warmup(self, ctx: NodeContext) -> Teaching:
         return self.honest.warmup(ctx)
@@ -119,9 +123,10 @@ class Attacker(Mode):
         honest = self.honest.share(ctx, round_idx)
         for out in honest:
             self._first.setdefault(out.kind, out)
-        if round_idx < self.attack.start:
-            return honest
-        return [self._lie(ctx, out) for out in honest]
+        if round_idx >= self.attack.start:
+            honest = [lie for out in honest if (lie := self._lie(ctx, out)) is not None]
+        self._sent_round = max([self._sent_round] + [round_idx if o.round is None else o.round for o in honest])
+        return honest
 
     def state(self):
         return self.honest.state()
@@ -133,10 +138,13 @@ class Attacker(Mode):
         self.honest.load_state(state)
 
     # -- the lies ------------------------------------------------------------------------------------
-    def _lie(self, ctx: NodeContext, out: Outgoing) -> Outgoing:
+    def _lie(self, ctx: NodeContext, out: Outgoing) -> Outgoing | None:
+        """`out` as the lies make it; None: nothing sent (a late answer with nothing new to answer)."""
         for kind in self.kinds_of_lie:
             if kind in ANY_ATTACKS or kind in LIES_BY_KIND[out.kind]:  # each to the payloads it can lie in
                 out = getattr(self, "_" + kind.replace("-", "_"))(ctx, out)
+                if out is None:
+                    return None
         return out
 
     def _strength(self, default: float) -> float:
@@ -174,27 +182,35 @@ class Attacker(Mode):
     def _replay(self, ctx, out):
         return self._first[out.kind]
 
-    def _taught(self, ctx, out) -> np.ndarray | None:
-        """The consensus this node was taught on the frame's rows, as log-probabilities (None: not yet)."""
-        table, taught = getattr(self.honest, "taught", (None, None))
-        rows = ctx.reference.rows(out.ref_start, out.ref_count)
-        if table is None or (taught[rows] < 0).any():
+    def _late(self, ctx, out: Outgoing) -> tuple[Outgoing, np.ndarray] | None:
+        """The frame to answer late with: `out` moved to the slice the neighbours last spoke of, under their
+        round, with the consensus this node was taught on it (log-probabilities); None when it heard nothing
+        newer than what it already sent, or was not taught every row of it."""
+        heard = [h for h in self._heard if h.kind == "logits"]
+        if not heard:
             return None
-        return np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)
+        newest = max(heard, key=lambda h: h.round)
+        table, taught = getattr(self.honest, "taught", (None, None))
+        rows = ctx.reference.rows(newest.ref_start, newest.ref_count)
+        if newest.round <= self._sent_round or table is None or (taught[rows] < 0).any():
+            return None
+        late = replace(out, ref_start=newest.ref_start, ref_count=newest.ref_count, round=newest.round)
+        return late, np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)
 
     def _echo(self, ctx, out):
-        logp = self._taught(ctx, out)
-        if logp is None:
-            return self._uniform(ctx, out)
+        if (late := self._late(ctx, out)) is None:
+            return None
+        out, logp = late
         return replace(out, array=normalize_logits(logp, ctx.gossip.logit_range))
 
     def _dissensus(self, ctx, out):
         s = self._strength(1.0)
         if out.kind == "logits":
-            consensus = self._taught(ctx, out)
-            if consensus is None:
-                return out
-            own = out.array - out.array.max(axis=1, keepdims=True)  # log-probabilities up to a row's constant
+            if (late := self._late(ctx, out)) is None:
+                return None
+            out, consensus = late
+            own = ctx.learner.logits(ctx.reference.x[ctx.reference.rows(out.ref_start, out.ref_count)])
+            own = own - own.max(axis=1, keepdims=True)  # log-probabilities up to a row's constant
             z = own + s * (own - (consensus - consensus.max(axis=1, keepdims=True)))
             return replace(out, array=normalize_logits(z.astype(np.float32), ctx.gossip.logit_range))
         heard = self._neighbours(out)

@@ -17,6 +17,9 @@ class Outgoing:
     ref_count: int = 0
     mass: float | None = None  # push-sum: the node's mass, of which each neighbour gets its weight's share
     label_counts: np.ndarray | None = None  # what the frame claims of the sender's data (None: the truth)
+    # the round the frame is about when not the round being shared: a late answer about an earlier round's
+    # slice (attacks.py's echo and dissensus answer after hearing what the neighbours said about it)
+    round: int | None = None
 
 
 @dataclass(frozen=True)

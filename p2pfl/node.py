@@ -28,6 +28,7 @@ import trio
 from p2pfl import wire
 from p2pfl.config import GossipConfig
 from p2pfl.data.reference import Reference
+from p2pfl.knowledge import Outgoing
 from p2pfl.gossip import Inbox, Outbox, Share, resolve_codecs
 from p2pfl.learner import Learner
 from p2pfl.lifetime import Lifetime
@@ -532,8 +533,11 @@ class Node(Lifetime):
 
     async def _share(self, r: int) -> None:
         outgoing = await self.compute(self.mode.share, self.ctx, r)
-        if outgoing:
-            self.share(self.outbox.share(outgoing, r, trio.current_time(), self.drift))
+        by_round: dict[int, list[Outgoing]] = {}  # one share per round the frames are about
+        for out in outgoing:
+            by_round.setdefault(r if out.round is None else out.round, []).append(out)
+        for round_idx, frames in sorted(by_round.items()):
+            self.share(self.outbox.share(frames, round_idx, trio.current_time(), self.drift))
         self._take_back_mass()
 
     def share(self, share: Share) -> None:

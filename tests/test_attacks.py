@@ -88,16 +88,53 @@ def test_dissensus_pushes_away_from_the_consensus_in_either_payload():
     np.testing.assert_allclose(lie("dissensus", Outgoing("params", x), heard=heard, strength=3).array, x - 3.0)
     assert lie("dissensus", Outgoing("params", x)).array is x  # nothing heard yet: nothing to push from
 
-    # logits: away from what it was taught (here the uniform consensus), so its own ranking, sharper
-    class Taught(Fixed):
-        taught = (np.full((2, C), 1.0 / C, np.float32), np.zeros(2, np.int64))
-
-    ctx = SimpleNamespace(gossip=GossipConfig(logit_range=40.0), learner=CTX.learner,
-                          reference=SimpleNamespace(rows=lambda start, count: np.arange(start, start + count)))
-    a = Attacker(Taught(Outgoing("logits", LOGITS, 0, 2)), AttackConfig(kind="dissensus", count=1), seed=0)
-    sent = a.share(ctx, 1)[0].array
+    # logits: away from what it was taught (here the uniform consensus), so its own ranking, sharper; late, about
+    # the slice its neighbours last spoke of (a round's own slice is never taught before the node speaks of it)
+    a, ctx, heard = _taught_attacker("dissensus")
+    a.absorb(ctx, heard, 3)
+    sent = a.share(ctx, 3)
+    assert [(o.ref_start, o.ref_count, o.round) for o in sent] == [(4, 2, 2)]
     own = LOGITS - LOGITS.max(axis=1, keepdims=True)
-    np.testing.assert_allclose(sent - sent.max(axis=1, keepdims=True), 2 * own, atol=1e-5)
+    np.testing.assert_allclose(sent[0].array - sent[0].array.max(axis=1, keepdims=True), 2 * own, atol=1e-5)
+
+
+def _taught_attacker(kind):
+    """An attacker taught the uniform consensus on rows 4-5, having heard a neighbour's round-2 frame about them."""
+    class Taught(Fixed):
+        taught = (np.full((6, C), 1.0 / C, np.float32), np.array([-1, -1, -1, -1, 3, 3]))
+
+    learner = SimpleNamespace(num_classes=C, logits=lambda x: LOGITS[:len(x)])
+    ctx = SimpleNamespace(gossip=GossipConfig(logit_range=40.0), learner=learner,
+                          reference=SimpleNamespace(rows=lambda start, count: np.arange(start, start + count),
+                                                    x=np.zeros((6, 3), np.float32)))
+    heard = [SimpleNamespace(kind="logits", round=2, ref_start=4, ref_count=2)]
+    return Attacker(Taught(Outgoing("logits", LOGITS, 0, 2)), AttackConfig(kind=kind, count=1), seed=0), ctx, heard
+
+
+def test_echo_answers_late_with_the_consensus_it_was_taught_and_only_once_per_round_heard():
+    a, ctx, heard = _taught_attacker("echo")
+    assert a.share(ctx, 1) == []  # heard nothing yet: nothing to echo, nothing sent
+    a.absorb(ctx, heard, 3)
+    sent = a.share(ctx, 3)
+    assert [(o.ref_start, o.ref_count, o.round) for o in sent] == [(4, 2, 2)]  # the neighbours' slice and round
+    np.testing.assert_allclose(np.ptp(sent[0].array, axis=1), 0.0, atol=1e-5)  # the uniform consensus it was taught
+    a.absorb(ctx, heard, 4)
+    assert a.share(ctx, 4) == []  # nothing newer heard: round 2 was answered already
+
+
+def test_in_a_simulation_an_echo_travels_late_about_the_slice_its_neighbours_spoke_of(cache):
+    from p2pfl.sim import Simulation
+    from tests.test_sim import TINY
+
+    s = load_scenario(None, TINY | {"topology.name": "ring", "topology.nodes": 4, "rounds": 4,
+                                    "attack": [{"kind": "echo", "nodes": [1]}]})
+    result = Simulation(s, run_dir=None).run()
+    liar = result.built.plans[1].node_id
+    neighbour = next(n for n in result.nodes if liar in n.peers)
+    echoed = neighbour.peers[liar].inbox.latest["logits"]
+    honest = [n.peers[m].inbox.latest["logits"] for n in result.nodes for m in n.peers if m != liar]
+    assert echoed.round < max(k.round for k in honest)  # late: a round behind the honest frames
+    assert (echoed.ref_start, echoed.ref_count) == neighbour.ctx.reference.slice_bounds(echoed.round)  # its slice
 
 
 def test_bottleneck_placement_takes_the_most_central_nodes():
