@@ -194,10 +194,11 @@ def _protocol_source(rows: list[dict], dataset: str, rounds: int) -> str:
 
 
 # The robustness grids at 30 rounds, in the order they were run: a later JSON's row of the same attack, share
-# and defence replaces an earlier one (replay was rerun after its fix). Logits mode (the quickstart) and the
+# and defence replaces an earlier one (replay was rerun after its fix, echo and logits dissensus after they were made to
+# answer late). Logits mode (the quickstart) and the
 # parameter attacks on fedavg (16 CNN1D nodes) apart.
 ROBUSTNESS = ("bench_robustness_grid.json", "bench_robustness_replay.json", "bench_robustness_heavy.json",
-              "bench_robustness_silent.json")
+              "bench_robustness_silent.json", "bench_robustness_share10.json", "bench_robustness_echo_late.json")
 ROBUSTNESS_PARAMS = ("bench_robustness_params.json",)
 
 
