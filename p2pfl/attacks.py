@@ -16,7 +16,10 @@ Logits attacks rewrite a slice's normalized logits (R, C); parameter attacks a f
     echo       a free-rider: the consensus it was taught, sent back as its own. Slices rotate, so no node
                is ever taught the slice it must speak about before it speaks: a free-rider answers late,
                about the slice its neighbours last spoke of, under their round (`Outgoing.round`), and
-               sends nothing in a round when it has heard nothing newer
+               sends nothing in a round when it has heard nothing newer than it already spoke of (so
+               nothing in its first round of lying, whose slice it answered honestly the round before) or
+               was not taught every row of it. Its frames are a round old: under gossip.max_lag = 0 its
+               neighbours wait for it once (wait_timeout), then go on without waiting for it
     inflate    honest logits, but label counts of `strength` (default 10,000) per class
     sign-flip  -x;  gaussian: noise of std `strength` (default 1);  huge: x * `strength` (default 1e36)
     alie       the neighbours' mean + z std (z = `strength`, default 1; "a little is enough")
@@ -103,9 +106,11 @@ class Attacker(Mode):
         self.kinds_of_lie = parse_attack(attack.kind)
         self.name, self.kinds = honest.name, honest.kinds
         self._rng = np.random.default_rng(seed)
-        self._heard: list[Received] = []  # what the neighbours said last round (alie, ipm)
+        self._heard: list[Received] = []  # what the neighbours said last round (alie, ipm, echo, dissensus)
         self._first: dict[str, Outgoing] = {}  # replay: the first frame of each kind
-        self._sent_round = -1  # the newest round a frame of ours was about (a late answer must be newer)
+        # per kind, the newest round a frame of ours was about (a late answer must be newer); per kind, since
+        # hybrid's params frames are this round's while its late logits are about the round before
+        self._sent_round: dict[str, int] = {}
 
     def warmup(self, ctx: NodeContext) -> Teaching:
         return self.honest.warmup(ctx)
@@ -125,7 +130,8 @@ class Attacker(Mode):
             self._first.setdefault(out.kind, out)
         if round_idx >= self.attack.start:
             honest = [lie for out in honest if (lie := self._lie(ctx, out)) is not None]
-        self._sent_round = max([self._sent_round] + [round_idx if o.round is None else o.round for o in honest])
+        for o in honest:
+            self._sent_round[o.kind] = max(self._sent_round.get(o.kind, -1), round_idx if o.round is None else o.round)
         return honest
 
     def state(self):
@@ -192,7 +198,7 @@ class Attacker(Mode):
         newest = max(heard, key=lambda h: h.round)
         table, taught = getattr(self.honest, "taught", (None, None))
         rows = ctx.reference.rows(newest.ref_start, newest.ref_count)
-        if newest.round <= self._sent_round or table is None or (taught[rows] < 0).any():
+        if newest.round <= self._sent_round.get(out.kind, -1) or table is None or (taught[rows] < 0).any():
             return None
         late = replace(out, ref_start=newest.ref_start, ref_count=newest.ref_count, round=newest.round)
         return late, np.log(np.maximum(table[rows], 1e-12)).astype(np.float32)

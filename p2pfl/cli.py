@@ -48,7 +48,7 @@ class UsageError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = _glue_dashed_values(sys.argv[1:] if argv is None else list(argv))
+    argv = _glue_dashed_values(parser, sys.argv[1:] if argv is None else list(argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _unknown_arguments(parser, unknown, argv)
@@ -75,15 +75,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# options whose value may start with "-" (--shard -1/8): argparse reads such a value as an option and says only
-# "expected one argument"; glued (--shard=-1/8) it reaches the option's own check, which says what is wrong
-DASHED_VALUES = ("--shard",)
+def _glue_dashed_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """A value that starts with "-" after an option of one value (--shard -1/8, --train.lr -1e-3), glued to
+    it (--shard=-1/8): argparse reads such a value as an option and says only "expected one argument";
+    glued, it reaches the option's own check, which says what is wrong. An option string of the command
+    (-v, --json) is never taken as a value; a unique prefix of an option (--shar) counts as the option."""
+    sub = _subcommand(parser, argv) or parser
+    single = {o for a in sub._actions if a.option_strings and a.nargs is None and a.const is None  # noqa: SLF001
+              for o in a.option_strings if o.startswith("--")}
+    flags = {o for a in sub._actions for o in a.option_strings}  # noqa: SLF001
 
+    def takes_one(token: str) -> bool:
+        if "=" in token or not token.startswith("--"):
+            return False
+        if token in flags:
+            return token in single
+        prefixed = [o for o in flags if o.startswith(token)]
+        return len(prefixed) == 1 and prefixed[0] in single
 
-def _glue_dashed_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     for token in argv:
-        if out and out[-1] in DASHED_VALUES and token.startswith("-") and not token.startswith("--"):
+        if out and takes_one(out[-1]) and token.startswith("-") and not token.startswith("--") and token not in flags:
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)

@@ -404,11 +404,26 @@ def check_attack(mode: str, kind: str, key: str) -> None:
                         f"(it sends {', '.join(kinds) or 'nothing'}); its attacks: {', '.join(can)}")
 
 
+# lies that put numbers of their own in place of the frame's (another slice's, an old frame, noise, the
+# neighbours' numbers), so whatever a lie before them made is lost: in a chain they come first
+REPLACING_ATTACKS = ("uniform", "replay", "echo", "dissensus", "gaussian", "alie", "ipm")
+
+
 def parse_attack(text: str) -> tuple[str, ...]:
-    """'shift+inflate' -> ("shift", "inflate"); ValueError names the kinds."""
+    """'shift+inflate' -> ("shift", "inflate"), the lies applied in that order; ValueError names the kinds,
+    and a chain in which a lie would undo the one before it."""
     kinds = tuple(text.split("+"))
     if not text or any(k not in ATTACKS for k in kinds):
         raise ValueError(f"{text!r}: expected one or more of {', '.join(ATTACKS)} joined by +, e.g. shift+inflate")
+    if "silent" in kinds and len(kinds) > 1:
+        raise ValueError(f"{text!r}: silent sends nothing, so no other lie can go with it; give silent alone")
+    if len(both := [k for k in kinds if k in REPLACING_ATTACKS]) > 1:
+        raise ValueError(f"{text!r}: {both[0]} and {both[1]} each put numbers of their own in place of the frame's, "
+                         f"so only the last would be told; a chain takes one of {', '.join(REPLACING_ATTACKS)}")
+    if late := next((i for i, k in enumerate(kinds) if i and k in REPLACING_ATTACKS), None):
+        first = [kinds[late], *kinds[:late], *kinds[late + 1:]]
+        raise ValueError(f"{text!r}: {kinds[late]} puts numbers of its own in place of the frame's, undoing "
+                         f"{'+'.join(kinds[:late])}; put it first ({'+'.join(first)})")
     return kinds
 
 

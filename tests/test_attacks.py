@@ -122,6 +122,33 @@ def test_echo_answers_late_with_the_consensus_it_was_taught_and_only_once_per_ro
     assert a.share(ctx, 4) == []  # nothing newer heard: round 2 was answered already
 
 
+@pytest.mark.parametrize("kind", ["echo", "dissensus"])
+def test_in_hybrid_this_rounds_params_frame_does_not_hold_back_the_late_logits(kind):
+    # hybrid shares this round's params beside its logits: a late answer must be newer than our last late
+    # logits, not than the params frame (which is always this round's, so every late answer would be refused)
+    a, ctx, _ = _taught_attacker(kind)
+    params = Outgoing("params", np.ones(3, np.float32))
+    a.honest.kinds = ("logits", "params")
+    a.honest.share = lambda ctx, round_idx: [Outgoing("logits", LOGITS, 0, 2), params]
+    for round_idx in (3, 4, 5):
+        a.absorb(ctx, [SimpleNamespace(kind="logits", round=round_idx - 1, ref_start=4, ref_count=2)], round_idx)
+        sent = {o.kind: o.round for o in a.share(ctx, round_idx)}
+        assert sent == {"logits": round_idx - 1, "params": None}
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("invert+echo", ["echo", "undoing invert", "echo+invert"]),
+    ("shift+scale+dissensus", ["dissensus", "undoing shift+scale", "dissensus+shift+scale"]),
+    ("inflate+replay", ["replay", "replay+inflate"]),
+    ("echo+uniform", ["echo and uniform", "only the last"]),
+    ("shift+silent", ["silent alone"]),
+])
+def test_a_chain_whose_later_lie_would_undo_an_earlier_one_is_refused_with_the_order_that_works(kind, words):
+    with pytest.raises(ConfigError) as e:
+        load_scenario(None, {"attack": [{"kind": kind, "count": 1}]})
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
 def test_in_a_simulation_an_echo_travels_late_about_the_slice_its_neighbours_spoke_of(cache):
     from p2pfl.sim import Simulation
     from tests.test_sim import TINY

@@ -195,6 +195,8 @@ def _error_line(capsys) -> str:
     (["topo", "moebius", "--nodes", "4"], ["moebius", "ring"]),
     (["node", "--shard", "9/8", "--state-dir", "unused"], ["--shard", "'9/8'", "I/N"]),
     (["node", "--shard", "-1/8", "--state-dir", "unused"], ["--shard", "'-1/8'", "I/N"]),  # not "expected one argument"
+    (["node", "--shar", "-1/8", "--state-dir", "unused"], ["--shard", "'-1/8'", "I/N"]),  # argparse's prefix of it
+    (["sim", "--train.lr", "-1e-3"], ["train.lr = -0.001", "greater than 0"]),  # argparse's negative numbers lack e
     (["sim", "--gossip.codec", "int5"], ["gossip.codec", "'int5'", "topk:K"]),
     (["sim", "--gossip.adaptive_bits", "2"], ["gossip.adaptive_bits", "between 0 (off) and 1"]),
     (["sim", "--gossip.logit_range", "-1"], ["gossip.logit_range", ">= 0"]),
