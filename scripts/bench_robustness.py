@@ -102,6 +102,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # in grid order, each printed as soon as it and those before are done
         for row in pool.map(run, *zip(*todo), [args.place] * len(todo)) if todo else ():
+            row["commit"] = out["commit"]  # each row names its code: a reused one keeps the commit it ran at
             done[key(row["attack"], row["share"], row["defence"], row["seed"])] = row
             out["rows"] = [done[key(*g[2:])] for g in grid if key(*g[2:]) in done]
             print(json.dumps(row), flush=True)
@@ -126,7 +127,10 @@ def reusable(paths: list[str], out: dict) -> dict[tuple, dict]:
         if (earlier["label"], earlier["rounds"]) != (out["label"], out["rounds"]):
             raise SystemExit(f"--reuse {p}: it ran {earlier['label']!r} for {earlier['rounds']} rounds, this grid "
                              f"{out['label']!r} for {out['rounds']}; reuse only runs of the same scenario and rounds")
-        rows |= {key(r["attack"], r["share"], r["defence"], r["seed"]): r for r in earlier["rows"]}
+        # a row from before rows were stamped ran at its JSON's commit, unless that JSON reused it in turn
+        ran_at = None if "--reuse" in earlier["command"] else earlier.get("commit")
+        rows |= {key(r["attack"], r["share"], r["defence"], r["seed"]): {"commit": ran_at} | r
+                 for r in earlier["rows"]}
     return rows
 
 

@@ -42,7 +42,7 @@ def commit() -> str:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--", "p2pfl", "scripts/*.py", "sim", "node",
-                                  "topologies"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+                                  "topologies", "pyproject.toml"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return head + ("+changes" if changed else "")

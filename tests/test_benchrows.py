@@ -1,6 +1,7 @@
 """scripts/benchrows: when a benchmark may reuse a run folder instead of running it again (same_scenario), and
 which code a result came from (commit)."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,7 +36,28 @@ def test_tables_of_a_list_are_compared_one_by_one_against_a_tables_defaults():
 def test_a_result_names_the_commit_it_came_from():
     import re
 
-    if (REPO / ".git").exists():
+    if (REPO / ".git").exists() and shutil.which("git"):
         assert re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", commit())
-    else:  # an unpacked copy: nothing to name, and no error
+    else:  # an unpacked copy, or no git to ask: nothing to name, and no error
         assert commit() == ""
+
+
+def test_a_reused_robustness_row_keeps_the_commit_it_ran_at(tmp_path):
+    import json
+
+    from bench_robustness import reusable
+
+    def saved(name, command, commit, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"label": "quickstart", "rounds": 30, "command": command, "commit": commit,
+                                    "rows": rows}))
+        return str(path)
+
+    row = {"attack": "shift", "share": 0.2, "defence": "auto", "seed": 0}
+    fresh = saved("a.json", "python scripts/bench_robustness.py --out a.json", "aaa1111", [row])
+    reusing = saved("b.json", "python scripts/bench_robustness.py --reuse a.json --out b.json", "bbb2222",
+                    [row | {"defence": "none"}, row | {"defence": "clip", "commit": "ccc3333"}])
+    this = {"label": "quickstart", "rounds": 30}
+    assert [r["commit"] for r in reusable([fresh], this).values()] == ["aaa1111"]
+    # b.json's own commit is not its reused rows' one: unknown unless the row says
+    assert [r["commit"] for r in reusable([reusing], this).values()] == [None, "ccc3333"]
