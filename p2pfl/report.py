@@ -134,8 +134,10 @@ def fig_nodes(runs: list[Run]) -> plt.Figure:
                     ax.annotate(f"{d:+.2f}", (n_i, 0.02), ha="center", fontsize=7, rotation=90,
                                 color="#b00000" if d < 0 else "black")
     # long run names go in the legend and a wrapped caption, not in a title that the figure would cut off
-    attackers = set(runs[0].summary.get("attackers", {}))  # the first run's: its liars are not honest nodes
-    fig.suptitle("final accuracy per node" + (" (! = attacker)" if attackers else "")
+    # every run's liars are marked: a node that lies in one run of a comparison is not an honest node of it
+    attackers = set().union(*(run.summary.get("attackers", {}) for run in runs))
+    fig.suptitle("final accuracy per node" + (f" (! = attacker{' in a run' if len(runs) > 1 else ''})"
+                                              if attackers else "")
                  + ("\n(on the bars: the first run minus the second, below 0 in red)" if len(runs) == 2 else ""),
                  fontsize=10)
     axes[1].set_xticks(x, [f"{n}{'!' if n in attackers else ''} {finals[0][n].get('arch', '')}" for n in nodes],
@@ -253,8 +255,11 @@ def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
                                      f"personal {s['honest']['personal']['mean']:.3f}"))
     if s.get("attackers"):
         rows.append(("attackers", ", ".join(f"{n} ({kind})" for n, kind in s["attackers"].items())))
-    if s.get("rejected"):  # what the nodes refused, by reason (their final counts, summed)
-        rows.append(("rejected", ", ".join(f"{reason} {n:,}" for reason, n in sorted(s["rejected"].items()))))
+    # what the nodes refused, by reason (their final counts, summed): the honest nodes' where the run had liars,
+    # whose own refusals of honest knowledge say nothing about the defence
+    refused, by = (s["honest"].get("rejected"), "honest nodes") if "honest" in s else (s.get("rejected"), "all nodes")
+    if refused:
+        rows.append((f"rejected by {by}", ", ".join(f"{reason} {n:,}" for reason, n in sorted(refused.items()))))
     if "bytes_per_node_per_round" in s:
         rows.append(("bytes per node per round", f"{s['bytes_per_node_per_round']:,.0f}"))
     if s.get("partial"):

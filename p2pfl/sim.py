@@ -296,7 +296,8 @@ class Simulation:
             honest = summarize([r for r in records if "attacker" not in r], rounds=summary.get("rounds", s.rounds),
                                wire_bytes=0)
             summary |= {"attackers": {plans[i].node_id: a.kind for i, a in sorted(built.attackers.items())},
-                        "honest": {k: honest[k] for k in ("nodes", "global", "personal", "per_arch") if k in honest}}
+                        "honest": {k: honest[k] for k in ("nodes", "global", "personal", "per_arch", "rejected")
+                                   if k in honest}}
         if interrupted:
             summary |= {"partial": True, "rounds_reached": reached,
                         "rounds_done_by_all": min(_last_rounds(records, plans), default=0)}

@@ -58,6 +58,27 @@ def test_a_run_with_attackers_marks_them_on_the_page_and_the_per_node_figure(two
     ticks = [t.get_text().split()[0] for t in fig.axes[1].get_xticklabels()]
     assert "n1!" in ticks and sum(t.endswith("!") for t in ticks) == 1
     assert "(! = attacker)" in fig._suptitle.get_text()
+    # compared after a clean run, the liar of the second run is still marked
+    clean, _ = two_runs
+    both = report.fig_nodes([report.load_run(clean), report.load_run(lied)])
+    assert "n1!" in [t.get_text().split()[0] for t in both.axes[1].get_xticklabels()]
+    assert "(! = attacker in a run)" in both._suptitle.get_text()
+
+
+def test_the_refusals_on_the_page_are_the_honest_nodes_where_some_lied(two_runs):
+    from p2pfl import report
+
+    clean, lied = two_runs
+    run = report.load_run(lied)
+    assert "rejected" in run.summary["honest"]  # the simulation counts the honest nodes' refusals apart
+    # a liar's own refusals of honest knowledge say nothing of the defence: only the honest nodes' are shown
+    run.summary |= {"rejected": {"distrusted": 7, "stale": 2},
+                    "honest": run.summary["honest"] | {"rejected": {"distrusted": 5}}}
+    rows = dict(report._summary_rows(run))
+    assert rows["rejected by honest nodes"] == "distrusted 5" and "rejected by all nodes" not in rows
+    plain = report.load_run(clean)
+    plain.summary |= {"rejected": {"stale": 3}}
+    assert dict(report._summary_rows(plain))["rejected by all nodes"] == "stale 3"
 
 
 def test_against_a_local_run_the_page_says_who_is_worse_off_than_alone(two_runs, alone, tmp_path):
