@@ -22,6 +22,7 @@ from p2pfl.config import (
     parse_key_value, parse_sets, parse_value, run_name,
 )
 from p2pfl.files import atomic_write_text
+from p2pfl.metrics import refusals
 from p2pfl.mode_facts import MODES
 
 DEFAULT_SCENARIO = shipped.folder("sim") / f"{shipped.DEFAULT_SCENARIO}.toml"  # checkout or installed copy
@@ -436,12 +437,13 @@ def print_summary(console: Console, s: dict, run_dir: Path | None) -> None:
                           + " ".join(f"{q:.3f}" for q in s[what]["deciles"]), highlight=False)
     weights = s.get("fedavg_fp32_bytes_per_node_per_round")  # simulations know every model's size
     simulated = s.get("simulated_time_s")
+    refused, by = refusals(s)
     console.print(
         f"bytes sent per node per round: {_bytes(s['bytes_per_node_per_round'])} "
         + (f"(full fp32 weights to every neighbour would be {_bytes(weights)})  " if weights else "")
         + f"wall time {s['wall_time_s']:.1f} s"
         + (f"  simulated {simulated:.1f} s" if simulated is not None else "")
-        + (f"  rejected {s['rejected']}" if s.get("rejected") else ""), highlight=False)
+        + (f"  rejected by {by} {refused}" if refused else ""), highlight=False)
     if "churn" in s:
         print_churn(console, s)
     if "epsilon_spent" in s:

@@ -122,6 +122,14 @@ def summarize(records: list[dict[str, Any]], *, rounds: int, wire_bytes: int) ->
     return out
 
 
+def refusals(summary: dict[str, Any]) -> tuple[dict[str, int], str]:
+    """What the nodes refused, by reason (their final counts, summed), and whose: the honest nodes' where the
+    run had liars, whose own refusals of honest knowledge say nothing about the defence."""
+    if "honest" in summary:
+        return summary["honest"].get("rejected", {}), "honest nodes"
+    return summary.get("rejected", {}), "all nodes"
+
+
 def _groups(finals: list[dict[str, Any]], key: str) -> dict[str, dict]:
     by: dict[str, list[dict]] = defaultdict(list)
     for r in finals:

@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from p2pfl.files import atomic_write_bytes, atomic_write_text  # noqa: E402
-from p2pfl.metrics import finals, negative_transfer, read_metrics  # noqa: E402
+from p2pfl.metrics import finals, negative_transfer, read_metrics, refusals  # noqa: E402
 
 
 @dataclass
@@ -255,9 +255,7 @@ def _summary_rows(run: Run, alone: Run | None = None) -> list[tuple[str, str]]:
                                      f"personal {s['honest']['personal']['mean']:.3f}"))
     if s.get("attackers"):
         rows.append(("attackers", ", ".join(f"{n} ({kind})" for n, kind in s["attackers"].items())))
-    # what the nodes refused, by reason (their final counts, summed): the honest nodes' where the run had liars,
-    # whose own refusals of honest knowledge say nothing about the defence
-    refused, by = (s["honest"].get("rejected"), "honest nodes") if "honest" in s else (s.get("rejected"), "all nodes")
+    refused, by = refusals(s)
     if refused:
         rows.append((f"rejected by {by}", ", ".join(f"{reason} {n:,}" for reason, n in sorted(refused.items()))))
     if "bytes_per_node_per_round" in s:

@@ -34,15 +34,17 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """The code a result came from: git's short head, with "+changes" when the package, the scripts or the
-    shipped scenarios differ from it ("" outside a git checkout, e.g. after a plain `pip install .`)."""
+    """The code a result came from: git's short head, with "+changes" when the package, the scripts, the
+    shipped scenarios or pyproject.toml differ from it ("" outside a git checkout, e.g. after a plain
+    `pip install .`)."""
     root = Path(__file__).resolve().parent.parent
     git = ["git", "-C", str(root)]
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--", "p2pfl", "scripts/*.py", "sim", "node",
-                                  "topologies", "pyproject.toml"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+                                  "topologies", "pyproject.toml"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return head + ("+changes" if changed else "")

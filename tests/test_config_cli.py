@@ -416,6 +416,24 @@ def test_a_large_run_s_summary_shows_the_deciles_not_a_line_per_node():
     assert "deciles" not in console.export_text()  # a small run's table says it all
 
 
+def test_the_summary_line_counts_the_honest_nodes_refusals_where_some_lied():
+    from rich.console import Console
+
+    from p2pfl.metrics import summarize
+
+    records = [{"node": f"n{i}", "round": 1, "arch": "mlp", "bytes_out": 0, "global_acc": 0.5, "personal_acc": 0.5,
+                "rejected": {"distrusted": i}} for i in range(4)]
+    plain = summarize(records, rounds=1, wire_bytes=0) | {"name": "r", "mode": "logits", "seed": 0, "wall_time_s": 1.0}
+    console = Console(record=True, width=200)
+    cli.print_summary(console, plain, None)
+    assert "rejected by all nodes {'distrusted': 6}" in console.export_text()
+    # n3 lies: what it refused of the honest nodes' knowledge is not the defence at work
+    honest = summarize(records[:3], rounds=1, wire_bytes=0)
+    console = Console(record=True, width=200)
+    cli.print_summary(console, plain | {"attackers": {"n3": "shift"}, "honest": honest}, None)
+    assert "rejected by honest nodes {'distrusted': 3}" in console.export_text()
+
+
 def test_a_misspelled_option_gets_the_nearest_one(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["sim", "--train.lrr", "0.1"])
