@@ -218,6 +218,21 @@ def test_attackers_can_surround_every_honest_node():
         load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2, "count": 1}]})
 
 
+def test_a_cover_a_low_degree_node_cannot_have_says_so(caplog):
+    """neighbours = 2 on a path: the end nodes have one neighbour each, so all they have attack, and the
+    run is told who is short of the cover (a ring, where every node can get it, says nothing)."""
+    with caplog.at_level("WARNING", logger="p2pfl.attacks"):
+        bad = attackers(load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2}]}), nx.cycle_graph(8))
+    assert bad and not caplog.records
+    path = nx.path_graph(6)
+    with caplog.at_level("WARNING", logger="p2pfl.attacks"):
+        bad = attackers(load_scenario(None, {"attack": [{"kind": "shift", "neighbours": 2}]}), path)
+    short = [v for v in path if v not in bad and sum(u in bad for u in path[v]) < 2]
+    assert short and all(path.degree[v] < 2 or all(u in bad for u in path[v]) for v in short)
+    (record,) = caplog.records
+    assert f"honest node(s) {short} have fewer attacking neighbours" in record.getMessage()
+
+
 # -- the claims defence ---------------------------------------------------------------------------------
 
 def _contribution(rng, counts, confident=None):
