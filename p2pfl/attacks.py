@@ -78,12 +78,12 @@ def attackers(s: Scenario, graph: nx.Graph) -> dict[int, AttackConfig]:
         if bad:
             raise ValueError(f"attack.nodes: {bad} are not node indices of a {n}-node topology (0..{n - 1})")
         out |= {i: a for i in chosen}
-        if a.neighbours and (short := [v for v in graph if v not in out
-                                       and sum(u in out for u in graph[v]) < a.neighbours]):
-            # a node of lower degree cannot have k attacking neighbours: all it has attack, and the run says so
-            log.warning("attack %r: neighbours = %d: honest node(s) %s have fewer attacking neighbours (%s): "
-                        "their degree, or the nodes other tables took, allow no more", a.kind, a.neighbours,
-                        short, ", ".join(f"{sum(u in out for u in graph[v])} of {graph.degree[v]}" for v in short))
+        if a.neighbours:  # a node of lower degree cannot have k attacking neighbours: all it has attack; say so
+            have = {v: sum(u in out for u in graph[v]) for v in graph if v not in out}
+            if short := [v for v, bad_ones in have.items() if bad_ones < a.neighbours]:
+                log.warning("attack %r: neighbours = %d: honest node(s) %s have fewer attacking neighbours (%s): "
+                            "their degree, or the nodes other tables took, allow no more", a.kind, a.neighbours,
+                            short, ", ".join(f"{have[v]} of {graph.degree[v]}" for v in short))
     if len(out) == n:  # nobody left to learn, and nothing for the honest-only numbers to measure
         raise ValueError(f"the [[attack]] tables make all {n} nodes attackers; leave at least one honest node "
                          f"(a smaller count or fraction, or fewer nodes listed)")
